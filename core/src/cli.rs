@@ -1,0 +1,191 @@
+//! The `gemini-proxy` command line.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, LoadedConfig, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gemini-proxy",
+    version,
+    about = "A programmable gateway for Google's Gemini API, on Pingora."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Config file for the default `serve` command.
+    #[arg(long, short, global = false)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve(ServeArgs),
+    /// Run the gateway with an embedded mock Gemini upstream: no key, no network needed.
+    Demo(DemoArgs),
+    /// Validate a config file and report problems; `--migrate` prints the upgraded file.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Config file (default: config/proxy.yaml).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Take over the listening sockets of a running instance (send it SIGQUIT).
+    #[arg(long)]
+    pub upgrade: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Proxy port.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Admin (metrics, health) port.
+    #[arg(long, default_value_t = 9090)]
+    pub admin_port: u16,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// Config file to check.
+    #[arg(long, short, default_value = "config/proxy.yaml")]
+    pub config: PathBuf,
+    /// Print the file upgraded to the current config version.
+    #[arg(long)]
+    pub migrate: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub format: OutputFormat,
+}
+
+pub fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+/// `check`: returns the process exit code.
+pub fn run_check(args: &CheckArgs) -> i32 {
+    match config::load_file(&args.config, &config::process_env) {
+        Ok(loaded) => {
+            let built = crate::runtime::Runtime::build(&loaded, &crate::builtin_registry(), None);
+            if args.migrate {
+                print!("{}", config::migrated_yaml(&loaded));
+                for w in &loaded.warnings {
+                    eprintln!("migrated: {w}");
+                }
+            }
+            match (built, args.format) {
+                (Ok(_), OutputFormat::Text) => {
+                    if !args.migrate {
+                        for w in &loaded.warnings {
+                            println!("warning: {w}");
+                        }
+                        println!("{}: ok", args.config.display());
+                    }
+                    0
+                }
+                (Ok(_), OutputFormat::Json) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": args.config.display().to_string(), "ok": true, "warnings": loaded.warnings})
+                    );
+                    0
+                }
+                (Err(e), OutputFormat::Text) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+                (Err(e), OutputFormat::Json) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": e.file, "ok": false, "error": {"path": e.path, "message": e.message}})
+                    );
+                    1
+                }
+            }
+        }
+        Err(e) => {
+            match args.format {
+                OutputFormat::Text => eprintln!("error: {e}"),
+                OutputFormat::Json => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"file": e.file, "ok": false, "error": {"path": e.path, "message": e.message}})
+                    )
+                }
+            }
+            1
+        }
+    }
+}
+
+pub fn load_for_serve(path: &Path) -> Result<LoadedConfig, String> {
+    config::load_file(path, &config::process_env).map_err(|e| e.to_string())
+}
+
+/// The config the demo runs with, pointed at the embedded mock.
+pub fn demo_config(mock_base: &str, port: u16, admin_port: u16) -> LoadedConfig {
+    let yaml = format!(
+        r#"
+server: {{ host: "127.0.0.1", port: {port} }}
+gemini:
+  base_url: "{mock_base}"
+  api_keys:
+    - {{ id: demo-a, key: demo-key-a, weight: 3 }}
+    - {{ id: demo-b, key: demo-key-b, weight: 1 }}
+metrics: {{ enabled: true, prometheus_port: {admin_port} }}
+pipeline:
+  - request_log
+  - key_select: {{ strategy: weighted_round_robin }}
+"#
+    );
+    config::load_str(&yaml, "(demo)", &|_| None).expect("demo config is valid")
+}
+
+pub fn demo_banner(port: u16, admin_port: u16, mock: &str) -> String {
+    format!(
+        r#"
+gemini-proxy demo
+  proxy:        http://127.0.0.1:{port}
+  admin:        http://127.0.0.1:{admin_port}  (/health /metrics /performance /errors)
+  mock Gemini:  {mock}  (embedded; keys demo-a x3, demo-b x1)
+
+Try it:
+  curl -s http://127.0.0.1:{port}/v1beta/models/gemini-2.5-flash:generateContent \
+    -H 'x-goog-api-key: demo' -H 'content-type: application/json' \
+    -d '{{"contents":[{{"parts":[{{"text":"why is the sky blue?"}}]}}]}}'
+
+  curl -sN 'http://127.0.0.1:{port}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse' \
+    -H 'x-goog-api-key: demo' -H 'content-type: application/json' -H 'x-mock-event-delay-ms: 300' \
+    -d '{{"contents":[{{"parts":[{{"text":"stream please"}}]}}]}}'
+
+  python3 - <<'PY'
+from google import genai
+from google.genai import types
+client = genai.Client(api_key="demo", http_options=types.HttpOptions(base_url="http://127.0.0.1:{port}"))
+print(client.models.generate_content(model="gemini-2.5-flash", contents="hello").text)
+PY
+
+Ctrl+C stops it.
+"#
+    )
+}

@@ -1,0 +1,542 @@
+//! Loading: read, migrate older shapes, apply environment overrides, type-check with field
+//! paths, then validate meaning.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+use sha2::{Digest, Sha256};
+
+use super::model::{ApiKeyConfig, CURRENT_VERSION, Config};
+
+/// A config error: the file, the field path and what is wrong.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[error("{file}: {path}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(file: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A loaded, validated config with where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    pub path: Option<PathBuf>,
+    /// One line per migration applied to the file's shape.
+    pub warnings: Vec<String>,
+    /// The file after migration, before environment overrides (what `check --migrate` prints).
+    pub migrated: Value,
+    /// Hash of the file bytes, to notice changes.
+    pub source_hash: [u8; 32],
+}
+
+impl LoadedConfig {
+    pub fn config_dir(&self) -> PathBuf {
+        self.path
+            .as_ref()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// Source of environment variables (the process environment, or a map in tests).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+pub fn load_file(path: &Path, env: EnvLookup<'_>) -> Result<LoadedConfig, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&file, "(file)", format!("cannot read: {e}")))?;
+    let mut loaded = load_str(&text, &file, env)?;
+    loaded.path = Some(path.to_path_buf());
+    Ok(loaded)
+}
+
+pub fn load_str(text: &str, file: &str, env: EnvLookup<'_>) -> Result<LoadedConfig, ConfigError> {
+    let source_hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("line {} column {}", l.line(), l.column()))
+            .unwrap_or_else(|| "(syntax)".into());
+        ConfigError::new(file, at, format!("not valid YAML: {e}"))
+    })?;
+    if value.is_null() {
+        value = Value::Mapping(Mapping::new());
+    }
+    if !value.is_mapping() {
+        return Err(ConfigError::new(
+            file,
+            ".",
+            "the config must be a YAML mapping",
+        ));
+    }
+    let warnings = migrate(&mut value, file)?;
+    let migrated = value.clone();
+    let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::new(
+            file,
+            if path == "." { "(root)".into() } else { path },
+            e.inner().to_string(),
+        )
+    })?;
+    apply_env(&mut config, env);
+    validate(&config, file)?;
+    Ok(LoadedConfig {
+        config,
+        path: None,
+        warnings,
+        migrated,
+        source_hash,
+    })
+}
+
+fn key(s: &str) -> Value {
+    Value::String(s.to_string())
+}
+
+/// Upgrades older or looser shapes to version 1, one warning per change.
+pub fn migrate(root: &mut Value, file: &str) -> Result<Vec<String>, ConfigError> {
+    let mut warnings = Vec::new();
+    let map = root.as_mapping_mut().expect("checked mapping");
+    match map.get(key("version")) {
+        None => {
+            map.insert(key("version"), Value::Number(CURRENT_VERSION.into()));
+        }
+        Some(Value::Number(n))
+            if n.as_u64()
+                .is_some_and(|v| v >= 1 && v <= u64::from(CURRENT_VERSION)) => {}
+        Some(Value::Number(n)) => {
+            return Err(ConfigError::new(
+                file,
+                "version",
+                format!(
+                    "version {n} is not supported by this gateway (supported: 1..={CURRENT_VERSION})"
+                ),
+            ));
+        }
+        Some(_) => return Err(ConfigError::new(file, "version", "must be a number")),
+    }
+    // Top-level key lists, as standalone key pools write them.
+    for legacy in ["api_keys", "keys"] {
+        if let Some(list) = map.remove(key(legacy)) {
+            let gemini = map
+                .entry(key("gemini"))
+                .or_insert_with(|| Value::Mapping(Mapping::new()));
+            if let Some(g) = gemini.as_mapping_mut() {
+                if g.contains_key(key("api_keys")) {
+                    return Err(ConfigError::new(
+                        file,
+                        legacy,
+                        "both top-level keys and gemini.api_keys are set; keep one",
+                    ));
+                }
+                g.insert(key("api_keys"), list);
+                warnings.push(format!("moved top-level `{legacy}` to `gemini.api_keys`"));
+            }
+        }
+    }
+    if let Some(Value::Mapping(g)) = map.get_mut(key("gemini")) {
+        if let Some(single) = g.remove(key("api_key")) {
+            if g.contains_key(key("api_keys")) {
+                return Err(ConfigError::new(
+                    file,
+                    "gemini.api_key",
+                    "both gemini.api_key and gemini.api_keys are set; keep one",
+                ));
+            }
+            let list = match single {
+                Value::Sequence(s) => Value::Sequence(s),
+                other => Value::Sequence(vec![other]),
+            };
+            g.insert(key("api_keys"), list);
+            warnings.push("renamed `gemini.api_key` to `gemini.api_keys`".to_string());
+        }
+        if let Some(Value::Sequence(keys)) = g.get_mut(key("api_keys")) {
+            for (i, entry) in keys.iter_mut().enumerate() {
+                if let Value::String(secret) = entry {
+                    let mut m = Mapping::new();
+                    m.insert(key("id"), key(&format!("key-{}", i + 1)));
+                    m.insert(key("key"), Value::String(std::mem::take(secret)));
+                    m.insert(key("weight"), Value::Number(1.into()));
+                    *entry = Value::Mapping(m);
+                    warnings.push(format!(
+                        "gemini.api_keys[{i}]: bare key string upgraded to {{id: key-{}, key: ..., weight: 1}}",
+                        i + 1
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(Value::Mapping(m)) = map.get_mut(key("metrics")) {
+        if let Some(port) = m.remove(key("port")) {
+            if m.contains_key(key("prometheus_port")) {
+                return Err(ConfigError::new(
+                    file,
+                    "metrics.port",
+                    "both metrics.port and metrics.prometheus_port are set; keep one",
+                ));
+            }
+            m.insert(key("prometheus_port"), port);
+            warnings.push("renamed `metrics.port` to `metrics.prometheus_port`".to_string());
+        }
+    }
+    if let Some(Value::Mapping(s)) = map.get_mut(key("server")) {
+        if let Some(Value::Bool(b)) = s.get(key("tls")).cloned() {
+            let mut t = Mapping::new();
+            t.insert(key("enabled"), Value::Bool(b));
+            s.insert(key("tls"), Value::Mapping(t));
+            warnings.push(format!(
+                "`server.tls: {b}` upgraded to `server.tls: {{enabled: {b}}}`"
+            ));
+        }
+    }
+    Ok(warnings)
+}
+
+/// `JWT_SECRET`, `ADMIN_PASSWORD` and `GEMINI_API_KEY` (comma-separated) override the file.
+pub fn apply_env(config: &mut Config, env: EnvLookup<'_>) {
+    if let Some(s) = env("JWT_SECRET") {
+        config.auth.jwt_secret = Some(s);
+    }
+    if let Some(s) = env("ADMIN_PASSWORD") {
+        config.auth.admin_password = Some(s);
+    }
+    if let Some(list) = env("GEMINI_API_KEY") {
+        let secrets: Vec<String> = list
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if secrets.is_empty() {
+            return;
+        }
+        let keys = &mut config.gemini.api_keys;
+        if keys.len() == secrets.len() {
+            // Same count: keep ids, weights and projects from the file, take the secrets.
+            for (k, s) in keys.iter_mut().zip(secrets) {
+                k.key = s;
+            }
+        } else {
+            *keys = secrets
+                .into_iter()
+                .enumerate()
+                .map(|(i, key)| ApiKeyConfig {
+                    id: format!("env-{}", i + 1),
+                    key,
+                    weight: 100,
+                    project: None,
+                    enabled: true,
+                })
+                .collect();
+        }
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// Checks what types cannot: ids, duplicates, URLs, ports, TLS settings.
+pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
+    let err = |path: String, msg: String| Err(ConfigError::new(file, path, msg));
+    if c.server.port == 0 {
+        return err("server.port".into(), "must be a port number above 0".into());
+    }
+    if c.metrics.enabled && c.metrics.prometheus_port == 0 {
+        return err(
+            "metrics.prometheus_port".into(),
+            "must be a port number above 0".into(),
+        );
+    }
+    if c.metrics.enabled && c.metrics.prometheus_port == c.server.port {
+        return err(
+            "metrics.prometheus_port".into(),
+            format!("port {} is already the proxy's server.port", c.server.port),
+        );
+    }
+    if c.server.max_body_bytes == 0 {
+        return err("server.max_body_bytes".into(), "must be above 0".into());
+    }
+    if let Some(url) = &c.server.public_url {
+        let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+        });
+        if !ok {
+            return err(
+                "server.public_url".into(),
+                format!("`{url}` is not an http(s) URL"),
+            );
+        }
+    }
+    if let Err(m) = super::UpstreamTarget::parse(&c.gemini.base_url) {
+        return err("gemini.base_url".into(), m);
+    }
+    if c.gemini.api_keys.is_empty() {
+        return err(
+            "gemini.api_keys".into(),
+            "no upstream key: list keys here or set GEMINI_API_KEY".into(),
+        );
+    }
+    let mut ids = HashSet::new();
+    let mut hashes = HashSet::new();
+    for (i, k) in c.gemini.api_keys.iter().enumerate() {
+        if !valid_id(&k.id) {
+            return err(
+                format!("gemini.api_keys[{i}].id"),
+                format!("`{}` must be 1-64 of A-Z a-z 0-9 - _ .", k.id),
+            );
+        }
+        if !ids.insert(k.id.as_str()) {
+            return err(
+                format!("gemini.api_keys[{i}].id"),
+                format!("duplicate key id `{}`", k.id),
+            );
+        }
+        let secret = k.key.trim();
+        if secret.is_empty() {
+            return err(format!("gemini.api_keys[{i}].key"), "is empty".into());
+        }
+        if secret.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return err(
+                format!("gemini.api_keys[{i}].key"),
+                "contains spaces or control characters".into(),
+            );
+        }
+        let h: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        if !hashes.insert(h) {
+            return err(
+                format!("gemini.api_keys[{i}].key"),
+                format!(
+                    "key `{}` repeats an earlier key (same secret listed twice)",
+                    k.id
+                ),
+            );
+        }
+        if k.weight > 1_000_000 {
+            return err(
+                format!("gemini.api_keys[{i}].weight"),
+                "must be at most 1000000".into(),
+            );
+        }
+        if let Some(p) = &k.project {
+            if !valid_id(p) {
+                return err(
+                    format!("gemini.api_keys[{i}].project"),
+                    format!("`{p}` must be 1-64 of A-Z a-z 0-9 - _ ."),
+                );
+            }
+        }
+    }
+    if !c.gemini.api_keys.iter().any(|k| k.enabled && k.weight > 0) {
+        return err(
+            "gemini.api_keys".into(),
+            "every key is disabled or has weight 0".into(),
+        );
+    }
+    let tls = &c.server.tls;
+    if tls.enabled {
+        let acme = tls.acme.as_ref().is_some_and(|a| a.enabled);
+        if acme {
+            return err(
+                "server.tls.acme.enabled".into(),
+                "ACME certificates are not available in this version yet; give cert_path and key_path".into(),
+            );
+        }
+        for (name, v) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
+            match v {
+                None => {
+                    return err(
+                        format!("server.tls.{name}"),
+                        "required when server.tls.enabled is true".into(),
+                    );
+                }
+                Some(p) if !Path::new(p).exists() => {
+                    return err(
+                        format!("server.tls.{name}"),
+                        format!("file `{p}` does not exist"),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The file's migrated shape as YAML text (secrets as written in the file).
+pub fn migrated_yaml(loaded: &LoadedConfig) -> String {
+    serde_yaml::to_string(&loaded.migrated).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const MINIMAL: &str = r#"
+server: { host: "127.0.0.1", port: 8080, tls: { enabled: false } }
+gemini: { api_keys: [ { id: "primary", key: "your-gemini-api-key", weight: 100 } ] }
+auth: { enabled: true, jwt_secret: "...", admin_password: "..." }
+metrics: { enabled: true, prometheus_port: 9090 }
+"#;
+
+    #[test]
+    fn product_brief_minimal_config_loads() {
+        let l = load_str(MINIMAL, "proxy.yaml", &no_env).unwrap();
+        assert_eq!(l.config.version, 1);
+        assert_eq!(
+            l.config.gemini.base_url,
+            "https://generativelanguage.googleapis.com"
+        );
+        assert_eq!(l.config.gemini.api_keys[0].weight, 100);
+        assert_eq!(l.config.server.max_body_bytes, 20 * 1024 * 1024);
+        assert!(l.warnings.is_empty());
+    }
+
+    #[test]
+    fn unknown_field_names_file_and_path() {
+        let e = load_str(
+            &MINIMAL.replace("weight: 100", "weight: 100, wieght: 3"),
+            "c.yaml",
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.file, "c.yaml");
+        assert_eq!(e.path, "gemini.api_keys[0]");
+        assert!(e.message.contains("unknown field `wieght`"), "{e}");
+        let e = load_str(
+            &MINIMAL.replace("port: 8080", "port: eighty"),
+            "c.yaml",
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "server.port");
+        let e = load_str(
+            "gemini: {api_keys: [{id: a, key: k}]}\nsurprise: 1\n",
+            "c.yaml",
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("unknown field `surprise`"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_have_paths() {
+        let dup = "gemini: {api_keys: [{id: a, key: k1}, {id: a, key: k2}]}";
+        assert_eq!(
+            load_str(dup, "f", &no_env).unwrap_err().path,
+            "gemini.api_keys[1].id"
+        );
+        let same = "gemini: {api_keys: [{id: a, key: k1}, {id: b, key: k1}]}";
+        let e = load_str(same, "f", &no_env).unwrap_err();
+        assert_eq!(e.path, "gemini.api_keys[1].key");
+        assert!(
+            !e.to_string().contains("k1"),
+            "secret leaked into error: {e}"
+        );
+        let url = "gemini: {base_url: 'ftp://x', api_keys: [{id: a, key: k1}]}";
+        assert_eq!(
+            load_str(url, "f", &no_env).unwrap_err().path,
+            "gemini.base_url"
+        );
+        let none = "gemini: {api_keys: []}";
+        assert_eq!(
+            load_str(none, "f", &no_env).unwrap_err().path,
+            "gemini.api_keys"
+        );
+        let ports = "server: {port: 9090}\ngemini: {api_keys: [{id: a, key: k}]}";
+        assert_eq!(
+            load_str(ports, "f", &no_env).unwrap_err().path,
+            "metrics.prometheus_port"
+        );
+        let v = "version: 7\ngemini: {api_keys: [{id: a, key: k}]}";
+        assert_eq!(load_str(v, "f", &no_env).unwrap_err().path, "version");
+        let yaml = "gemini: [unclosed";
+        assert!(
+            load_str(yaml, "f", &no_env)
+                .unwrap_err()
+                .path
+                .starts_with("line ")
+        );
+    }
+
+    #[test]
+    fn migrates_loose_shapes_with_one_warning_each() {
+        let old = "api_keys: [AIzaOne, AIzaTwo]\nmetrics: {port: 9191}\nserver: {tls: false}\n";
+        let l = load_str(old, "f", &no_env).unwrap();
+        assert_eq!(l.warnings.len(), 5, "{:?}", l.warnings);
+        let ids: Vec<_> = l
+            .config
+            .gemini
+            .api_keys
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect();
+        assert_eq!(ids, ["key-1", "key-2"]);
+        assert_eq!(l.config.metrics.prometheus_port, 9191);
+        let text = migrated_yaml(&l);
+        let again = load_str(&text, "f", &no_env).unwrap();
+        assert!(
+            again.warnings.is_empty(),
+            "migrated output is stable: {:?}",
+            again.warnings
+        );
+        assert_eq!(again.config, l.config);
+        let single = load_str("gemini: {api_key: AIzaOne}", "f", &no_env).unwrap();
+        assert_eq!(single.config.gemini.api_keys.len(), 1);
+    }
+
+    #[test]
+    fn env_overrides_secrets_and_keys() {
+        let env = |k: &str| match k {
+            "JWT_SECRET" => Some("from-env".to_string()),
+            "GEMINI_API_KEY" => Some("k-a, k-b".to_string()),
+            _ => None,
+        };
+        let l = load_str(MINIMAL, "f", &env).unwrap();
+        assert_eq!(l.config.auth.jwt_secret.as_deref(), Some("from-env"));
+        let keys: Vec<_> = l
+            .config
+            .gemini
+            .api_keys
+            .iter()
+            .map(|k| (k.id.as_str(), k.key.as_str()))
+            .collect();
+        assert_eq!(keys, [("env-1", "k-a"), ("env-2", "k-b")]);
+        let one = |k: &str| (k == "GEMINI_API_KEY").then(|| "only".to_string());
+        let l = load_str(MINIMAL, "f", &one).unwrap();
+        assert_eq!(
+            (
+                l.config.gemini.api_keys[0].id.as_str(),
+                l.config.gemini.api_keys[0].key.as_str()
+            ),
+            ("primary", "only")
+        );
+        // An empty key list in the file is fine when the environment supplies keys.
+        let l = load_str("gemini: {api_keys: []}", "f", &one).unwrap();
+        assert_eq!(l.config.gemini.api_keys.len(), 1);
+    }
+}

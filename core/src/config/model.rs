@@ -1,0 +1,251 @@
+//! The config file's schema (version 1). Every field is documented in
+//! `config/proxy.yaml.example`; unknown fields are errors.
+
+use serde::{Deserialize, Serialize};
+
+use super::duration::ConfigDuration;
+
+pub const CURRENT_VERSION: u32 = 1;
+pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "current_version")]
+    pub version: u32,
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub gemini: GeminiConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    /// Ordered pipeline entries; `None` means the default pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Vec<serde_yaml::Value>>,
+}
+
+fn current_version() -> u32 {
+    CURRENT_VERSION
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsConfig,
+    /// Largest request body accepted (buffered calls); larger gets 413.
+    pub max_body_bytes: u64,
+    /// Largest body of one streamed upload request.
+    pub max_upload_bytes: u64,
+    /// Worker threads of the proxy service (0 = one per core).
+    pub threads: usize,
+    /// Seconds to let in-flight calls finish on SIGTERM.
+    pub grace_period: ConfigDuration,
+    /// Public URL clients use to reach the gateway (used to rewrite `x-goog-upload-url`);
+    /// when unset, the request's Host header is used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// `development` or `production` (production refuses weak security at startup).
+    pub mode: ServerMode,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            tls: TlsConfig::default(),
+            max_body_bytes: 20 * 1024 * 1024,
+            max_upload_bytes: 2 * 1024 * 1024 * 1024,
+            threads: 0,
+            grace_period: ConfigDuration::secs(30),
+            public_url: None,
+            mode: ServerMode::Development,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerMode {
+    #[default]
+    Development,
+    Production,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    pub enabled: bool,
+    pub domains: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub directory_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GeminiConfig {
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Offer HTTP/2 to the upstream (ALPN h2, falling back to HTTP/1.1).
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// PEM file of CA certificates for the upstream (default: the system's roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+fn default_base_url() -> String {
+    DEFAULT_BASE_URL.to_string()
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub id: String,
+    pub key: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Google Cloud project (keys of one project share quota); default: the key's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl std::fmt::Debug for ApiKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyConfig")
+            .field("id", &self.id)
+            .field("key", &"<redacted>")
+            .field("weight", &self.weight)
+            .field("project", &self.project)
+            .field("enabled", &self.enabled)
+            .finish()
+    }
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// TCP + TLS connect.
+    pub connect: ConfigDuration,
+    /// Longest silence while reading the upstream response (thinking models pause).
+    pub read: ConfigDuration,
+    /// Longest stall writing the request body upstream.
+    pub write: ConfigDuration,
+    /// How long an idle pooled upstream connection is kept.
+    pub idle: ConfigDuration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            connect: ConfigDuration::secs(10),
+            read: ConfigDuration::secs(300),
+            write: ConfigDuration::secs(60),
+            idle: ConfigDuration::secs(90),
+        }
+    }
+}
+
+#[derive(Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<String>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("enabled", &self.enabled)
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Host of the admin listener (metrics, health, admin API).
+    pub host: String,
+    pub prometheus_port: u16,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            host: "127.0.0.1".into(),
+            prometheus_port: 9090,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// `human` or `json`.
+    pub format: LogFormat,
+    /// Default filter when `RUST_LOG` is unset.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            format: LogFormat::Human,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}

@@ -1,0 +1,20 @@
+//! gemini-proxy core: the only crate that knows Pingora. It wires the proxy listener, the admin
+//! listener, configuration (load, validate, migrate, hot reload), the runtime snapshot and the
+//! embedded mock Gemini upstream used by the demo, the tests and the benchmarks.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod mock;
+pub mod pipeline;
+pub mod proxy;
+pub mod reload;
+pub mod runtime;
+pub mod server;
+pub mod stats;
+
+/// The plugin registry this binary ships: every built-in stage.
+pub fn builtin_registry() -> gemini_proxy_sdk::Registry {
+    gemini_proxy_plugins::builtin_registry()
+}

@@ -1,0 +1,103 @@
+use std::path::PathBuf;
+
+use clap::Parser;
+use gemini_proxy_core::cli::{self, Cli, Command, ServeArgs};
+use gemini_proxy_core::config::LogFormat;
+use gemini_proxy_core::runtime::Shared;
+use gemini_proxy_core::server::{ServeOptions, build_server};
+
+fn serve(args: ServeArgs) -> i32 {
+    let path = args
+        .config
+        .unwrap_or_else(|| PathBuf::from("config/proxy.yaml"));
+    let loaded = match cli::load_for_serve(&path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let c = &loaded.config;
+    cli::init_logging(c.logging.format, &c.logging.level);
+    for w in &loaded.warnings {
+        tracing::warn!(migration = %w, "config migrated; run `gemini-proxy check --migrate` to upgrade the file");
+    }
+    if c.auth.enabled {
+        tracing::warn!(
+            "auth.enabled is set, but JWT authentication is not implemented in this version: calls are not authenticated"
+        );
+    }
+    let shared = match Shared::new(&loaded, gemini_proxy_core::builtin_registry()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let opts = ServeOptions {
+        upgrade: args.upgrade,
+        ..ServeOptions::default()
+    };
+    match build_server(shared, &opts) {
+        Ok(server) => {
+            tracing::info!(listen = %format!("{}:{}", c.server.host, c.server.port), admin = c.metrics.prometheus_port, "gemini-proxy starting");
+            server.run_forever()
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+fn demo(args: cli::DemoArgs) -> i32 {
+    cli::init_logging(LogFormat::Human, "info");
+    let mock = match gemini_proxy_core::mock::MockGemini::start() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: cannot start the mock upstream: {e}");
+            return 2;
+        }
+    };
+    let loaded = cli::demo_config(&mock.base_url(), args.port, args.admin_port);
+    let shared = match Shared::new(&loaded, gemini_proxy_core::builtin_registry()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let server = match build_server(shared, &ServeOptions::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    println!(
+        "{}",
+        cli::demo_banner(args.port, args.admin_port, &mock.base_url())
+    );
+    // The mock lives on its own thread for the life of the process.
+    std::mem::forget(mock);
+    server.run_forever()
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        None => serve(ServeArgs {
+            config: cli.config,
+            upgrade: false,
+        }),
+        Some(Command::Serve(mut a)) => {
+            if a.config.is_none() {
+                a.config = cli.config;
+            }
+            serve(a)
+        }
+        Some(Command::Demo(a)) => demo(a),
+        Some(Command::Check(a)) => cli::run_check(&a),
+    };
+    std::process::exit(code);
+}

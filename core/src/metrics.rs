@@ -1,0 +1,252 @@
+//! Prometheus metrics (key ids only, never keys; label values bounded).
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use parking_lot::Mutex;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+static STAGE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "pipeline_stage_errors_total",
+            "Pipeline stage failures by stage kind and phase",
+        ),
+        &["stage", "phase"],
+    )
+    .expect("valid metric")
+});
+
+/// Counts a failed pipeline stage (shared by every gateway in the process).
+pub fn global_stage_error(stage: &str, phase: &str) {
+    STAGE_ERRORS.with_label_values(&[stage, phase]).inc();
+}
+
+/// Caps the distinct values a label may take; extra values become `other`.
+pub struct LabelCap {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl LabelCap {
+    pub fn new(max: usize) -> Self {
+        LabelCap {
+            max,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn get(&self, value: &str) -> String {
+        if value.is_empty() {
+            return "none".into();
+        }
+        if value.len() > 64
+            || !value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return "invalid".into();
+        }
+        let mut seen = self.seen.lock();
+        if seen.contains(value) {
+            return value.to_string();
+        }
+        if seen.len() >= self.max {
+            return "other".into();
+        }
+        seen.insert(value.to_string());
+        value.to_string()
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub gemini_calls: IntCounterVec,
+    pub key_usage: IntCounterVec,
+    pub key_errors: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub ttfb: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub reloads: IntCounterVec,
+    pub truncated: IntCounter,
+    pub in_flight: IntGauge,
+    pub config_generation: IntGauge,
+    pub key_enabled: IntGaugeVec,
+    pub models: LabelCap,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let hist = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        let http_requests = counter(
+            "http_requests_total",
+            "Requests served by the proxy listener",
+            &["api", "method", "status"],
+        );
+        let gemini_calls = counter(
+            "gemini_api_calls_total",
+            "Calls forwarded to Gemini",
+            &["action", "model", "status"],
+        );
+        let key_usage = counter("api_key_usage", "Upstream attempts per key id", &["key_id"]);
+        let key_errors = counter(
+            "api_key_errors_total",
+            "Failed upstream attempts per key id and class",
+            &["key_id", "class"],
+        );
+        let request_duration = hist(
+            "http_request_duration_seconds",
+            "Whole-call latency at the gateway",
+            &["api"],
+        );
+        let upstream_duration = hist(
+            "upstream_duration_seconds",
+            "Upstream time from request sent to response end",
+            &["action"],
+        );
+        let ttfb = hist(
+            "time_to_first_byte_seconds",
+            "Time to the first response byte sent to the client",
+            &["action"],
+        );
+        let tokens = counter(
+            "gemini_tokens_total",
+            "Tokens by model and direction",
+            &["model", "direction"],
+        );
+        let reloads = counter(
+            "config_reloads_total",
+            "Config reloads by result",
+            &["result"],
+        );
+        let truncated = IntCounter::new(
+            "streams_truncated_total",
+            "Streams that ended without a finish reason",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(truncated.clone()))
+            .expect("unique metric");
+        let in_flight =
+            IntGauge::new("requests_in_flight", "Proxy calls in progress").expect("valid");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("unique metric");
+        let config_generation =
+            IntGauge::new("config_generation", "Generation of the active config").expect("valid");
+        registry
+            .register(Box::new(config_generation.clone()))
+            .expect("unique metric");
+        let key_enabled = IntGaugeVec::new(
+            Opts::new(
+                "api_key_enabled",
+                "1 if the key is enabled in the active config",
+            ),
+            &["key_id"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(key_enabled.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(STAGE_ERRORS.clone()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            http_requests,
+            gemini_calls,
+            key_usage,
+            key_errors,
+            request_duration,
+            upstream_duration,
+            ttfb,
+            tokens,
+            reloads,
+            truncated,
+            in_flight,
+            config_generation,
+            key_enabled,
+            models: LabelCap::new(100),
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_cap_bounds_values() {
+        let cap = LabelCap::new(2);
+        assert_eq!(cap.get("a"), "a");
+        assert_eq!(cap.get("b"), "b");
+        assert_eq!(cap.get("c"), "other");
+        assert_eq!(cap.get("a"), "a");
+        assert_eq!(cap.get("bad value\n"), "invalid");
+        assert_eq!(cap.get(&"x".repeat(100)), "invalid");
+    }
+
+    #[test]
+    fn renders_product_metric_names() {
+        let m = Metrics::new();
+        m.http_requests
+            .with_label_values(&["native", "POST", "200"])
+            .inc();
+        m.gemini_calls
+            .with_label_values(&["generateContent", "m", "200"])
+            .inc();
+        m.key_usage.with_label_values(&["primary"]).inc();
+        m.request_duration
+            .with_label_values(&["native"])
+            .observe(0.01);
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "http_requests_total",
+            "gemini_api_calls_total",
+            "api_key_usage",
+            "http_request_duration_seconds_bucket",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
+    }
+}

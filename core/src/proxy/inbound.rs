@@ -1,0 +1,165 @@
+//! The downstream request, read once: route, client credential, sanitized query and headers.
+
+use gemini_proxy_sdk::{CallRoute, ClientCredential, CredentialSource, classify};
+use http::header::{HeaderMap, HeaderName};
+use percent_encoding::percent_decode_str;
+
+/// Headers never forwarded upstream nor shown to plugins as-is.
+const STRIPPED: &[&str] = &[
+    "x-goog-api-key",
+    "authorization",
+    "x-api-key",
+    "proxy-authorization",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-goog-user-project",
+    "x-request-id",
+];
+
+pub struct Inbound {
+    pub route: CallRoute,
+    pub path: String,
+    pub query: Option<String>,
+    pub credential: Option<ClientCredential>,
+    pub headers: HeaderMap,
+}
+
+/// Removes `key=` parameters, returning the rest and the first key value found.
+pub fn split_key_param(query: &str) -> (Option<String>, Option<String>) {
+    let mut kept = Vec::new();
+    let mut key = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split('=').next().unwrap_or("");
+        if percent_decode_str(name).decode_utf8_lossy() == "key" {
+            if key.is_none() {
+                let v = pair.split_once('=').map(|(_, v)| v).unwrap_or("");
+                key = Some(percent_decode_str(v).decode_utf8_lossy().into_owned());
+            }
+        } else {
+            kept.push(pair);
+        }
+    }
+    let rest = (!kept.is_empty()).then(|| kept.join("&"));
+    (rest, key)
+}
+
+/// Sanitized headers: credentials, hop-by-hop (including those named in `Connection`) and
+/// identity-revealing proxy headers removed.
+pub fn sanitize_headers(src: &HeaderMap) -> HeaderMap {
+    let mut extra: Vec<HeaderName> = Vec::new();
+    for v in src.get_all("connection") {
+        if let Ok(s) = v.to_str() {
+            extra.extend(
+                s.split(',')
+                    .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+            );
+        }
+    }
+    let mut out = HeaderMap::with_capacity(src.len());
+    for (name, value) in src {
+        let n = name.as_str();
+        if STRIPPED.contains(&n) || extra.contains(name) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+impl Inbound {
+    /// `None` when the path is not one the gateway serves.
+    pub fn parse(method: &str, uri: &http::Uri, headers: &HeaderMap) -> Option<Inbound> {
+        let path = uri.path();
+        let route = classify(method, path)?;
+        let (query, query_key) = match uri.query() {
+            Some(q) => split_key_param(q),
+            None => (None, None),
+        };
+        let header_key = headers
+            .get("x-goog-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+        let bearer = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| {
+                let (scheme, token) = s.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_string())
+            })
+            .filter(|s| !s.is_empty());
+        // Precedence when several are given: header, then bearer, then query.
+        let credential = header_key
+            .map(|v| ClientCredential::new(CredentialSource::GoogApiKeyHeader, v))
+            .or_else(|| bearer.map(|v| ClientCredential::new(CredentialSource::Bearer, v)))
+            .or_else(|| query_key.map(|v| ClientCredential::new(CredentialSource::QueryKey, v)));
+        Some(Inbound {
+            route,
+            path: path.to_string(),
+            query,
+            credential,
+            headers: sanitize_headers(headers),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_key_param_only() {
+        assert_eq!(
+            split_key_param("alt=sse&key=abc"),
+            (Some("alt=sse".into()), Some("abc".into()))
+        );
+        assert_eq!(split_key_param("key=a%2Bb"), (None, Some("a+b".into())));
+        assert_eq!(
+            split_key_param("pageSize=5&monkey=1"),
+            (Some("pageSize=5&monkey=1".into()), None)
+        );
+        assert_eq!(
+            split_key_param("k%65y=x&alt=sse"),
+            (Some("alt=sse".into()), Some("x".into()))
+        );
+    }
+
+    #[test]
+    fn finds_credentials_and_sanitizes() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer tok".parse().unwrap());
+        h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("x-goog-api-client", "sdk".parse().unwrap());
+        let uri: http::Uri = "http://generativelanguage.googleapis.com/v1beta/models?key=q"
+            .parse()
+            .unwrap();
+        let i = Inbound::parse("GET", &uri, &h).unwrap();
+        assert_eq!(i.path, "/v1beta/models");
+        assert_eq!(i.credential.as_ref().unwrap().value(), "tok");
+        assert_eq!(
+            i.credential.as_ref().unwrap().source(),
+            CredentialSource::Bearer
+        );
+        assert!(i.query.is_none());
+        assert!(i.headers.get("authorization").is_none());
+        assert!(i.headers.get("x-secret-hop").is_none());
+        assert!(i.headers.get("x-goog-api-client").is_some());
+    }
+}

@@ -1,0 +1,981 @@
+//! The proxy listener: Pingora's `request_filter` drives each call itself (read the bounded
+//! body, pick a key, call the upstream through Pingora's pooled `Connector`, stream the answer
+//! back), so a request body can be resent on another key at any size and SSE is never
+//! buffered. See `shared/reference/retry-spike.md` (approach B).
+
+mod errors;
+mod inbound;
+mod observer;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use gemini_proxy_sdk::{
+    Action, ApiKind, CompletedRequest, Rejection, RequestContext, RequestView, ResponseHead,
+    Selection, UpstreamError, UpstreamOutcome,
+};
+use http::HeaderValue;
+use pingora::ErrorType;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::proxy::{ProxyHttp, Session};
+
+pub use errors::{ErrorStyle, error_body};
+pub use inbound::{Inbound, sanitize_headers, split_key_param};
+pub use observer::{BodyFormat, Observed, Observer};
+
+use crate::runtime::{Runtime, Shared, UpstreamKey};
+use crate::stats::{CallRecord, ErrorSample};
+
+/// Largest upstream error body read to classify it.
+const MAX_ERROR_BODY: usize = 1024 * 1024;
+
+/// Why a call failed before (or while) answering; turned into a client error.
+#[derive(Debug)]
+struct Failure {
+    status: u16,
+    class: &'static str,
+    message: String,
+    retry_after: Option<Duration>,
+    headers: Vec<(String, String)>,
+    /// The request body was not read: the connection cannot be reused.
+    body_unread: bool,
+}
+
+impl Failure {
+    fn new(status: u16, class: &'static str, message: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            class,
+            message: message.into(),
+            retry_after: None,
+            headers: Vec::new(),
+            body_unread: false,
+        }
+    }
+
+    fn rejected(r: Rejection) -> Failure {
+        Failure {
+            status: r.status,
+            class: "rejected",
+            message: r.message,
+            retry_after: r.retry_after,
+            headers: r.headers,
+            body_unread: true,
+        }
+    }
+
+    fn from_upstream(e: &pingora::Error, during: &str) -> Failure {
+        match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Failure::new(
+                    504,
+                    "upstream_timeout",
+                    format!("upstream timed out {during}"),
+                )
+            }
+            _ => Failure::new(
+                502,
+                "upstream_unreachable",
+                format!("upstream unreachable {during}: {}", e.etype().as_str()),
+            ),
+        }
+    }
+}
+
+/// Per-call state, created by `new_ctx` with the runtime snapshot the call keeps to the end.
+pub struct CallState {
+    runtime: Arc<Runtime>,
+    request_id: String,
+    started: Instant,
+    cx: Option<RequestContext>,
+    done: CompletedRequest,
+    style: ErrorStyle,
+    api: &'static str,
+    action: &'static str,
+    model: Option<String>,
+    error_message: Option<String>,
+    counted_in_flight: bool,
+}
+
+pub struct GatewayProxy {
+    shared: Arc<Shared>,
+}
+
+impl GatewayProxy {
+    pub fn new(shared: Arc<Shared>) -> GatewayProxy {
+        GatewayProxy { shared }
+    }
+}
+
+fn valid_request_id(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 128
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn is_expect_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+async fn send_continue(session: &mut Session) -> pingora::Result<()> {
+    if is_expect_continue(session.req_header()) {
+        // Writing a header before the body is read would otherwise turn keep-alive off.
+        session
+            .downstream_session
+            .set_close_on_response_before_downstream_finish(false);
+        session.downstream_session.write_continue_response().await?;
+        session
+            .downstream_session
+            .set_close_on_response_before_downstream_finish(true);
+    }
+    Ok(())
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
+    send_continue(session)
+        .await
+        .map_err(|_| Failure::new(499, "client_gone", "client went away"))?;
+    let mut buf = BytesMut::new();
+    loop {
+        match session.downstream_session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if (buf.len() + chunk.len()) as u64 > limit {
+                    let mut f = Failure::new(
+                        413,
+                        "body_too_large",
+                        format!("request body exceeds {limit} bytes"),
+                    );
+                    f.body_unread = true;
+                    return Err(f);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(e) => {
+                return Err(match e.etype() {
+                    ErrorType::ReadTimedout => {
+                        Failure::new(408, "client_timeout", "timed out reading the request body")
+                    }
+                    _ => Failure::new(400, "bad_request_body", "could not read the request body"),
+                });
+            }
+        }
+    }
+}
+
+enum RequestBody {
+    Buffered(Bytes),
+    /// Uploads: streamed from the client as it arrives, never held whole.
+    Streamed {
+        limit: u64,
+    },
+}
+
+/// Response headers that describe a hop, not the message.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "alt-svc",
+];
+
+/// Rewrites an upstream upload URL to point at the gateway, dropping any `key=`.
+fn rewrite_upload_url(value: &str, public_base: &str) -> Option<String> {
+    let uri: http::Uri = value.parse().ok()?;
+    let pq = uri.path_and_query()?;
+    let query = pq.query().and_then(|q| split_key_param(q).0);
+    Some(match query {
+        Some(q) => format!("{public_base}{}?{q}", pq.path()),
+        None => format!("{public_base}{}", pq.path()),
+    })
+}
+
+impl GatewayProxy {
+    fn public_base(&self, rt: &Runtime, session: &Session) -> String {
+        if let Some(u) = &rt.public_url {
+            return u.clone();
+        }
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_else(|| format!("{}:{}", rt.config.server.host, rt.config.server.port));
+        let scheme = if rt.config.server.tls.enabled {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{host}")
+    }
+
+    async fn write_failure(&self, session: &mut Session, ctx: &mut CallState, f: Failure) {
+        ctx.done.status = f.status;
+        ctx.done.error_class = Some(f.class.to_string());
+        ctx.error_message = Some(f.message.clone());
+        if f.status == 499 || session.response_written().is_some() {
+            return;
+        }
+        if f.body_unread {
+            session.set_keepalive(None);
+        }
+        let body = error_body(ctx.style, f.status, &f.message);
+        let mut resp = match ResponseHeader::build(f.status, Some(6)) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let _ = resp.insert_header("content-type", "application/json; charset=UTF-8");
+        let _ = resp.insert_header("content-length", body.len().to_string());
+        let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
+        if let Some(after) = f.retry_after {
+            let _ = resp.insert_header(
+                "retry-after",
+                after.as_secs_f64().ceil().max(1.0).to_string(),
+            );
+        }
+        for (k, v) in f.headers {
+            let _ = resp.append_header(k, v);
+        }
+        ctx.done.response_bytes = body.len() as u64;
+        if session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .is_ok()
+        {
+            let _ = session.write_response_body(Some(body), true).await;
+        }
+    }
+
+    async fn handle(&self, session: &mut Session, ctx: &mut CallState) -> Result<(), Failure> {
+        let rt = ctx.runtime.clone();
+        let req = session.req_header();
+        let method = req.method.clone();
+        let Some(inbound) = Inbound::parse(method.as_str(), &req.uri, &req.headers) else {
+            let mut f = Failure::new(
+                404,
+                "not_found",
+                format!("no route for {} {}", method, req.uri.path()),
+            );
+            f.body_unread = true;
+            return Err(f);
+        };
+        let declared_len = req
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        ctx.api = inbound.route.api_kind.as_str();
+        ctx.action = inbound.route.action.as_str();
+        ctx.model = inbound.route.model.clone();
+        let mut view =
+            RequestView::new(ctx.request_id.clone(), method.clone(), inbound.path.clone());
+        view.query = inbound.query.clone();
+        view.headers = inbound.headers.clone();
+        view.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        view.body_size = declared_len;
+        ctx.done.streamed = inbound.route.stream;
+        let cx = ctx
+            .cx
+            .insert(RequestContext::new(view, inbound.credential.clone()));
+
+        match rt.pipeline.admit(cx).await {
+            Ok(None) => {}
+            Ok(Some(rejection)) => return Err(Failure::rejected(rejection)),
+            Err(stage) => {
+                tracing::error!(request_id = %ctx.request_id, error = %stage, "admission failed");
+                let mut f = Failure::new(
+                    500,
+                    "pipeline_error",
+                    format!("gateway stage `{}` failed", stage.stage),
+                );
+                f.body_unread = true;
+                return Err(f);
+            }
+        }
+
+        let upload = inbound.route.api_kind == ApiKind::Upload;
+        let limit = if upload {
+            rt.config.server.max_upload_bytes
+        } else {
+            rt.config.server.max_body_bytes
+        };
+        if declared_len.is_some_and(|n| n > limit) {
+            let mut f = Failure::new(
+                413,
+                "body_too_large",
+                format!("request body exceeds {limit} bytes"),
+            );
+            f.body_unread = true;
+            return Err(f);
+        }
+        let body = if upload {
+            RequestBody::Streamed { limit }
+        } else {
+            RequestBody::Buffered(read_body(session, limit).await?)
+        };
+        if let RequestBody::Buffered(b) = &body {
+            ctx.done.request_bytes = b.len() as u64;
+        }
+
+        // Select a key.
+        let cx = ctx.cx.as_mut().expect("set above");
+        let mut sel = Selection::new(&rt.candidates);
+        for tried in &cx.tried_keys {
+            if let Some(i) = rt.candidates.iter().position(|c| &*c.id == tried) {
+                sel.exclude(i);
+            }
+        }
+        if let Err(stage) = rt.pipeline.select(cx, &mut sel) {
+            tracing::error!(request_id = %ctx.request_id, error = %stage, "key selection failed");
+            return Err(Failure::new(
+                500,
+                "pipeline_error",
+                format!("gateway stage `{}` failed", stage.stage),
+            ));
+        }
+        let index = match sel.chosen_index().or_else(|| rt.fallback.pick(&sel)) {
+            Some(i) => i,
+            None => return Err(Failure::new(503, "no_key", "no upstream key is available")),
+        };
+        let key = &rt.keys[index];
+        cx.attempt += 1;
+        cx.tried_keys.push(key.id.to_string());
+        ctx.done.attempts += 1;
+        ctx.done.key_id = Some(key.id.to_string());
+        ctx.done.project = Some(key.project.to_string());
+        self.shared
+            .metrics
+            .key_usage
+            .with_label_values(&[&key.id])
+            .inc();
+
+        let result = self.forward(session, ctx, &rt, key, &inbound, body).await;
+        if let Err(f) = &result {
+            self.shared
+                .metrics
+                .key_errors
+                .with_label_values(&[&key.id, f.class])
+                .inc();
+        }
+        result
+    }
+
+    fn upstream_request(
+        &self,
+        rt: &Runtime,
+        key: &UpstreamKey,
+        inbound: &Inbound,
+        method: &http::Method,
+        content_length: Option<String>,
+    ) -> Result<RequestHeader, Failure> {
+        let mut target =
+            String::with_capacity(rt.upstream.target.path_prefix.len() + inbound.path.len() + 32);
+        target.push_str(&rt.upstream.target.path_prefix);
+        target.push_str(&inbound.path);
+        if let Some(q) = &inbound.query {
+            target.push('?');
+            target.push_str(q);
+        }
+        let bad = |_| Failure::new(400, "bad_request", "request cannot be forwarded");
+        let mut req = RequestHeader::build(
+            method.clone(),
+            target.as_bytes(),
+            Some(inbound.headers.len() + 4),
+        )
+        .map_err(bad)?;
+        for (name, value) in &inbound.headers {
+            req.append_header(name.clone(), value.clone())
+                .map_err(bad)?;
+        }
+        req.insert_header("host", rt.upstream.authority.clone())
+            .map_err(bad)?;
+        // Identity encoding keeps usage observable; Gemini answers are small next to the call.
+        req.insert_header("accept-encoding", "identity")
+            .map_err(bad)?;
+        if inbound.route.api_kind == ApiKind::OpenAi {
+            req.insert_header("authorization", key.bearer.clone())
+                .map_err(bad)?;
+        } else {
+            req.insert_header("x-goog-api-key", key.goog_api_key.clone())
+                .map_err(bad)?;
+        }
+        match content_length {
+            Some(n) => req.insert_header("content-length", n).map_err(bad)?,
+            None if !method_has_no_body(method) => req
+                .insert_header("transfer-encoding", "chunked")
+                .map_err(bad)?,
+            None => {}
+        }
+        Ok(req)
+    }
+
+    /// One upstream attempt: send, read the head, answer the client.
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut CallState,
+        rt: &Runtime,
+        key: &UpstreamKey,
+        inbound: &Inbound,
+        body: RequestBody,
+    ) -> Result<(), Failure> {
+        let method = session.req_header().method.clone();
+        let declared = session
+            .req_header()
+            .headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let peer = rt.upstream.peer();
+        let upstream_started = Instant::now();
+        let mut tries = 0;
+        let (mut up, wrote_ok) = loop {
+            tries += 1;
+            let (mut up, reused) = rt
+                .upstream
+                .connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| Failure::from_upstream(&e, "while connecting"))?;
+            up.set_read_timeout(Some(rt.upstream.read_timeout));
+            up.set_write_timeout(Some(rt.upstream.write_timeout));
+            let content_length = match &body {
+                RequestBody::Buffered(b) => Some(b.len().to_string()),
+                RequestBody::Streamed { .. } => declared.clone(),
+            };
+            let req = self.upstream_request(rt, key, inbound, &method, content_length)?;
+            let wrote: pingora::Result<()> = async {
+                up.write_request_header(Box::new(req)).await?;
+                match &body {
+                    RequestBody::Buffered(b) => {
+                        if !b.is_empty() {
+                            up.write_request_body(b.clone(), true).await?;
+                        }
+                    }
+                    RequestBody::Streamed { .. } => {}
+                }
+                Ok(())
+            }
+            .await;
+            let wrote = match (&body, wrote) {
+                (RequestBody::Streamed { limit }, Ok(())) => {
+                    match stream_request_body(session, &mut up, *limit, &mut ctx.done.request_bytes)
+                        .await
+                    {
+                        Ok(()) => Ok(()),
+                        Err(StreamErr::Client(f)) => return Err(f),
+                        Err(StreamErr::Upstream(e)) => Err(e),
+                    }
+                }
+                (_, w) => w,
+            };
+            let wrote = match wrote {
+                Ok(()) => up.finish_request_body().await,
+                Err(e) => Err(e),
+            };
+            // An upstream that answers early and closes makes the write fail: still read it.
+            match read_head(&mut up).await {
+                Ok(()) => break (up, wrote.is_ok()),
+                Err(e) => {
+                    let buffered = matches!(body, RequestBody::Buffered(_));
+                    let stale = reused
+                        && buffered
+                        && tries < 2
+                        && !matches!(
+                            e.etype(),
+                            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                        );
+                    if stale {
+                        tracing::debug!(request_id = %ctx.request_id, "pooled upstream connection was stale; retrying once");
+                        continue;
+                    }
+                    let during = if wrote.is_err() {
+                        "while sending the request"
+                    } else {
+                        "while waiting for the response"
+                    };
+                    return Err(Failure::from_upstream(
+                        wrote.as_ref().err().map(|b| b.as_ref()).unwrap_or(&e),
+                        during,
+                    ));
+                }
+            }
+        };
+        let head_latency = upstream_started.elapsed();
+        let resp = up.response_header().cloned().ok_or_else(|| {
+            Failure::new(502, "upstream_protocol", "upstream sent no response head")
+        })?;
+        let status = resp.status.as_u16();
+        ctx.done.upstream_status = status;
+
+        // Errors are small: read them whole to classify, then pass them on unchanged.
+        let mut error_body_bytes: Option<Bytes> = None;
+        let mut outcome = UpstreamOutcome::new(key.id.to_string(), status);
+        outcome.latency = head_latency;
+        if status >= 400 {
+            let mut buf = BytesMut::new();
+            let mut complete = true;
+            loop {
+                match up.read_response_body().await {
+                    Ok(Some(c)) => {
+                        if buf.len() + c.len() > MAX_ERROR_BODY {
+                            complete = false;
+                            break;
+                        }
+                        buf.extend_from_slice(&c);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(Failure::from_upstream(&e, "while reading the error body"));
+                    }
+                }
+            }
+            if !complete {
+                return Err(Failure::new(
+                    502,
+                    "upstream_protocol",
+                    "upstream error body too large",
+                ));
+            }
+            let bytes = buf.freeze();
+            outcome.error = UpstreamError::parse(&bytes);
+            error_body_bytes = Some(bytes);
+        }
+        {
+            let cx = ctx.cx.as_ref().expect("context");
+            if let Err(stage) = rt.pipeline.upstream_outcome(cx, &outcome) {
+                tracing::error!(request_id = %ctx.request_id, error = %stage, "upstream outcome stage failed");
+                return Err(Failure::new(
+                    500,
+                    "pipeline_error",
+                    format!("gateway stage `{}` failed", stage.stage),
+                ));
+            }
+        }
+        if let Some(e) = &outcome.error {
+            ctx.error_message = Some(format!(
+                "upstream {}: {}",
+                e.status,
+                truncate(&e.message, 200)
+            ));
+        }
+
+        // The head for the client.
+        let mut out = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))
+            .map_err(|_| Failure::new(502, "upstream_protocol", "bad upstream status"))?;
+        for (name, value) in &resp.headers {
+            if HOP_BY_HOP.contains(&name.as_str()) {
+                continue;
+            }
+            if name.as_str() == "x-goog-upload-url" {
+                let base = self.public_base(rt, session);
+                if let Some(v) = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| rewrite_upload_url(v, &base))
+                {
+                    if let Ok(hv) = HeaderValue::from_str(&v) {
+                        let _ = out.append_header(name.clone(), hv);
+                    }
+                }
+                continue;
+            }
+            let _ = out.append_header(name.clone(), value.clone());
+        }
+        let _ = out.insert_header("x-request-id", ctx.request_id.as_str());
+        match &error_body_bytes {
+            Some(b) => {
+                let _ = out.insert_header("content-length", b.len().to_string());
+            }
+            None => {
+                if out.headers.get("content-length").is_none()
+                    && !session.is_http2()
+                    && !status_has_no_body(status, &method)
+                {
+                    let _ = out.insert_header("transfer-encoding", "chunked");
+                }
+            }
+        }
+        let content_type = out
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let head = ResponseHead::new(status, out.headers.clone());
+        {
+            let cx = ctx.cx.as_mut().expect("context");
+            if let Err(stage) = rt.pipeline.response(cx, &head) {
+                tracing::error!(request_id = %ctx.request_id, error = %stage, "response stage failed");
+                return Err(Failure::new(
+                    500,
+                    "pipeline_error",
+                    format!("gateway stage `{}` failed", stage.stage),
+                ));
+            }
+        }
+        let format = Observer::format_for(content_type.as_deref());
+        if format == BodyFormat::Sse {
+            ctx.done.streamed = true;
+        }
+        let expect_finish = (200..300).contains(&status)
+            && matches!(
+                inbound.route.action,
+                Action::GenerateContent | Action::StreamGenerateContent | Action::ChatCompletions
+            );
+        let mut observer = Observer::new(format, expect_finish);
+
+        if session
+            .write_response_header(Box::new(out), false)
+            .await
+            .is_err()
+        {
+            ctx.done.error_class = Some("client_gone".into());
+            up.shutdown().await;
+            return Ok(());
+        }
+        ctx.done.time_to_first_byte = Some(ctx.started.elapsed());
+
+        if let Some(b) = error_body_bytes {
+            observer.feed(&b);
+            ctx.done.response_bytes = b.len() as u64;
+            let _ = session.write_response_body(Some(b), true).await;
+            ctx.done.upstream_latency = Some(upstream_started.elapsed());
+            if wrote_ok {
+                rt.upstream
+                    .connector
+                    .release_http_session(up, &peer, peer.options.idle_timeout)
+                    .await;
+            }
+            ctx.done.error_class = Some(classify_status(status).into());
+            return Ok(());
+        }
+
+        let observe_chunks = rt.pipeline.has_response_observers();
+        let mut idle_done = false;
+        let mut complete = false;
+        let mut client_gone = false;
+        loop {
+            let next = tokio::select! {
+                biased;
+                r = up.read_response_body() => r,
+                r = session.downstream_session.read_body_or_idle(true), if !idle_done => {
+                    match r {
+                        Err(_) => { client_gone = true; break; }
+                        Ok(_) => { idle_done = true; continue; }
+                    }
+                }
+            };
+            match next {
+                Ok(Some(chunk)) => {
+                    observer.feed(&chunk);
+                    if observe_chunks {
+                        let cx = ctx.cx.as_mut().expect("context");
+                        rt.pipeline.response_chunk(cx, &chunk);
+                    }
+                    ctx.done.response_bytes += chunk.len() as u64;
+                    if session
+                        .write_response_body(Some(chunk), false)
+                        .await
+                        .is_err()
+                    {
+                        client_gone = true;
+                        break;
+                    }
+                }
+                Ok(None) => {
+                    complete = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(request_id = %ctx.request_id, key_id = %key.id, error = %e.etype().as_str(), "upstream body failed mid-stream");
+                    ctx.done.error_class = Some("stream_interrupted".into());
+                    break;
+                }
+            }
+        }
+        ctx.done.upstream_latency = Some(upstream_started.elapsed());
+        let observed = observer.finish(complete);
+        ctx.done.usage = observed.usage;
+        ctx.done.finish_reason = observed.finish_reason.clone();
+        ctx.done.truncated = observed.truncated;
+        if let Some(m) = &observed.midstream_error {
+            ctx.done.error_class = Some("midstream_error".into());
+            ctx.error_message = Some(truncate(m, 200));
+        } else if observed.truncated && ctx.done.error_class.is_none() && !client_gone {
+            ctx.done.error_class = Some("truncated_stream".into());
+        }
+        if client_gone {
+            ctx.done.error_class = Some("client_gone".into());
+            up.shutdown().await;
+            return Ok(());
+        }
+        if complete {
+            let _ = session.write_response_body(None, true).await;
+            if wrote_ok {
+                rt.upstream
+                    .connector
+                    .release_http_session(up, &peer, peer.options.idle_timeout)
+                    .await;
+            }
+        } else {
+            // Cut the client connection so it sees an incomplete body, not a clean end.
+            up.shutdown().await;
+            session.set_keepalive(None);
+            session.downstream_session.shutdown().await;
+        }
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+fn classify_status(status: u16) -> &'static str {
+    match status {
+        429 => "upstream_429",
+        400..=499 => "upstream_4xx",
+        _ => "upstream_5xx",
+    }
+}
+
+fn method_has_no_body(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::DELETE | http::Method::OPTIONS
+    )
+}
+
+fn status_has_no_body(status: u16, m: &http::Method) -> bool {
+    status == 204 || status == 304 || *m == http::Method::HEAD
+}
+
+enum StreamErr {
+    Client(Failure),
+    Upstream(Box<pingora::Error>),
+}
+
+/// Copies an upload body from the client to the upstream chunk by chunk.
+async fn stream_request_body(
+    session: &mut Session,
+    up: &mut UpstreamSession,
+    limit: u64,
+    count: &mut u64,
+) -> Result<(), StreamErr> {
+    send_continue(session)
+        .await
+        .map_err(|_| StreamErr::Client(Failure::new(499, "client_gone", "client went away")))?;
+    loop {
+        match session.downstream_session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                *count += chunk.len() as u64;
+                if *count > limit {
+                    let mut f = Failure::new(
+                        413,
+                        "body_too_large",
+                        format!("upload exceeds {limit} bytes"),
+                    );
+                    f.body_unread = true;
+                    return Err(StreamErr::Client(f));
+                }
+                up.write_request_body(chunk, false)
+                    .await
+                    .map_err(StreamErr::Upstream)?;
+            }
+            Ok(None) => return Ok(()),
+            Err(_) => {
+                return Err(StreamErr::Client(Failure::new(
+                    400,
+                    "bad_request_body",
+                    "could not read the upload body",
+                )));
+            }
+        }
+    }
+}
+
+/// Reads the response head, skipping 1xx informational heads on HTTP/1.
+async fn read_head(up: &mut UpstreamSession) -> pingora::Result<()> {
+    loop {
+        up.read_response_header().await?;
+        let informational = up
+            .response_header()
+            .is_some_and(|h| h.status.is_informational());
+        if !(informational && up.as_http1().is_some()) {
+            return Ok(());
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = CallState;
+
+    fn new_ctx(&self) -> CallState {
+        CallState {
+            runtime: self.shared.runtime.load_full(),
+            request_id: String::new(),
+            started: Instant::now(),
+            cx: None,
+            done: CompletedRequest::default(),
+            style: ErrorStyle::Google,
+            api: "unknown",
+            action: "unknown",
+            model: None,
+            error_message: None,
+            counted_in_flight: false,
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut CallState,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        // Never reached: request_filter answers every call itself.
+        Error::e_explain(ErrorType::InternalError, "upstream phase is not used")
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut CallState,
+    ) -> pingora::Result<bool> {
+        ctx.started = Instant::now();
+        let incoming = session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok());
+        ctx.request_id = match incoming {
+            Some(v) if valid_request_id(v) => v.to_string(),
+            _ => new_request_id(),
+        };
+        ctx.style = ErrorStyle::for_path(session.req_header().uri.path());
+        self.shared.metrics.in_flight.inc();
+        ctx.counted_in_flight = true;
+        if let Err(f) = self.handle(session, ctx).await {
+            self.write_failure(session, ctx, f).await;
+        }
+        Ok(true)
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _e: Option<&pingora::Error>,
+        ctx: &mut CallState,
+    ) {
+        if ctx.counted_in_flight {
+            self.shared.metrics.in_flight.dec();
+        }
+        let m = &self.shared.metrics;
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        if ctx.done.status == 0 {
+            ctx.done.status = status;
+        }
+        ctx.done.total_latency = ctx.started.elapsed();
+        let method = session.req_header().method.as_str().to_string();
+        let status_label = status.to_string();
+        m.http_requests
+            .with_label_values(&[ctx.api, &method, &status_label])
+            .inc();
+        m.request_duration
+            .with_label_values(&[ctx.api])
+            .observe(ctx.done.total_latency.as_secs_f64());
+        let model = m.models.get(ctx.model.as_deref().unwrap_or(""));
+        if ctx.done.attempts > 0 {
+            m.gemini_calls
+                .with_label_values(&[ctx.action, &model, &status_label])
+                .inc();
+            if let Some(d) = ctx.done.upstream_latency {
+                m.upstream_duration
+                    .with_label_values(&[ctx.action])
+                    .observe(d.as_secs_f64());
+            }
+            if let Some(d) = ctx.done.time_to_first_byte {
+                m.ttfb
+                    .with_label_values(&[ctx.action])
+                    .observe(d.as_secs_f64());
+            }
+        }
+        if let Some(u) = ctx.done.usage {
+            m.tokens
+                .with_label_values(&[&model, "prompt"])
+                .inc_by(u.prompt_tokens);
+            m.tokens
+                .with_label_values(&[&model, "candidates"])
+                .inc_by(u.candidates_tokens);
+            m.tokens
+                .with_label_values(&[&model, "thoughts"])
+                .inc_by(u.thoughts_tokens);
+            m.tokens
+                .with_label_values(&[&model, "cached"])
+                .inc_by(u.cached_tokens);
+        }
+        if ctx.done.truncated {
+            m.truncated.inc();
+        }
+        let failed = ctx.done.error_class.is_some() || status >= 400;
+        let error = failed.then(|| ErrorSample {
+            at_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            request_id: ctx.request_id.clone(),
+            status,
+            upstream_status: ctx.done.upstream_status,
+            class: ctx
+                .done
+                .error_class
+                .clone()
+                .unwrap_or_else(|| classify_status(status).into()),
+            key_id: ctx.done.key_id.clone(),
+            path: session.req_header().uri.path().chars().take(200).collect(),
+            message: ctx.error_message.clone().unwrap_or_default(),
+        });
+        self.shared.stats.record(CallRecord {
+            model: &model,
+            key_id: ctx.done.key_id.as_deref(),
+            latency: ctx.done.total_latency,
+            ttfb: ctx.done.time_to_first_byte,
+            error,
+        });
+        if let Some(cx) = &ctx.cx {
+            ctx.runtime.pipeline.complete(cx, &ctx.done);
+        } else if ctx.done.status == 404 {
+            tracing::debug!(request_id = %ctx.request_id, path = %session.req_header().uri.path(), "no route");
+        }
+    }
+}

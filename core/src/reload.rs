@@ -1,0 +1,132 @@
+//! Hot reload: on SIGHUP and when the config file changes, load, validate and build the new
+//! runtime off the hot path, then swap it atomically. Calls in flight keep their snapshot; an
+//! invalid config leaves the running one in place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use sha2::{Digest, Sha256};
+
+use crate::config::{load_file, process_env};
+use crate::runtime::{Runtime, Shared};
+
+/// Result of one reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied { generation: u64 },
+    Unchanged,
+    Failed(String),
+}
+
+/// Reloads from the config file. `force` reloads even if the file bytes are unchanged.
+pub async fn reload(shared: &Arc<Shared>, force: bool) -> ReloadOutcome {
+    let Some(path) = shared.config_path.clone() else {
+        return ReloadOutcome::Failed("the gateway was started without a config file".into());
+    };
+    let _guard = shared.reload_lock.lock().await;
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) => b,
+        Err(e) => return fail(shared, format!("{}: cannot read: {e}", path.display())),
+    };
+    let hash: [u8; 32] = Sha256::digest(&bytes).into();
+    if !force && hash == *shared.source_hash.lock() {
+        return ReloadOutcome::Unchanged;
+    }
+    let s = shared.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let loaded = load_file(&path, &process_env).map_err(|e| e.to_string())?;
+        let current = s.runtime.load_full();
+        let rt = Runtime::build(&loaded, &s.registry, Some(&current)).map_err(|e| e.to_string())?;
+        Ok::<_, String>((rt, loaded))
+    })
+    .await;
+    match built {
+        Ok(Ok((rt, loaded))) => {
+            for w in &loaded.warnings {
+                tracing::warn!(migration = %w, "config migrated on reload");
+            }
+            let generation = rt.generation;
+            shared.runtime.store(Arc::new(rt));
+            *shared.source_hash.lock() = loaded.source_hash;
+            shared.publish_gauges();
+            shared.metrics.reloads.with_label_values(&["applied"]).inc();
+            tracing::info!(generation, "config reloaded");
+            ReloadOutcome::Applied { generation }
+        }
+        Ok(Err(msg)) => {
+            // Remember the bad file so the watcher does not retry it every second.
+            *shared.source_hash.lock() = hash;
+            fail(shared, msg)
+        }
+        Err(e) => fail(shared, format!("reload task failed: {e}")),
+    }
+}
+
+fn fail(shared: &Shared, msg: String) -> ReloadOutcome {
+    shared
+        .metrics
+        .reloads
+        .with_label_values(&["rejected"])
+        .inc();
+    tracing::error!(error = %msg, "config reload rejected; the previous config stays active");
+    ReloadOutcome::Failed(msg)
+}
+
+/// Background service: watches the file (polling, debounced by content hash) and SIGHUP.
+pub struct ReloadService {
+    pub shared: Arc<Shared>,
+    pub poll: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if self.shared.config_path.is_none() {
+            return;
+        }
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(self.poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => { reload(&self.shared, false).await; }
+                Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP: reloading config");
+                    reload(&self.shared, true).await;
+                }
+            }
+        }
+    }
+}
+
+/// Background service: re-resolves the upstream host so long-running gateways follow DNS.
+pub struct ResolveService {
+    pub shared: Arc<Shared>,
+    pub every: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for ResolveService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(self.every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {
+                    let rt = self.shared.runtime.load_full();
+                    let target = rt.upstream.target.clone();
+                    match tokio::task::spawn_blocking(move || crate::runtime::resolve(&target)).await {
+                        Ok(Ok(addr)) => { rt.upstream.addr.store(Arc::new(addr)); }
+                        Ok(Err(e)) => tracing::warn!(error = %e, "upstream re-resolution failed; keeping the last address"),
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+    }
+}

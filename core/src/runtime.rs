@@ -1,0 +1,230 @@
+//! The runtime snapshot (config, compiled pipeline, keys, upstream) swapped atomically on
+//! reload, and the process-wide state that outlives reloads.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use gemini_proxy_sdk::{BuildEnv, Candidate, Registry};
+use http::HeaderValue;
+use pingora::connectors::ConnectorOptions;
+use pingora::connectors::http::Connector;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{Config, ConfigError, LoadedConfig, UpstreamTarget};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, Stage, default_pipeline};
+use crate::stats::Stats;
+
+/// An upstream key with its secret as ready-made header values (marked sensitive).
+pub struct UpstreamKey {
+    pub id: Arc<str>,
+    pub project: Arc<str>,
+    pub goog_api_key: HeaderValue,
+    pub bearer: HeaderValue,
+}
+
+/// Where and how to reach the upstream.
+pub struct Upstream {
+    pub target: UpstreamTarget,
+    pub addr: ArcSwap<SocketAddr>,
+    pub authority: HeaderValue,
+    pub connector: Arc<Connector>,
+    pub ca_file: Option<String>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub http2: bool,
+}
+
+impl Upstream {
+    pub fn peer(&self) -> HttpPeer {
+        let mut peer = HttpPeer::new(
+            **self.addr.load(),
+            self.target.tls,
+            self.target.host.clone(),
+        );
+        let o = &mut peer.options;
+        o.connection_timeout = Some(self.connect_timeout);
+        o.total_connection_timeout = Some(self.connect_timeout);
+        o.read_timeout = Some(self.read_timeout);
+        o.write_timeout = Some(self.write_timeout);
+        o.idle_timeout = Some(self.idle_timeout);
+        if self.target.tls && self.http2 {
+            o.set_http_version(2, 1);
+        }
+        peer
+    }
+}
+
+/// Resolves host:port without panicking (Pingora's `HttpPeer::new` would on failure).
+pub fn resolve(target: &UpstreamTarget) -> Result<SocketAddr, String> {
+    (target.host.as_str(), target.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+        .next()
+        .ok_or_else(|| format!("{} has no address", target.host))
+}
+
+/// One immutable generation of the gateway's behaviour.
+pub struct Runtime {
+    pub generation: u64,
+    pub config: Config,
+    pub pipeline: Pipeline,
+    pub keys: Vec<UpstreamKey>,
+    /// Selection candidates, index-aligned with `keys`.
+    pub candidates: Vec<Candidate>,
+    pub upstream: Upstream,
+    /// Built-in fallback when no select stage chose a key.
+    pub fallback: gemini_proxy_plugins::key_select::SmoothWrr,
+    pub public_url: Option<String>,
+}
+
+fn sensitive(v: &str) -> Result<HeaderValue, String> {
+    let mut h = HeaderValue::from_str(v)
+        .map_err(|_| "contains characters not allowed in a header".to_string())?;
+    h.set_sensitive(true);
+    Ok(h)
+}
+
+impl Runtime {
+    /// Builds a runtime. Blocking (DNS): call from a blocking context.
+    pub fn build(
+        loaded: &LoadedConfig,
+        registry: &Registry,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, ConfigError> {
+        let file = loaded
+            .path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(inline)".into());
+        let c = &loaded.config;
+        let env = BuildEnv::new(loaded.config_dir());
+        let entries = c.pipeline.clone().unwrap_or_else(default_pipeline);
+        let pipeline = Pipeline::build(&entries, registry, &env, &file)?;
+        let mut keys = Vec::new();
+        let mut candidates = Vec::new();
+        for (i, k) in c.gemini.api_keys.iter().filter(|k| k.enabled).enumerate() {
+            let secret = k.key.trim();
+            let goog = sensitive(secret)
+                .map_err(|m| ConfigError::new(&file, format!("gemini.api_keys[{i}].key"), m))?;
+            let bearer = sensitive(&format!("Bearer {secret}"))
+                .map_err(|m| ConfigError::new(&file, format!("gemini.api_keys[{i}].key"), m))?;
+            let project: Arc<str> = Arc::from(k.project.as_deref().unwrap_or(&k.id));
+            let mut cand = Candidate::new(&k.id, k.weight);
+            cand.project = project.clone();
+            keys.push(UpstreamKey {
+                id: cand.id.clone(),
+                project,
+                goog_api_key: goog,
+                bearer,
+            });
+            candidates.push(cand);
+        }
+        let target = UpstreamTarget::parse(&c.gemini.base_url)
+            .map_err(|m| ConfigError::new(&file, "gemini.base_url", m))?;
+        let addr = resolve(&target).map_err(|m| ConfigError::new(&file, "gemini.base_url", m))?;
+        let ca_file = c.gemini.ca_file.clone();
+        if let Some(ca) = &ca_file {
+            if !std::path::Path::new(ca).exists() {
+                return Err(ConfigError::new(
+                    &file,
+                    "gemini.ca_file",
+                    format!("file `{ca}` does not exist"),
+                ));
+            }
+        }
+        // Keep the pooled connections across reloads unless the TLS roots changed.
+        let connector = match previous {
+            Some(p) if p.upstream.ca_file == ca_file => p.upstream.connector.clone(),
+            _ => {
+                let mut opts = ConnectorOptions::new(256);
+                opts.ca_file = ca_file.clone();
+                Arc::new(Connector::new(Some(opts)))
+            }
+        };
+        let t = &c.gemini.timeouts;
+        let authority = HeaderValue::from_str(&target.authority()).map_err(|_| {
+            ConfigError::new(&file, "gemini.base_url", "host is not a valid header value")
+        })?;
+        let upstream = Upstream {
+            authority,
+            addr: ArcSwap::from_pointee(addr),
+            target,
+            connector,
+            ca_file,
+            connect_timeout: t.connect.0,
+            read_timeout: t.read.0,
+            write_timeout: t.write.0,
+            idle_timeout: t.idle.0,
+            http2: c.gemini.http2,
+        };
+        Ok(Runtime {
+            generation: previous.map(|p| p.generation + 1).unwrap_or(1),
+            config: c.clone(),
+            pipeline,
+            keys,
+            candidates,
+            upstream,
+            fallback: Default::default(),
+            public_url: c
+                .server
+                .public_url
+                .clone()
+                .map(|u| u.trim_end_matches('/').to_string()),
+        })
+    }
+
+    /// Adds a stage at the end of the pipeline (used by tests and embedders).
+    pub fn push_stage(&mut self, stage: Stage) {
+        self.pipeline.push(stage);
+    }
+}
+
+/// State that outlives reloads.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub registry: Registry,
+    pub metrics: Metrics,
+    pub stats: Stats,
+    pub started: Instant,
+    pub config_path: Option<PathBuf>,
+    /// Hash of the config file behind the active runtime.
+    pub source_hash: parking_lot::Mutex<[u8; 32]>,
+    /// Serialises reloads (file watcher and SIGHUP may race).
+    pub reload_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn new(loaded: &LoadedConfig, registry: Registry) -> Result<Arc<Shared>, ConfigError> {
+        let runtime = Runtime::build(loaded, &registry, None)?;
+        let shared = Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            registry,
+            metrics: Metrics::new(),
+            stats: Stats::default(),
+            started: Instant::now(),
+            config_path: loaded.path.clone(),
+            source_hash: parking_lot::Mutex::new(loaded.source_hash),
+            reload_lock: tokio::sync::Mutex::new(()),
+        };
+        shared.publish_gauges();
+        Ok(Arc::new(shared))
+    }
+
+    pub fn publish_gauges(&self) {
+        let rt = self.runtime.load();
+        self.metrics.config_generation.set(rt.generation as i64);
+        self.metrics.key_enabled.reset();
+        for k in &rt.config.gemini.api_keys {
+            self.metrics
+                .key_enabled
+                .with_label_values(&[&k.id])
+                .set(i64::from(k.enabled));
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Assembles the Pingora server: proxy listener, admin listener, reload and DNS services.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+use pingora::services::listening::Service;
+
+use crate::admin::AdminApp;
+use crate::config::LoadedConfig;
+use crate::proxy::GatewayProxy;
+use crate::reload::{ReloadService, ResolveService};
+use crate::runtime::Shared;
+
+/// Knobs that are about the process rather than the config file.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// How often the config file is checked for changes.
+    pub watch_interval: Duration,
+    /// Take the listening sockets over from a running instance (graceful upgrade).
+    pub upgrade: bool,
+    /// Unix socket for the listener hand-over on upgrade.
+    pub upgrade_sock: String,
+    pub pid_file: String,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            watch_interval: Duration::from_secs(1),
+            upgrade: false,
+            upgrade_sock: "/tmp/gemini-proxy-upgrade.sock".into(),
+            pid_file: "/tmp/gemini-proxy.pid".into(),
+        }
+    }
+}
+
+fn addr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Builds a ready-to-run Pingora server for `shared`'s config.
+pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, String> {
+    let rt = shared.runtime.load_full();
+    let c = &rt.config;
+    let threads = if c.server.threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        c.server.threads
+    };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(c.server.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(5),
+        upgrade_sock: opts.upgrade_sock.clone(),
+        pid_file: opts.pid_file.clone(),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    server.bootstrap();
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        GatewayProxy::new(shared.clone()),
+        "gemini-proxy",
+    );
+    let listen = addr(&c.server.host, c.server.port);
+    if c.server.tls.enabled {
+        let (cert, key) = (
+            c.server.tls.cert_path.as_deref().unwrap_or(""),
+            c.server.tls.key_path.as_deref().unwrap_or(""),
+        );
+        proxy
+            .add_tls(&listen, cert, key)
+            .map_err(|e| format!("TLS listener {listen}: {e}"))?;
+    } else {
+        proxy.add_tcp(&listen);
+    }
+    server.add_service(proxy);
+
+    if c.metrics.enabled {
+        let mut admin = Service::new(
+            "gemini-proxy admin".to_string(),
+            AdminApp::new(shared.clone()),
+        );
+        admin.add_tcp(&addr(&c.metrics.host, c.metrics.prometheus_port));
+        server.add_service(admin);
+    }
+    server.add_service(background_service(
+        "config reload",
+        ReloadService {
+            shared: shared.clone(),
+            poll: opts.watch_interval,
+        },
+    ));
+    if !rt.upstream.target.host.parse::<std::net::IpAddr>().is_ok() {
+        server.add_service(background_service(
+            "upstream dns",
+            ResolveService {
+                shared,
+                every: Duration::from_secs(300),
+            },
+        ));
+    }
+    Ok(server)
+}
+
+struct ChannelSignal(parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for ChannelSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().take();
+        match rx {
+            Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// A gateway running on a background thread of this process (tests, the demo, embedders).
+pub struct RunningGateway {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Starts the gateway and waits until its listeners accept connections.
+    pub fn start(loaded: &LoadedConfig, opts: ServeOptions) -> Result<RunningGateway, String> {
+        let registry = crate::builtin_registry();
+        let shared = Shared::new(loaded, registry).map_err(|e| e.to_string())?;
+        Self::start_shared(shared, opts)
+    }
+
+    pub fn start_shared(shared: Arc<Shared>, opts: ServeOptions) -> Result<RunningGateway, String> {
+        let c = shared.runtime.load().config.clone();
+        let proxy_addr: SocketAddr = addr(&c.server.host, c.server.port)
+            .parse()
+            .map_err(|e| format!("proxy address: {e}"))?;
+        let admin_addr = c
+            .metrics
+            .enabled
+            .then(|| addr(&c.metrics.host, c.metrics.prometheus_port).parse::<SocketAddr>())
+            .transpose()
+            .map_err(|e| format!("admin address: {e}"))?;
+        let server = build_server(shared.clone(), &opts)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("gemini-proxy-server".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(ChannelSignal(parking_lot::Mutex::new(Some(rx)))),
+                });
+            })
+            .map_err(|e| e.to_string())?;
+        let gw = RunningGateway {
+            proxy_addr,
+            admin_addr,
+            shared,
+            stop: Some(tx),
+            thread: Some(thread),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for a in std::iter::once(proxy_addr).chain(admin_addr) {
+            while std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
+                if std::time::Instant::now() > deadline {
+                    return Err(format!("gateway did not start listening on {a}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(gw)
+    }
+
+    /// Stops the gateway and waits for its thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(ShutdownSignal::FastShutdown);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

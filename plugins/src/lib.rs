@@ -1,0 +1,23 @@
+//! Built-in pipeline stages for gemini-proxy, written against the public sdk only.
+//!
+//! Each stage is a [`PluginFactory`](gemini_proxy_sdk::PluginFactory); [`register_builtins`]
+//! adds them all to a registry.
+#![forbid(unsafe_code)]
+
+pub mod key_select;
+pub mod request_log;
+
+use gemini_proxy_sdk::Registry;
+
+/// Registers every built-in stage.
+pub fn register_builtins(registry: &mut Registry) {
+    registry.register::<key_select::KeySelect>();
+    registry.register::<request_log::RequestLog>();
+}
+
+/// A registry holding the built-ins.
+pub fn builtin_registry() -> Registry {
+    let mut r = Registry::new();
+    register_builtins(&mut r);
+    r
+}

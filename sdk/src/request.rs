@@ -1,0 +1,408 @@
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use crate::Extensions;
+
+/// Which family of the Gemini API a call belongs to.
+///
+/// ```
+/// use gemini_proxy_sdk::ApiKind;
+/// assert_eq!(ApiKind::OpenAi.as_str(), "openai");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ApiKind {
+    /// `/{version}/...`: the native Gemini REST API.
+    Native,
+    /// `/{version}/openai/...`: Gemini's OpenAI-compatible API (Bearer credentials, OpenAI errors).
+    OpenAi,
+    /// `/upload/{version}/...`: resumable media uploads (streamed, never buffered).
+    Upload,
+}
+
+impl ApiKind {
+    /// A short stable name, used in metrics labels and audit rows.
+    ///
+    /// ```
+    /// assert_eq!(gemini_proxy_sdk::ApiKind::Native.as_str(), "native");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKind::Native => "native",
+            ApiKind::OpenAi => "openai",
+            ApiKind::Upload => "upload",
+        }
+    }
+}
+
+/// What a call does, parsed from its path (the Gemini model and verb live in the path).
+///
+/// ```
+/// use gemini_proxy_sdk::Action;
+/// assert!(Action::StreamGenerateContent.is_generation());
+/// assert_eq!(Action::CountTokens.as_str(), "countTokens");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Action {
+    /// `models/{m}:generateContent`
+    GenerateContent,
+    /// `models/{m}:streamGenerateContent` (SSE with `alt=sse`, else a JSON array)
+    StreamGenerateContent,
+    /// `models/{m}:countTokens`
+    CountTokens,
+    /// `models/{m}:embedContent`
+    EmbedContent,
+    /// `models/{m}:batchEmbedContents`
+    BatchEmbedContents,
+    /// Any other `models/{m}:verb` (predict, batchGenerateContent, ...)
+    ModelVerb,
+    /// `GET models`
+    ListModels,
+    /// `GET models/{m}`
+    GetModel,
+    /// `files...`
+    Files,
+    /// `cachedContents...`
+    CachedContents,
+    /// `batches...` and `operations...`
+    Batches,
+    /// `/upload/...` resumable upload (start, chunks, finalize)
+    Upload,
+    /// OpenAI-compatible `chat/completions`
+    ChatCompletions,
+    /// OpenAI-compatible `embeddings`
+    Embeddings,
+    /// OpenAI-compatible `models` (list or get)
+    OpenAiModels,
+    /// Any other path of a known family, forwarded as is
+    Other,
+}
+
+impl Action {
+    /// A stable camelCase name, as Gemini spells its verbs.
+    ///
+    /// ```
+    /// assert_eq!(gemini_proxy_sdk::Action::ChatCompletions.as_str(), "chat.completions");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::GenerateContent => "generateContent",
+            Action::StreamGenerateContent => "streamGenerateContent",
+            Action::CountTokens => "countTokens",
+            Action::EmbedContent => "embedContent",
+            Action::BatchEmbedContents => "batchEmbedContents",
+            Action::ModelVerb => "modelVerb",
+            Action::ListModels => "models.list",
+            Action::GetModel => "models.get",
+            Action::Files => "files",
+            Action::CachedContents => "cachedContents",
+            Action::Batches => "batches",
+            Action::Upload => "upload",
+            Action::ChatCompletions => "chat.completions",
+            Action::Embeddings => "embeddings",
+            Action::OpenAiModels => "openai.models",
+            Action::Other => "other",
+        }
+    }
+
+    /// True for calls that generate tokens (and so spend generation quota).
+    ///
+    /// ```
+    /// assert!(!gemini_proxy_sdk::Action::ListModels.is_generation());
+    /// ```
+    pub fn is_generation(self) -> bool {
+        matches!(
+            self,
+            Action::GenerateContent | Action::StreamGenerateContent | Action::ChatCompletions
+        )
+    }
+}
+
+/// Where the client put its gateway credential.
+///
+/// ```
+/// use gemini_proxy_sdk::CredentialSource;
+/// assert_eq!(CredentialSource::Bearer.as_str(), "authorization");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialSource {
+    /// The `x-goog-api-key` header (what the Gemini SDKs send).
+    GoogApiKeyHeader,
+    /// The `key=` query parameter (curl users, older docs).
+    QueryKey,
+    /// `Authorization: Bearer ...` (what OpenAI clients send).
+    Bearer,
+}
+
+impl CredentialSource {
+    /// A short name for logs (never the credential itself).
+    ///
+    /// ```
+    /// assert_eq!(gemini_proxy_sdk::CredentialSource::QueryKey.as_str(), "query");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialSource::GoogApiKeyHeader => "x-goog-api-key",
+            CredentialSource::QueryKey => "query",
+            CredentialSource::Bearer => "authorization",
+        }
+    }
+}
+
+/// The credential a client presented to the gateway (a gateway token, never an upstream key).
+///
+/// The gateway removes it from the request before forwarding. Its `Debug` output is redacted.
+///
+/// ```
+/// use gemini_proxy_sdk::{ClientCredential, CredentialSource};
+/// let c = ClientCredential::new(CredentialSource::Bearer, "secret-token");
+/// assert_eq!(c.value(), "secret-token");
+/// assert!(!format!("{c:?}").contains("secret-token"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCredential {
+    source: CredentialSource,
+    value: String,
+}
+
+impl ClientCredential {
+    /// Wraps a credential value found in `source`.
+    ///
+    /// ```
+    /// use gemini_proxy_sdk::{ClientCredential, CredentialSource};
+    /// let _ = ClientCredential::new(CredentialSource::QueryKey, "t");
+    /// ```
+    pub fn new(source: CredentialSource, value: impl Into<String>) -> Self {
+        ClientCredential {
+            source,
+            value: value.into(),
+        }
+    }
+
+    /// Where it was found.
+    ///
+    /// ```
+    /// use gemini_proxy_sdk::{ClientCredential, CredentialSource};
+    /// assert_eq!(ClientCredential::new(CredentialSource::QueryKey, "t").source(), CredentialSource::QueryKey);
+    /// ```
+    pub fn source(&self) -> CredentialSource {
+        self.source
+    }
+
+    /// The secret value. Never log it.
+    ///
+    /// ```
+    /// use gemini_proxy_sdk::{ClientCredential, CredentialSource};
+    /// assert_eq!(ClientCredential::new(CredentialSource::Bearer, "t").value(), "t");
+    /// ```
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl std::fmt::Debug for ClientCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientCredential({}, <redacted>)", self.source.as_str())
+    }
+}
+
+/// The caller's role.
+///
+/// ```
+/// use gemini_proxy_sdk::Role;
+/// assert_eq!(Role::Admin.as_str(), "admin");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Role {
+    /// May call the proxy API within its limits.
+    #[default]
+    User,
+    /// May also call the admin API.
+    Admin,
+}
+
+impl Role {
+    /// The role's name as it appears in tokens and audit rows.
+    ///
+    /// ```
+    /// assert_eq!(gemini_proxy_sdk::Role::User.as_str(), "user");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Who is calling, as established by an auth plugin.
+///
+/// ```
+/// use gemini_proxy_sdk::{Identity, Role};
+/// let id = Identity::new("alice", Role::User);
+/// assert_eq!(id.subject, "alice");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Identity {
+    /// The subject (`sub` claim): a user or service name.
+    pub subject: String,
+    /// The role.
+    pub role: Role,
+    /// All claims, for plugins that need more (allowed models, limits ...).
+    pub claims: serde_json::Value,
+}
+
+impl Identity {
+    /// An identity without extra claims.
+    ///
+    /// ```
+    /// let id = gemini_proxy_sdk::Identity::new("svc", gemini_proxy_sdk::Role::Admin);
+    /// assert!(id.claims.is_null());
+    /// ```
+    pub fn new(subject: impl Into<String>, role: Role) -> Self {
+        Identity {
+            subject: subject.into(),
+            role,
+            claims: serde_json::Value::Null,
+        }
+    }
+}
+
+/// The request as a plugin sees it. Client credentials have already been removed from
+/// `headers` and `query`; see [`RequestContext::credential`].
+///
+/// ```
+/// let cx = gemini_proxy_sdk::testing::request("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse");
+/// assert_eq!(cx.request.model.as_deref(), Some("gemini-2.5-flash"));
+/// assert!(cx.request.stream);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RequestView {
+    /// Gateway-assigned id, also sent back as `x-request-id`.
+    pub request_id: String,
+    /// HTTP method.
+    pub method: http::Method,
+    /// Path, percent-decoding untouched (`/v1beta/models/x:generateContent`).
+    pub path: String,
+    /// Query string without the `key=` parameter, if any remains.
+    pub query: Option<String>,
+    /// Request headers without client credentials.
+    pub headers: http::HeaderMap,
+    /// API version segment (`v1beta`, `v1`, `v1alpha`).
+    pub api_version: String,
+    /// API family.
+    pub api_kind: ApiKind,
+    /// What the call does.
+    pub action: Action,
+    /// The model id without the `models/` prefix, when the call names one.
+    pub model: Option<String>,
+    /// True for streaming calls (SSE or JSON-array streams, OpenAI `stream: true` is not
+    /// visible before the body is read and is reported in [`CompletedRequest`]).
+    ///
+    /// [`CompletedRequest`]: crate::CompletedRequest
+    pub stream: bool,
+    /// The client's address (after trusted-proxy resolution).
+    pub client_ip: Option<IpAddr>,
+    /// Declared body size (`Content-Length`), if any.
+    pub body_size: Option<u64>,
+    /// When the gateway received the request.
+    pub received_at: SystemTime,
+}
+
+impl RequestView {
+    /// A view of `method path`, classified as the gateway does (unknown paths get
+    /// `ApiKind::Native` and `Action::Other`). Other fields start empty; set them as needed.
+    ///
+    /// ```
+    /// let v = gemini_proxy_sdk::RequestView::new("r1", http::Method::POST, "/v1/models/m:embedContent");
+    /// assert_eq!(v.action, gemini_proxy_sdk::Action::EmbedContent);
+    /// assert_eq!(v.api_version, "v1");
+    /// ```
+    pub fn new(
+        request_id: impl Into<String>,
+        method: http::Method,
+        path: impl Into<String>,
+    ) -> Self {
+        let path = path.into();
+        let route = crate::classify(method.as_str(), &path);
+        RequestView {
+            request_id: request_id.into(),
+            method,
+            query: None,
+            headers: http::HeaderMap::new(),
+            api_version: route
+                .as_ref()
+                .map(|r| r.api_version.clone())
+                .unwrap_or_default(),
+            api_kind: route
+                .as_ref()
+                .map(|r| r.api_kind)
+                .unwrap_or(ApiKind::Native),
+            action: route.as_ref().map(|r| r.action).unwrap_or(Action::Other),
+            model: route.as_ref().and_then(|r| r.model.clone()),
+            stream: route.as_ref().is_some_and(|r| r.stream),
+            client_ip: None,
+            body_size: None,
+            received_at: SystemTime::now(),
+            path,
+        }
+    }
+}
+
+/// Everything one call carries through the pipeline. Plugins read the request and may set the
+/// identity, tags, a risk score and typed extensions.
+///
+/// ```
+/// let mut cx = gemini_proxy_sdk::testing::request("GET", "/v1beta/models");
+/// cx.tags.insert("tier".into(), "free".into());
+/// assert_eq!(cx.attempt, 0);
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RequestContext {
+    /// The request.
+    pub request: RequestView,
+    /// The gateway credential the client presented, if any.
+    pub credential: Option<ClientCredential>,
+    /// The caller, once an auth plugin established it.
+    pub identity: Option<Identity>,
+    /// Free-form tags, copied into the audit record.
+    pub tags: BTreeMap<String, String>,
+    /// Risk score (0-100) set by a scoring plugin.
+    pub risk_score: Option<u8>,
+    /// Upstream attempt number, 0 before the first attempt.
+    pub attempt: u32,
+    /// Key ids already tried for this call.
+    pub tried_keys: Vec<String>,
+    /// Typed plugin-to-plugin data.
+    pub extensions: Extensions,
+}
+
+impl RequestContext {
+    /// A fresh context for a request.
+    ///
+    /// ```
+    /// let cx = gemini_proxy_sdk::testing::request("GET", "/v1/models");
+    /// let again = gemini_proxy_sdk::RequestContext::new(cx.request.clone(), None);
+    /// assert!(again.identity.is_none());
+    /// ```
+    pub fn new(request: RequestView, credential: Option<ClientCredential>) -> Self {
+        RequestContext {
+            request,
+            credential,
+            identity: None,
+            tags: BTreeMap::new(),
+            risk_score: None,
+            attempt: 0,
+            tried_keys: Vec::new(),
+            extensions: Extensions::default(),
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Classification of a request path into the Gemini API family, action and model.
+
+use crate::{Action, ApiKind};
+
+/// What a path names, as far as routing and plugins care.
+///
+/// ```
+/// use gemini_proxy_sdk::{classify, Action, ApiKind};
+/// let r = classify("POST", "/v1/models/gemini-2.5-flash:countTokens").unwrap();
+/// assert_eq!((r.api_kind, r.action, r.model.as_deref()), (ApiKind::Native, Action::CountTokens, Some("gemini-2.5-flash")));
+/// assert!(classify("GET", "/favicon.ico").is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallRoute {
+    /// API family.
+    pub api_kind: ApiKind,
+    /// Version segment (`v1beta`, `v1`, `v1alpha`, ...).
+    pub api_version: String,
+    /// What the call does.
+    pub action: Action,
+    /// Model id without `models/`, when the path names one.
+    pub model: Option<String>,
+    /// True for `:streamGenerateContent`.
+    pub stream: bool,
+}
+
+fn is_version(seg: &str) -> bool {
+    let b = seg.as_bytes();
+    b.len() >= 2
+        && b[0] == b'v'
+        && b[1].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric())
+}
+
+/// Classifies an origin-form path (no query). `None` means the gateway does not serve it (404).
+///
+/// Any version prefix is accepted alike; `%3A` is accepted for the verb colon.
+///
+/// ```
+/// use gemini_proxy_sdk::{classify, Action, ApiKind};
+/// assert_eq!(classify("POST", "/v1beta/openai/chat/completions").unwrap().action, Action::ChatCompletions);
+/// assert_eq!(classify("POST", "/upload/v1beta/files").unwrap().api_kind, ApiKind::Upload);
+/// assert_eq!(classify("GET", "/v1beta/models").unwrap().action, Action::ListModels);
+/// ```
+pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
+    let rest = path.strip_prefix('/')?;
+    let (upload, rest) = match rest.strip_prefix("upload/") {
+        Some(r) => (true, r),
+        None => (false, rest),
+    };
+    let (version, tail) = match rest.split_once('/') {
+        Some((v, t)) => (v, t),
+        None => (rest, ""),
+    };
+    if !is_version(version) {
+        return None;
+    }
+    let mut route = CallRoute {
+        api_kind: ApiKind::Native,
+        api_version: version.to_string(),
+        action: Action::Other,
+        model: None,
+        stream: false,
+    };
+    if upload {
+        if tail.is_empty() {
+            return None;
+        }
+        route.api_kind = ApiKind::Upload;
+        route.action = Action::Upload;
+        return Some(route);
+    }
+    if tail.is_empty() {
+        return None;
+    }
+    if let Some(oa) =
+        tail.strip_prefix("openai/")
+            .or(if tail == "openai" { Some("") } else { None })
+    {
+        route.api_kind = ApiKind::OpenAi;
+        let oa = oa.trim_end_matches('/');
+        route.action = if oa == "chat/completions" {
+            Action::ChatCompletions
+        } else if oa == "embeddings" {
+            Action::Embeddings
+        } else if oa == "models" || oa.starts_with("models/") {
+            Action::OpenAiModels
+        } else if oa.is_empty() {
+            return None;
+        } else {
+            Action::Other
+        };
+        return Some(route);
+    }
+    let first = tail.split(['/', ':']).next().unwrap_or("");
+    match first {
+        "models" => {
+            let after = tail["models".len()..].trim_start_matches('/');
+            if after.is_empty() {
+                route.action = if method.eq_ignore_ascii_case("GET") {
+                    Action::ListModels
+                } else {
+                    Action::Other
+                };
+                return Some(route);
+            }
+            let (model, verb) = split_verb(after);
+            // `models/{m}/operations/{id}` polls a long-running operation.
+            let (model, sub) = match model.split_once('/') {
+                Some((m, s)) => (m, Some(s)),
+                None => (model, None),
+            };
+            route.model = Some(model.to_string());
+            route.action = match (verb.as_deref(), sub) {
+                (_, Some(_)) => Action::Batches,
+                (None, None) => Action::GetModel,
+                (Some("generateContent"), None) => Action::GenerateContent,
+                (Some("streamGenerateContent"), None) => Action::StreamGenerateContent,
+                (Some("countTokens"), None) => Action::CountTokens,
+                (Some("embedContent"), None) => Action::EmbedContent,
+                (Some("batchEmbedContents"), None) => Action::BatchEmbedContents,
+                (Some(_), None) => Action::ModelVerb,
+            };
+            route.stream = route.action == Action::StreamGenerateContent;
+        }
+        "files" => route.action = Action::Files,
+        "cachedContents" => route.action = Action::CachedContents,
+        "batches" | "operations" => route.action = Action::Batches,
+        "" => return None,
+        _ => route.action = Action::Other,
+    }
+    Some(route)
+}
+
+/// Splits `name:verb` (or `name%3Averb`) into the name and the verb.
+fn split_verb(s: &str) -> (&str, Option<String>) {
+    if let Some((name, verb)) = s.split_once(':') {
+        return (name, Some(verb.to_string()));
+    }
+    let lower = s.to_ascii_lowercase();
+    if let Some(i) = lower.find("%3a") {
+        return (&s[..i], Some(s[i + 3..].to_string()));
+    }
+    (s, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_verbs_under_any_version() {
+        for v in ["v1beta", "v1", "v1alpha", "v2"] {
+            let r = classify(
+                "POST",
+                &format!("/{v}/models/gemini-2.5-flash:streamGenerateContent"),
+            )
+            .unwrap();
+            assert_eq!(r.action, Action::StreamGenerateContent);
+            assert!(r.stream);
+            assert_eq!(r.api_version, v);
+        }
+        let r = classify("POST", "/v1beta/models/gemini-2.5-flash%3AgenerateContent").unwrap();
+        assert_eq!(r.action, Action::GenerateContent);
+        assert_eq!(r.model.as_deref(), Some("gemini-2.5-flash"));
+        assert_eq!(
+            classify("POST", "/v1beta/models/m:batchEmbedContents")
+                .unwrap()
+                .action,
+            Action::BatchEmbedContents
+        );
+        assert_eq!(
+            classify("POST", "/v1beta/models/m:embedContent")
+                .unwrap()
+                .action,
+            Action::EmbedContent
+        );
+        assert_eq!(
+            classify("POST", "/v1beta/models/m:predict").unwrap().action,
+            Action::ModelVerb
+        );
+        assert_eq!(
+            classify("GET", "/v1beta/models/m").unwrap().action,
+            Action::GetModel
+        );
+        assert_eq!(
+            classify("GET", "/v1beta/models/m/operations/x")
+                .unwrap()
+                .action,
+            Action::Batches
+        );
+    }
+
+    #[test]
+    fn resources_and_openai() {
+        assert_eq!(
+            classify("GET", "/v1beta/files/abc").unwrap().action,
+            Action::Files
+        );
+        assert_eq!(
+            classify("POST", "/v1beta/files:register").unwrap().action,
+            Action::Files
+        );
+        assert_eq!(
+            classify("PATCH", "/v1beta/cachedContents/x")
+                .unwrap()
+                .action,
+            Action::CachedContents
+        );
+        assert_eq!(
+            classify("GET", "/v1beta/batches/1").unwrap().action,
+            Action::Batches
+        );
+        assert_eq!(
+            classify("GET", "/v1beta/openai/models").unwrap().action,
+            Action::OpenAiModels
+        );
+        assert_eq!(
+            classify("GET", "/v1beta/openai/models/gemini")
+                .unwrap()
+                .action,
+            Action::OpenAiModels
+        );
+        assert_eq!(
+            classify("POST", "/v1beta/openai/embeddings")
+                .unwrap()
+                .action,
+            Action::Embeddings
+        );
+        assert_eq!(
+            classify("POST", "/v1beta/openai/chat/completions")
+                .unwrap()
+                .api_kind,
+            ApiKind::OpenAi
+        );
+        assert_eq!(
+            classify("POST", "/upload/v1beta/files").unwrap().action,
+            Action::Upload
+        );
+    }
+
+    #[test]
+    fn unknown_paths() {
+        for p in [
+            "/",
+            "/health",
+            "/v1beta",
+            "/v1beta/",
+            "/upload/v1beta",
+            "/vx/models",
+            "/api/keys",
+            "relative",
+            "/v1beta/openai/",
+        ] {
+            assert!(classify("GET", p).is_none(), "{p} should not route");
+        }
+    }
+}

@@ -1,0 +1,263 @@
+use std::sync::Arc;
+
+/// Health of an upstream key as the key pool sees it.
+///
+/// ```
+/// assert_eq!(gemini_proxy_sdk::KeyState::CoolingDown.as_str(), "cooling_down");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum KeyState {
+    /// Serving.
+    #[default]
+    Active,
+    /// Temporarily skipped (quota, backoff).
+    CoolingDown,
+    /// Circuit breaker half-open: one probe at a time.
+    HalfOpen,
+    /// Disabled by an operator or found dead.
+    Disabled,
+}
+
+impl KeyState {
+    /// Stable lowercase name.
+    ///
+    /// ```
+    /// assert_eq!(gemini_proxy_sdk::KeyState::Active.as_str(), "active");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::CoolingDown => "cooling_down",
+            KeyState::HalfOpen => "half_open",
+            KeyState::Disabled => "disabled",
+        }
+    }
+}
+
+/// One upstream key a call may use. Carries no secret: only the id and what a selector needs.
+///
+/// ```
+/// let c = gemini_proxy_sdk::Candidate::new("primary", 100);
+/// assert_eq!(&*c.project, "primary");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Candidate {
+    /// Key id from the config.
+    pub id: Arc<str>,
+    /// Google Cloud project (keys of one project share quota); defaults to the key id.
+    pub project: Arc<str>,
+    /// Configured weight (after presets).
+    pub weight: u32,
+    /// Health state.
+    pub state: KeyState,
+    /// Calls in flight on this key.
+    pub in_flight: u32,
+    /// Latency EWMA in milliseconds (0 when unknown).
+    pub latency_ewma_ms: f64,
+    /// Remaining requests this minute, when known.
+    pub remaining_rpm: Option<u64>,
+    /// Remaining tokens this minute, when known.
+    pub remaining_tpm: Option<u64>,
+    /// Remaining requests today, when known.
+    pub remaining_rpd: Option<u64>,
+}
+
+impl Candidate {
+    /// An active candidate in a project of its own.
+    ///
+    /// ```
+    /// assert_eq!(gemini_proxy_sdk::Candidate::new("k", 3).weight, 3);
+    /// ```
+    pub fn new(id: &str, weight: u32) -> Self {
+        let id: Arc<str> = Arc::from(id);
+        Candidate {
+            project: id.clone(),
+            id,
+            weight,
+            state: KeyState::Active,
+            in_flight: 0,
+            latency_ewma_ms: 0.0,
+            remaining_rpm: None,
+            remaining_tpm: None,
+            remaining_rpd: None,
+        }
+    }
+
+    /// The same candidate in a named project.
+    ///
+    /// ```
+    /// assert_eq!(&*gemini_proxy_sdk::Candidate::new("k", 1).in_project("p").project, "p");
+    /// ```
+    pub fn in_project(mut self, project: &str) -> Self {
+        self.project = Arc::from(project);
+        self
+    }
+}
+
+/// The candidates for one attempt, with what filters and the strategy decided.
+///
+/// Filters call [`exclude`](Self::exclude) or [`set_weight`](Self::set_weight); a strategy calls
+/// [`choose`](Self::choose). Once a key is chosen, later plugins of the select phase are skipped.
+///
+/// ```
+/// use gemini_proxy_sdk::{Candidate, Selection};
+/// let cands = vec![Candidate::new("a", 1), Candidate::new("b", 1)];
+/// let mut sel = Selection::new(&cands);
+/// sel.exclude(0);
+/// assert_eq!(sel.eligible().map(|(i, _)| i).collect::<Vec<_>>(), vec![1]);
+/// sel.choose(1);
+/// assert_eq!(sel.chosen().map(|c| &*c.id), Some("b"));
+/// ```
+#[derive(Debug)]
+pub struct Selection<'a> {
+    candidates: &'a [Candidate],
+    excluded: Vec<bool>,
+    weights: Vec<u32>,
+    chosen: Option<usize>,
+}
+
+impl<'a> Selection<'a> {
+    /// A selection over `candidates`, all eligible with their configured weights.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 5)];
+    /// assert_eq!(gemini_proxy_sdk::Selection::new(&c).weight(0), 5);
+    /// ```
+    pub fn new(candidates: &'a [Candidate]) -> Self {
+        Selection {
+            candidates,
+            excluded: vec![false; candidates.len()],
+            weights: candidates.iter().map(|c| c.weight).collect(),
+            chosen: None,
+        }
+    }
+
+    /// All candidates, eligible or not.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 5)];
+    /// assert_eq!(gemini_proxy_sdk::Selection::new(&c).candidates().len(), 1);
+    /// ```
+    pub fn candidates(&self) -> &'a [Candidate] {
+        self.candidates
+    }
+
+    /// Eligible candidates with their indices: not excluded and with a weight above 0.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 0), gemini_proxy_sdk::Candidate::new("b", 1)];
+    /// assert_eq!(gemini_proxy_sdk::Selection::new(&c).eligible().count(), 1);
+    /// ```
+    pub fn eligible(&self) -> impl Iterator<Item = (usize, &'a Candidate)> + '_ {
+        self.candidates
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.excluded[*i] && self.weights[*i] > 0)
+    }
+
+    /// Removes a candidate from this attempt.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 1)];
+    /// let mut s = gemini_proxy_sdk::Selection::new(&c);
+    /// s.exclude(0);
+    /// assert!(s.is_excluded(0));
+    /// ```
+    pub fn exclude(&mut self, index: usize) {
+        if let Some(e) = self.excluded.get_mut(index) {
+            *e = true;
+        }
+        if self.chosen == Some(index) {
+            self.chosen = None;
+        }
+    }
+
+    /// True if the candidate was excluded.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 1)];
+    /// assert!(!gemini_proxy_sdk::Selection::new(&c).is_excluded(0));
+    /// ```
+    pub fn is_excluded(&self, index: usize) -> bool {
+        self.excluded.get(index).copied().unwrap_or(true)
+    }
+
+    /// The effective weight of a candidate for this attempt.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 7)];
+    /// assert_eq!(gemini_proxy_sdk::Selection::new(&c).weight(0), 7);
+    /// ```
+    pub fn weight(&self, index: usize) -> u32 {
+        self.weights.get(index).copied().unwrap_or(0)
+    }
+
+    /// Overrides a candidate's weight for this attempt (0 makes it ineligible).
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 7)];
+    /// let mut s = gemini_proxy_sdk::Selection::new(&c);
+    /// s.set_weight(0, 0);
+    /// assert_eq!(s.eligible().count(), 0);
+    /// ```
+    pub fn set_weight(&mut self, index: usize, weight: u32) {
+        if let Some(w) = self.weights.get_mut(index) {
+            *w = weight;
+        }
+    }
+
+    /// Picks the candidate at `index`. Returns false (and picks nothing) if it is not eligible.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 1)];
+    /// let mut s = gemini_proxy_sdk::Selection::new(&c);
+    /// assert!(s.choose(0));
+    /// assert!(!s.choose(5));
+    /// ```
+    pub fn choose(&mut self, index: usize) -> bool {
+        if index < self.candidates.len() && !self.excluded[index] && self.weights[index] > 0 {
+            self.chosen = Some(index);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Picks the candidate with this id, if eligible.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 1)];
+    /// let mut s = gemini_proxy_sdk::Selection::new(&c);
+    /// assert!(s.choose_id("a"));
+    /// ```
+    pub fn choose_id(&mut self, id: &str) -> bool {
+        match self.candidates.iter().position(|c| &*c.id == id) {
+            Some(i) => self.choose(i),
+            None => false,
+        }
+    }
+
+    /// The chosen candidate, if any.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 1)];
+    /// assert!(gemini_proxy_sdk::Selection::new(&c).chosen().is_none());
+    /// ```
+    pub fn chosen(&self) -> Option<&'a Candidate> {
+        self.chosen.map(|i| &self.candidates[i])
+    }
+
+    /// The chosen index, if any.
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 1)];
+    /// let mut s = gemini_proxy_sdk::Selection::new(&c);
+    /// s.choose(0);
+    /// assert_eq!(s.chosen_index(), Some(0));
+    /// ```
+    pub fn chosen_index(&self) -> Option<usize> {
+        self.chosen
+    }
+}
