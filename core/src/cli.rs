@@ -70,9 +70,37 @@ pub struct CheckArgs {
     pub format: OutputFormat,
 }
 
-pub fn init_logging(format: LogFormat, level: &str) {
+/// Targets whose debug/trace output dumps raw headers (credentials): capped at `info` whatever
+/// `RUST_LOG` asks for, so no level setting can put a key in the log.
+pub const SECRET_BEARING_TARGETS: &[&str] = &[
+    "pingora_core::protocols",
+    "pingora_core::connectors",
+    "pingora_proxy",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "reqwest",
+];
+
+/// The log filter: `RUST_LOG` if set, else `level`, with the secret-bearing targets capped.
+pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let base = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| level.to_string());
+    let mut filter = EnvFilter::try_new(&base).unwrap_or_else(|_| EnvFilter::new("info"));
+    for t in SECRET_BEARING_TARGETS {
+        if let Ok(d) = format!("{t}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    filter
+}
+
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = log_filter(level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true);
