@@ -103,29 +103,39 @@ impl BackgroundService for ReloadService {
     }
 }
 
-/// Background service: re-resolves the upstream host so long-running gateways follow DNS.
+/// Background service: resolves the upstream host until it succeeds (every `retry`), then
+/// re-resolves every `every` so long-running gateways follow DNS.
 pub struct ResolveService {
     pub shared: Arc<Shared>,
     pub every: Duration,
+    pub retry: Duration,
 }
 
 #[async_trait]
 impl BackgroundService for ResolveService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(self.every);
-        tick.tick().await;
+        let mut last = tokio::time::Instant::now();
         loop {
+            let rt = self.shared.runtime.load_full();
+            let unresolved = rt.upstream.addr.load().is_none();
+            let wait = if unresolved {
+                self.retry
+            } else {
+                self.every.saturating_sub(last.elapsed())
+            };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => {
-                    let rt = self.shared.runtime.load_full();
-                    let target = rt.upstream.target.clone();
-                    match tokio::task::spawn_blocking(move || crate::runtime::resolve(&target)).await {
-                        Ok(Ok(addr)) => { rt.upstream.addr.store(Arc::new(addr)); }
-                        Ok(Err(e)) => tracing::warn!(error = %e, "upstream re-resolution failed; keeping the last address"),
-                        Err(_) => {}
-                    }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let rt = self.shared.runtime.load_full();
+            let target = rt.upstream.target.clone();
+            last = tokio::time::Instant::now();
+            match tokio::task::spawn_blocking(move || crate::runtime::resolve(&target)).await {
+                Ok(Ok(addr)) => rt.upstream.addr.store(Arc::new(Some(addr))),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "upstream resolution failed; keeping the last address")
                 }
+                Err(_) => {}
             }
         }
     }

@@ -29,7 +29,8 @@ pub struct UpstreamKey {
 /// Where and how to reach the upstream.
 pub struct Upstream {
     pub target: UpstreamTarget,
-    pub addr: ArcSwap<SocketAddr>,
+    /// `None` until the host resolves (the resolver service keeps trying).
+    pub addr: ArcSwap<Option<SocketAddr>>,
     pub authority: HeaderValue,
     pub connector: Arc<Connector>,
     pub ca_file: Option<String>,
@@ -41,12 +42,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn peer(&self) -> HttpPeer {
-        let mut peer = HttpPeer::new(
-            **self.addr.load(),
-            self.target.tls,
-            self.target.host.clone(),
-        );
+    /// The peer for one attempt, or `None` while the host is unresolved.
+    pub fn peer(&self) -> Option<HttpPeer> {
+        let addr = (**self.addr.load())?;
+        let mut peer = HttpPeer::new(addr, self.target.tls, self.target.host.clone());
         let o = &mut peer.options;
         o.connection_timeout = Some(self.connect_timeout);
         o.total_connection_timeout = Some(self.connect_timeout);
@@ -56,7 +55,7 @@ impl Upstream {
         if self.target.tls && self.http2 {
             o.set_http_version(2, 1);
         }
-        peer
+        Some(peer)
     }
 }
 
@@ -127,7 +126,17 @@ impl Runtime {
         }
         let target = UpstreamTarget::parse(&c.gemini.base_url)
             .map_err(|m| ConfigError::new(&file, "gemini.base_url", m))?;
-        let addr = resolve(&target).map_err(|m| ConfigError::new(&file, "gemini.base_url", m))?;
+        let addr = match resolve(&target) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                // Start anyway: calls get 502 until the resolver service succeeds.
+                let kept = previous
+                    .filter(|p| p.upstream.target == target)
+                    .and_then(|p| **p.upstream.addr.load());
+                tracing::warn!(error = %e, kept_previous = kept.is_some(), "upstream host does not resolve yet");
+                kept
+            }
+        };
         let ca_file = c.gemini.ca_file.clone();
         if let Some(ca) = &ca_file {
             if !std::path::Path::new(ca).exists() {

@@ -107,12 +107,13 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
             poll: opts.watch_interval,
         },
     ));
-    if !rt.upstream.target.host.parse::<std::net::IpAddr>().is_ok() {
+    if rt.upstream.target.host.parse::<std::net::IpAddr>().is_err() {
         server.add_service(background_service(
             "upstream dns",
             ResolveService {
                 shared,
                 every: Duration::from_secs(300),
+                retry: Duration::from_secs(5),
             },
         ));
     }

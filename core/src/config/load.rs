@@ -425,7 +425,7 @@ metrics: { enabled: true, prometheus_port: 9090 }
         )
         .unwrap_err();
         assert_eq!(e.file, "c.yaml");
-        assert_eq!(e.path, "gemini.api_keys[0]");
+        assert_eq!(e.path, "gemini.api_keys[0].wieght");
         assert!(e.message.contains("unknown field `wieght`"), "{e}");
         let e = load_str(
             &MINIMAL.replace("port: 8080", "port: eighty"),

@@ -447,7 +447,13 @@ impl GatewayProxy {
             .get("content-length")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let peer = rt.upstream.peer();
+        let peer = rt.upstream.peer().ok_or_else(|| {
+            Failure::new(
+                502,
+                "upstream_unresolved",
+                format!("upstream host {} does not resolve", rt.upstream.target.host),
+            )
+        })?;
         let upstream_started = Instant::now();
         let mut tries = 0;
         let (mut up, wrote_ok) = loop {
