@@ -28,6 +28,21 @@ pub enum Command {
     Demo(DemoArgs),
     /// Validate a config file and report problems; `--migrate` prints the upgraded file.
     Check(CheckArgs),
+    /// Run only the mock Gemini upstream (for local development and benchmarks).
+    Mock(MockArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MockArgs {
+    /// Port on 127.0.0.1.
+    #[arg(long, default_value_t = 8090)]
+    pub port: u16,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Keep no record of requests (benchmarks).
+    #[arg(long)]
+    pub no_record: bool,
 }
 
 #[derive(clap::Args, Debug, Default)]

@@ -83,6 +83,23 @@ fn demo(args: cli::DemoArgs) -> i32 {
     server.run_forever()
 }
 
+fn mock(args: cli::MockArgs) -> i32 {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
+    match gemini_proxy_core::mock::MockGemini::start_on(addr, args.threads) {
+        Ok(m) => {
+            m.set_recording(!args.no_record);
+            println!("mock Gemini on {}", m.base_url());
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(e) => {
+            eprintln!("error: cannot start the mock on {addr}: {e}");
+            2
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -98,6 +115,7 @@ fn main() {
         }
         Some(Command::Demo(a)) => demo(a),
         Some(Command::Check(a)) => cli::run_check(&a),
+        Some(Command::Mock(a)) => mock(a),
     };
     std::process::exit(code);
 }
