@@ -80,7 +80,8 @@ pub enum Admission {
 ///     fn name(&self) -> &str { "first" }
 ///     fn phases(&self) -> Phases { Phases::SELECT }
 ///     fn on_select(&self, _cx: &RequestContext, sel: &mut Selection<'_>) -> Result<(), PluginError> {
-///         if let Some((i, _)) = sel.eligible().next() { sel.choose(i); }
+///         let first = sel.eligible().next().map(|(i, _)| i);
+///         if let Some(i) = first { sel.choose(i); }
 ///         Ok(())
 ///     }
 /// }

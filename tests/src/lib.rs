@@ -64,6 +64,17 @@ impl Harness {
         extra: &str,
         edit: impl FnOnce(&mut String),
     ) -> Harness {
+        Self::start_full(mock, keys, extra, edit, Duration::from_millis(100))
+    }
+
+    /// Full control, including how often the config file is polled.
+    pub fn start_full(
+        mock: MockGemini,
+        keys: &[(&str, &str, u32)],
+        extra: &str,
+        edit: impl FnOnce(&mut String),
+        watch: Duration,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut text = config_yaml(&mock.base_url(), free_port(), free_port(), keys, extra);
         edit(&mut text);
@@ -71,7 +82,7 @@ impl Harness {
         std::fs::write(&path, &text).expect("write config");
         let loaded = load_file(&path, &|_| None).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
         let opts = ServeOptions {
-            watch_interval: Duration::from_millis(100),
+            watch_interval: watch,
             upgrade_sock: dir.path().join("upgrade.sock").display().to_string(),
             pid_file: dir.path().join("pid").display().to_string(),
             ..ServeOptions::default()
