@@ -18,7 +18,7 @@ fn serve(args: ServeArgs) -> i32 {
         }
     };
     let c = &loaded.config;
-    cli::init_logging(c.logging.format, &c.logging.level);
+    let _log_guard = cli::init_logging(c.logging.format, &c.logging.level);
     for w in &loaded.warnings {
         tracing::warn!(migration = %w, "config migrated; run `gemini-proxy check --migrate` to upgrade the file");
     }
@@ -41,7 +41,8 @@ fn serve(args: ServeArgs) -> i32 {
     match build_server(shared, &opts) {
         Ok(server) => {
             tracing::info!(listen = %format!("{}:{}", c.server.host, c.server.port), admin = c.metrics.prometheus_port, "gemini-proxy starting");
-            server.run_forever()
+            server.run(pingora::server::RunArgs::default());
+            0
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -51,7 +52,7 @@ fn serve(args: ServeArgs) -> i32 {
 }
 
 fn demo(args: cli::DemoArgs) -> i32 {
-    cli::init_logging(LogFormat::Human, "info");
+    let _log_guard = cli::init_logging(LogFormat::Human, "info");
     let mock = match gemini_proxy_core::mock::MockGemini::start() {
         Ok(m) => m,
         Err(e) => {
@@ -80,7 +81,8 @@ fn demo(args: cli::DemoArgs) -> i32 {
     );
     // The mock lives on its own thread for the life of the process.
     std::mem::forget(mock);
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    0
 }
 
 fn mock(args: cli::MockArgs) -> i32 {

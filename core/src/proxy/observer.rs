@@ -250,16 +250,15 @@ impl Observer {
             for c in &self.collected {
                 all.extend_from_slice(c);
             }
-            match serde_json::from_slice::<serde_json::Value>(&all) {
-                Ok(serde_json::Value::Array(items)) => {
-                    for item in items {
-                        if let Ok(ev) = serde_json::from_value::<Event>(item) {
-                            self.event(ev);
-                        }
+            // Parse straight into the few fields we need, once.
+            match all.iter().find(|b| !b.is_ascii_whitespace()) {
+                Some(b'[') => {
+                    if let Ok(events) = serde_json::from_slice::<Vec<Event>>(&all) {
+                        events.into_iter().for_each(|ev| self.event(ev));
                     }
                 }
-                Ok(v @ serde_json::Value::Object(_)) => {
-                    if let Ok(ev) = serde_json::from_value::<Event>(v) {
+                Some(b'{') => {
+                    if let Ok(ev) = serde_json::from_slice::<Event>(&all) {
                         self.event(ev);
                     }
                 }
