@@ -18,7 +18,7 @@ fn serve(args: ServeArgs) -> i32 {
         }
     };
     let c = &loaded.config;
-    let _log_guard = cli::init_logging(c.logging.format, &c.logging.level);
+    cli::init_logging(c.logging.format, &c.logging.level);
     for w in &loaded.warnings {
         tracing::warn!(migration = %w, "config migrated; run `gemini-proxy check --migrate` to upgrade the file");
     }
@@ -52,7 +52,7 @@ fn serve(args: ServeArgs) -> i32 {
 }
 
 fn demo(args: cli::DemoArgs) -> i32 {
-    let _log_guard = cli::init_logging(LogFormat::Human, "info");
+    cli::init_logging(LogFormat::Human, "info");
     let mock = match gemini_proxy_core::mock::MockGemini::start() {
         Ok(m) => m,
         Err(e) => {

@@ -138,14 +138,14 @@ impl Runtime {
             }
         };
         let ca_file = c.gemini.ca_file.clone();
-        if let Some(ca) = &ca_file {
-            if !std::path::Path::new(ca).exists() {
-                return Err(ConfigError::new(
-                    &file,
-                    "gemini.ca_file",
-                    format!("file `{ca}` does not exist"),
-                ));
-            }
+        if let Some(ca) = &ca_file
+            && !std::path::Path::new(ca).exists()
+        {
+            return Err(ConfigError::new(
+                &file,
+                "gemini.ca_file",
+                format!("file `{ca}` does not exist"),
+            ));
         }
         // Keep the pooled connections across reloads unless the TLS roots changed.
         let connector = match previous {

@@ -207,11 +207,11 @@ fn now_s() -> u64 {
         .as_secs()
 }
 
-fn series_for<'m, K: std::hash::Hash + Eq>(
-    map: &'m mut HashMap<K, Series>,
+fn series_for<K: std::hash::Hash + Eq>(
+    map: &mut HashMap<K, Series>,
     key: K,
     other: K,
-) -> &'m mut Series {
+) -> &mut Series {
     let k = if map.contains_key(&key) || map.len() < MAX_SERIES {
         key
     } else {

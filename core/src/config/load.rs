@@ -183,28 +183,28 @@ pub fn migrate(root: &mut Value, file: &str) -> Result<Vec<String>, ConfigError>
             }
         }
     }
-    if let Some(Value::Mapping(m)) = map.get_mut(key("metrics")) {
-        if let Some(port) = m.remove(key("port")) {
-            if m.contains_key(key("prometheus_port")) {
-                return Err(ConfigError::new(
-                    file,
-                    "metrics.port",
-                    "both metrics.port and metrics.prometheus_port are set; keep one",
-                ));
-            }
-            m.insert(key("prometheus_port"), port);
-            warnings.push("renamed `metrics.port` to `metrics.prometheus_port`".to_string());
-        }
-    }
-    if let Some(Value::Mapping(s)) = map.get_mut(key("server")) {
-        if let Some(Value::Bool(b)) = s.get(key("tls")).cloned() {
-            let mut t = Mapping::new();
-            t.insert(key("enabled"), Value::Bool(b));
-            s.insert(key("tls"), Value::Mapping(t));
-            warnings.push(format!(
-                "`server.tls: {b}` upgraded to `server.tls: {{enabled: {b}}}`"
+    if let Some(Value::Mapping(m)) = map.get_mut(key("metrics"))
+        && let Some(port) = m.remove(key("port"))
+    {
+        if m.contains_key(key("prometheus_port")) {
+            return Err(ConfigError::new(
+                file,
+                "metrics.port",
+                "both metrics.port and metrics.prometheus_port are set; keep one",
             ));
         }
+        m.insert(key("prometheus_port"), port);
+        warnings.push("renamed `metrics.port` to `metrics.prometheus_port`".to_string());
+    }
+    if let Some(Value::Mapping(s)) = map.get_mut(key("server"))
+        && let Some(Value::Bool(b)) = s.get(key("tls")).cloned()
+    {
+        let mut t = Mapping::new();
+        t.insert(key("enabled"), Value::Bool(b));
+        s.insert(key("tls"), Value::Mapping(t));
+        warnings.push(format!(
+            "`server.tls: {b}` upgraded to `server.tls: {{enabled: {b}}}`"
+        ));
     }
     Ok(warnings)
 }
@@ -338,13 +338,13 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
                 "must be at most 1000000".into(),
             );
         }
-        if let Some(p) = &k.project {
-            if !valid_id(p) {
-                return err(
-                    format!("gemini.api_keys[{i}].project"),
-                    format!("`{p}` must be 1-64 of A-Z a-z 0-9 - _ ."),
-                );
-            }
+        if let Some(p) = &k.project
+            && !valid_id(p)
+        {
+            return err(
+                format!("gemini.api_keys[{i}].project"),
+                format!("`{p}` must be 1-64 of A-Z a-z 0-9 - _ ."),
+            );
         }
     }
     if !c.gemini.api_keys.iter().any(|k| k.enabled && k.weight > 0) {

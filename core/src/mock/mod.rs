@@ -57,12 +57,15 @@ impl Recorded {
     }
 }
 
+type UploadSession = (String, Value, Vec<u8>);
+
 #[derive(Default)]
 struct State {
     records: Mutex<Vec<Recorded>>,
     files: Mutex<HashMap<String, (String, Value)>>,
     caches: Mutex<HashMap<String, (String, Value)>>,
-    uploads: Mutex<HashMap<String, (String, Value, Vec<u8>)>>,
+    /// upload id → (owner project, file metadata, bytes so far)
+    uploads: Mutex<HashMap<String, UploadSession>>,
     rpm: Mutex<HashMap<(String, u64), u64>>,
     projects: Mutex<HashMap<String, String>>,
     seq: std::sync::atomic::AtomicU64,
@@ -316,10 +319,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let Some(key) = key.or_else(|| is_upload_chunk.then(String::new)) else {
         return Ok(google_error(403, err_unregistered(), openai));
     };
-    if !key.is_empty() {
-        if let Some(resp) = key_fault(&state, &key, openai) {
-            return Ok(resp);
-        }
+    if !key.is_empty()
+        && let Some(resp) = key_fault(&state, &key, openai)
+    {
+        return Ok(resp);
     }
     let project = state.project_of(&key);
 

@@ -600,10 +600,9 @@ impl GatewayProxy {
                     .to_str()
                     .ok()
                     .and_then(|v| rewrite_upload_url(v, &base))
+                    && let Ok(hv) = HeaderValue::from_str(&v)
                 {
-                    if let Ok(hv) = HeaderValue::from_str(&v) {
-                        let _ = out.append_header(name.clone(), hv);
-                    }
+                    let _ = out.append_header(name.clone(), hv);
                 }
                 continue;
             }
