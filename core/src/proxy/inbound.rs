@@ -36,6 +36,8 @@ pub struct Inbound {
     pub query: Option<String>,
     pub credential: Option<ClientCredential>,
     pub headers: HeaderMap,
+    /// The declared `Content-Length`, parsed once.
+    pub content_length: Option<u64>,
 }
 
 /// Removes `key=` parameters, returning the rest and the first key value found.
@@ -109,12 +111,17 @@ impl Inbound {
             .map(|v| ClientCredential::new(CredentialSource::GoogApiKeyHeader, v))
             .or_else(|| bearer.map(|v| ClientCredential::new(CredentialSource::Bearer, v)))
             .or_else(|| query_key.map(|v| ClientCredential::new(CredentialSource::QueryKey, v)));
+        let content_length = headers
+            .get("content-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         Some(Inbound {
             route,
             path: path.to_string(),
             query,
             credential,
             headers: sanitize_headers(headers),
+            content_length,
         })
     }
 }

@@ -27,6 +27,7 @@ pub use errors::{ErrorStyle, error_body};
 pub use inbound::{Inbound, sanitize_headers, split_key_param};
 pub use observer::{BodyFormat, Observed, Observer};
 
+use crate::pipeline::StageFailure;
 use crate::runtime::{Runtime, Shared, UpstreamKey};
 use crate::stats::{CallRecord, ErrorSample};
 
@@ -55,6 +56,31 @@ impl Failure {
             headers: Vec::new(),
             body_unread: false,
         }
+    }
+
+    /// The request body was left unread: the connection must not be reused.
+    fn unread(mut self) -> Failure {
+        self.body_unread = true;
+        self
+    }
+
+    fn too_large(what: &str, limit: u64) -> Failure {
+        Failure::new(
+            413,
+            "body_too_large",
+            format!("{what} exceeds {limit} bytes"),
+        )
+        .unread()
+    }
+
+    /// A pipeline stage failed with failure mode `closed`.
+    fn stage(request_id: &str, stage: StageFailure) -> Failure {
+        tracing::error!(request_id, error = %stage, "pipeline stage failed");
+        Failure::new(
+            500,
+            "pipeline_error",
+            format!("gateway stage `{}` failed", stage.stage),
+        )
     }
 
     fn rejected(r: Rejection) -> Failure {
@@ -152,13 +178,7 @@ async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Failure> 
         match session.downstream_session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if (buf.len() + chunk.len()) as u64 > limit {
-                    let mut f = Failure::new(
-                        413,
-                        "body_too_large",
-                        format!("request body exceeds {limit} bytes"),
-                    );
-                    f.body_unread = true;
-                    return Err(f);
+                    return Err(Failure::too_large("request body", limit));
                 }
                 buf.extend_from_slice(&chunk);
             }
@@ -269,19 +289,13 @@ impl GatewayProxy {
         let req = session.req_header();
         let method = req.method.clone();
         let Some(inbound) = Inbound::parse(method.as_str(), &req.uri, &req.headers) else {
-            let mut f = Failure::new(
+            return Err(Failure::new(
                 404,
                 "not_found",
                 format!("no route for {} {}", method, req.uri.path()),
-            );
-            f.body_unread = true;
-            return Err(f);
+            )
+            .unread());
         };
-        let declared_len = req
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
         ctx.api = inbound.route.api_kind.as_str();
         ctx.action = inbound.route.action.as_str();
         ctx.model = inbound.route.model.clone();
@@ -293,7 +307,7 @@ impl GatewayProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        view.body_size = declared_len;
+        view.body_size = inbound.content_length;
         ctx.done.streamed = inbound.route.stream;
         let cx = ctx
             .cx
@@ -302,16 +316,7 @@ impl GatewayProxy {
         match rt.pipeline.admit(cx).await {
             Ok(None) => {}
             Ok(Some(rejection)) => return Err(Failure::rejected(rejection)),
-            Err(stage) => {
-                tracing::error!(request_id = %ctx.request_id, error = %stage, "admission failed");
-                let mut f = Failure::new(
-                    500,
-                    "pipeline_error",
-                    format!("gateway stage `{}` failed", stage.stage),
-                );
-                f.body_unread = true;
-                return Err(f);
-            }
+            Err(stage) => return Err(Failure::stage(&ctx.request_id, stage).unread()),
         }
 
         let upload = inbound.route.api_kind == ApiKind::Upload;
@@ -320,14 +325,8 @@ impl GatewayProxy {
         } else {
             rt.config.server.max_body_bytes
         };
-        if declared_len.is_some_and(|n| n > limit) {
-            let mut f = Failure::new(
-                413,
-                "body_too_large",
-                format!("request body exceeds {limit} bytes"),
-            );
-            f.body_unread = true;
-            return Err(f);
+        if inbound.content_length.is_some_and(|n| n > limit) {
+            return Err(Failure::too_large("request body", limit));
         }
         let body = if upload {
             RequestBody::Streamed { limit }
@@ -347,12 +346,7 @@ impl GatewayProxy {
             }
         }
         if let Err(stage) = rt.pipeline.select(cx, &mut sel) {
-            tracing::error!(request_id = %ctx.request_id, error = %stage, "key selection failed");
-            return Err(Failure::new(
-                500,
-                "pipeline_error",
-                format!("gateway stage `{}` failed", stage.stage),
-            ));
+            return Err(Failure::stage(&ctx.request_id, stage));
         }
         let index = match sel.chosen_index().or_else(|| rt.fallback.pick(&sel)) {
             Some(i) => i,
@@ -441,12 +435,6 @@ impl GatewayProxy {
         body: RequestBody,
     ) -> Result<(), Failure> {
         let method = session.req_header().method.clone();
-        let declared = session
-            .req_header()
-            .headers
-            .get("content-length")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
         let peer = rt.upstream.peer().ok_or_else(|| {
             Failure::new(
                 502,
@@ -468,7 +456,7 @@ impl GatewayProxy {
             up.set_write_timeout(Some(rt.upstream.write_timeout));
             let content_length = match &body {
                 RequestBody::Buffered(b) => Some(b.len().to_string()),
-                RequestBody::Streamed { .. } => declared.clone(),
+                RequestBody::Streamed { .. } => inbound.content_length.map(|n| n.to_string()),
             };
             let req = self.upstream_request(rt, key, inbound, &method, content_length)?;
             let wrote: pingora::Result<()> = async {
@@ -571,12 +559,7 @@ impl GatewayProxy {
         {
             let cx = ctx.cx.as_ref().expect("context");
             if let Err(stage) = rt.pipeline.upstream_outcome(cx, &outcome) {
-                tracing::error!(request_id = %ctx.request_id, error = %stage, "upstream outcome stage failed");
-                return Err(Failure::new(
-                    500,
-                    "pipeline_error",
-                    format!("gateway stage `{}` failed", stage.stage),
-                ));
+                return Err(Failure::stage(&ctx.request_id, stage));
             }
         }
         if let Some(e) = &outcome.error {
@@ -631,12 +614,7 @@ impl GatewayProxy {
         {
             let cx = ctx.cx.as_mut().expect("context");
             if let Err(stage) = rt.pipeline.response(cx, &head) {
-                tracing::error!(request_id = %ctx.request_id, error = %stage, "response stage failed");
-                return Err(Failure::new(
-                    500,
-                    "pipeline_error",
-                    format!("gateway stage `{}` failed", stage.stage),
-                ));
+                return Err(Failure::stage(&ctx.request_id, stage));
             }
         }
         let format = Observer::format_for(content_type.as_deref());
@@ -803,13 +781,7 @@ async fn stream_request_body(
             Ok(Some(chunk)) => {
                 *count += chunk.len() as u64;
                 if *count > limit {
-                    let mut f = Failure::new(
-                        413,
-                        "body_too_large",
-                        format!("upload exceeds {limit} bytes"),
-                    );
-                    f.body_unread = true;
-                    return Err(StreamErr::Client(f));
+                    return Err(StreamErr::Client(Failure::too_large("upload", limit)));
                 }
                 up.write_request_body(chunk, false)
                     .await
