@@ -105,10 +105,89 @@ impl Harness {
         format!("http://{}{}", self.gateway.admin_addr.expect("admin"), path)
     }
 
+    /// A call presenting `cred`, answered as (status, JSON body or `Null`).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        cred: (&str, &str),
+        body: Option<String>,
+    ) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .client
+            .request(method, self.url(path))
+            .header(cred.0, cred.1);
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        json_of(req.send().await.expect("gateway answers")).await
+    }
+
+    /// `generateContent` on gemini-2.5-flash with the client token.
+    pub async fn generate(&self, text: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1beta/models/gemini-2.5-flash:generateContent"))
+            .header(CLIENT.0, CLIENT.1)
+            .body(gen_body(text))
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    pub async fn admin_text(&self, path: &str) -> String {
+        let r = self
+            .client
+            .get(self.admin(path))
+            .send()
+            .await
+            .expect("admin answers");
+        r.text().await.expect("admin body")
+    }
+
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        serde_json::from_str(&self.admin_text(path).await).expect("admin JSON")
+    }
+
+    /// The pool key the mock saw on the last request.
+    pub fn last_key(&self) -> String {
+        self.mock
+            .requests()
+            .last()
+            .and_then(|r| r.key.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(self.config_path.as_ref().expect("file")).expect("read config")
+    }
+
+    /// Waits (up to 5 s) until the active config generation is at least `want`.
+    pub async fn wait_generation(&self, want: u64) {
+        for _ in 0..100 {
+            if self.gateway.shared.runtime.load().generation >= want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("config generation never reached {want}");
+    }
+
     /// Rewrites the config file (the watcher picks it up).
     pub fn write_config(&self, text: &str) {
         std::fs::write(self.config_path.as_ref().expect("file"), text).expect("write");
     }
+}
+
+/// The credential the tests' clients present: a gateway token, never a pool key.
+pub const CLIENT: (&str, &str) = ("x-goog-api-key", "client-token");
+/// The same token as OpenAI clients send it.
+pub const BEARER: (&str, &str) = ("authorization", "Bearer client-token");
+
+/// (status, JSON body or `Null`).
+pub async fn json_of(resp: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
 }
 
 pub fn client() -> reqwest::Client {

@@ -8,51 +8,24 @@ use serde_json::{Value, json};
 
 const KEYS: &[(&str, &str, u32)] = &[("pool-a", "valid-pool-key-a", 1)];
 
-async fn json_of(resp: reqwest::Response) -> (u16, Value) {
-    let status = resp.status().as_u16();
-    let v = resp.json::<Value>().await.unwrap_or(Value::Null);
-    (status, v)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_endpoint_family_passes_through() {
     let h = Harness::start(KEYS);
     let c = &h.client;
-    let key = ("x-goog-api-key", "client-token");
     for v in ["v1beta", "v1", "v1alpha"] {
-        let (s, body) = json_of(
-            c.get(h.url(&format!("/{v}/models")))
-                .header(key.0, key.1)
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (s, body) = h.call("GET", &format!("/{v}/models"), CLIENT, None).await;
         assert_eq!(s, 200, "{v} models");
         assert!(body["models"].as_array().unwrap().len() >= 2);
     }
-    let (s, m) = json_of(
-        c.get(h.url("/v1beta/models/gemini-2.5-flash"))
-            .header(key.0, key.1)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, m) = h
+        .call("GET", "/v1beta/models/gemini-2.5-flash", CLIENT, None)
+        .await;
     assert_eq!(
         (s, m["name"].as_str()),
         (200, Some("models/gemini-2.5-flash"))
     );
 
-    let (s, g) = json_of(
-        c.post(h.url("/v1beta/models/gemini-2.5-flash:generateContent"))
-            .header(key.0, key.1)
-            .body(gen_body("hello"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, g) = json_of(h.generate("hello").await).await;
     assert_eq!(s, 200);
     assert_eq!(
         g["candidates"][0]["content"]["parts"][0]["text"],
@@ -65,41 +38,39 @@ async fn every_endpoint_family_passes_through() {
     );
     assert_eq!(g["turnToken"], "v1:mock");
 
-    let (s, t) = json_of(
-        c.post(h.url("/v1/models/gemini-2.5-flash:countTokens"))
-            .header(key.0, key.1)
-            .body(gen_body("four"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, t) = h
+        .call(
+            "POST",
+            "/v1/models/gemini-2.5-flash:countTokens",
+            CLIENT,
+            Some(gen_body("four")),
+        )
+        .await;
     assert_eq!((s, t["totalTokens"].as_u64()), (200, Some(1)));
-    let (s, e) = json_of(
-        c.post(h.url("/v1beta/models/gemini-embedding-001:embedContent"))
-            .header(key.0, key.1)
-            .body(
-                json!({"content": {"parts": [{"text": "x"}]}, "outputDimensionality": 4})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let embed = json!({"content": {"parts": [{"text": "x"}]}, "outputDimensionality": 4});
+    let (s, e) = h
+        .call(
+            "POST",
+            "/v1beta/models/gemini-embedding-001:embedContent",
+            CLIENT,
+            Some(embed.to_string()),
+        )
+        .await;
     assert_eq!(
         (s, e["embedding"]["values"].as_array().map(|a| a.len())),
         (200, Some(4))
     );
-    let (s, b) = json_of(
-        c.post(h.url("/v1beta/models/gemini-embedding-001:batchEmbedContents"))
-            .header(key.0, key.1)
-            .body(json!({"requests": [{"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a"}]}}, {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "b"}]}}]}).to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let batch = json!({"requests": [
+        {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "a"}]}},
+        {"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "b"}]}}]});
+    let (s, b) = h
+        .call(
+            "POST",
+            "/v1beta/models/gemini-embedding-001:batchEmbedContents",
+            CLIENT,
+            Some(batch.to_string()),
+        )
+        .await;
     assert_eq!(
         (s, b["embeddings"].as_array().map(|a| a.len())),
         (200, Some(2))
@@ -108,7 +79,7 @@ async fn every_endpoint_family_passes_through() {
     // JSON-array stream.
     let r = c
         .post(h.url("/v1beta/models/gemini-2.5-flash:streamGenerateContent"))
-        .header(key.0, key.1)
+        .header(CLIENT.0, CLIENT.1)
         .body(gen_body("array form"))
         .send()
         .await
@@ -120,56 +91,34 @@ async fn every_endpoint_family_passes_through() {
     assert_eq!(arr[2]["candidates"][0]["finishReason"], "STOP");
 
     // cachedContents and files CRUD.
-    let (s, cache) = json_of(
-        c.post(h.url("/v1beta/cachedContents"))
-            .header(key.0, key.1)
-            .body(r#"{"model":"models/gemini-2.5-flash","ttl":"300s"}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let cache_body = r#"{"model":"models/gemini-2.5-flash","ttl":"300s"}"#.to_string();
+    let (s, cache) = h
+        .call("POST", "/v1beta/cachedContents", CLIENT, Some(cache_body))
+        .await;
     assert_eq!(s, 200);
     let name = cache["name"].as_str().unwrap().to_string();
-    let (s, got) = json_of(
-        c.get(h.url(&format!("/v1beta/{name}")))
-            .header(key.0, key.1)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, got) = h
+        .call("GET", &format!("/v1beta/{name}"), CLIENT, None)
+        .await;
     assert_eq!((s, got["name"].as_str()), (200, Some(name.as_str())));
-    let (s, _) = json_of(
-        c.patch(h.url(&format!("/v1beta/{name}?updateMask=ttl")))
-            .header(key.0, key.1)
-            .body(r#"{"ttl":"600s"}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let patch = Some(r#"{"ttl":"600s"}"#.to_string());
+    let (s, _) = h
+        .call(
+            "PATCH",
+            &format!("/v1beta/{name}?updateMask=ttl"),
+            CLIENT,
+            patch,
+        )
+        .await;
     assert_eq!(s, 200);
-    let (s, list) = json_of(
-        c.get(h.url("/v1beta/cachedContents"))
-            .header(key.0, key.1)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, list) = h.call("GET", "/v1beta/cachedContents", CLIENT, None).await;
     assert_eq!(
         (s, list["cachedContents"].as_array().map(|a| a.len())),
         (200, Some(1))
     );
-    let (s, _) = json_of(
-        c.delete(h.url(&format!("/v1beta/{name}")))
-            .header(key.0, key.1)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _) = h
+        .call("DELETE", &format!("/v1beta/{name}"), CLIENT, None)
+        .await;
     assert_eq!(s, 200);
 
     // Resumable upload: the upload URL comes back pointing at the gateway, without any key.
@@ -212,46 +161,34 @@ async fn every_endpoint_family_passes_through() {
         sha256_hex(&data)
     );
     let fname = file["file"]["name"].as_str().unwrap().to_string();
-    let (s, _) = json_of(
-        c.get(h.url(&format!("/v1beta/{fname}")))
-            .header(key.0, key.1)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, _) = h
+        .call("GET", &format!("/v1beta/{fname}"), CLIENT, None)
+        .await;
     assert_eq!(s, 200);
-    let (s, files) = json_of(
-        c.get(h.url("/v1beta/files"))
-            .header(key.0, key.1)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, files) = h.call("GET", "/v1beta/files", CLIENT, None).await;
     assert_eq!(
         (s, files["files"].as_array().map(|a| a.len())),
         (200, Some(1))
     );
 
     // OpenAI-compatible API.
-    let bearer = ("authorization", "Bearer client-token");
-    let (s, chat) = json_of(
-        c.post(h.url("/v1beta/openai/chat/completions"))
-            .header(bearer.0, bearer.1)
-            .body(json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]}).to_string())
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let chat =
+        json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "hi"}]});
+    let (s, reply) = h
+        .call(
+            "POST",
+            "/v1beta/openai/chat/completions",
+            BEARER,
+            Some(chat.to_string()),
+        )
+        .await;
     assert_eq!(
-        (s, chat["choices"][0]["message"]["content"].as_str()),
+        (s, reply["choices"][0]["message"]["content"].as_str()),
         (200, Some("Echo: hi"))
     );
     let r = c
         .post(h.url("/v1beta/openai/chat/completions"))
-        .header(bearer.0, bearer.1)
+        .header(BEARER.0, BEARER.1)
         .body(json!({"model": "gemini-2.5-flash", "stream": true, "messages": [{"role": "user", "content": "hi"}]}).to_string())
         .send()
         .await
@@ -259,24 +196,12 @@ async fn every_endpoint_family_passes_through() {
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let text = r.text().await.unwrap();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-    let (s, emb) = json_of(
-        c.post(h.url("/v1beta/openai/embeddings"))
-            .header(bearer.0, bearer.1)
-            .body(r#"{"model":"gemini-embedding-001","input":"hi"}"#)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let emb = Some(r#"{"model":"gemini-embedding-001","input":"hi"}"#.to_string());
+    let (s, emb) = h
+        .call("POST", "/v1beta/openai/embeddings", BEARER, emb)
+        .await;
     assert_eq!((s, emb["object"].as_str()), (200, Some("list")));
-    let (s, models) = json_of(
-        c.get(h.url("/v1beta/openai/models"))
-            .header(bearer.0, bearer.1)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, models) = h.call("GET", "/v1beta/openai/models", BEARER, None).await;
     assert_eq!((s, models["object"].as_str()), (200, Some("list")));
 
     // Absolute-form targets, as clients behind an HTTP proxy send them.
@@ -287,7 +212,7 @@ async fn every_endpoint_family_passes_through() {
     let (s, g) = json_of(
         via_proxy
             .post("http://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent")
-            .header(key.0, key.1)
+            .header(CLIENT.0, CLIENT.1)
             .body(gen_body("absolute"))
             .send()
             .await
@@ -625,14 +550,7 @@ async fn stream_faults_are_recorded_honestly() {
         "client must see an incomplete body"
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let errors: Value = c
-        .get(h.admin("/errors"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let errors = h.admin_json("/errors").await;
     let classes: Vec<&str> = errors["errors"]
         .as_array()
         .unwrap()
@@ -642,14 +560,7 @@ async fn stream_faults_are_recorded_honestly() {
     for want in ["truncated_stream", "midstream_error", "stream_interrupted"] {
         assert!(classes.contains(&want), "{want} missing from {errors}");
     }
-    let metrics = c
-        .get(h.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.admin_text("/metrics").await;
     assert!(metrics.contains("streams_truncated_total 2"), "{metrics}");
 }
 
@@ -657,15 +568,7 @@ async fn stream_faults_are_recorded_honestly() {
 async fn admin_endpoints_report_traffic() {
     let h = Harness::start(&[("a", "valid-a", 3), ("b", "valid-b", 1)]);
     for i in 0..8 {
-        let r = h
-            .client
-            .post(h.url("/v1beta/models/gemini-2.5-flash:generateContent"))
-            .header("x-goog-api-key", "t")
-            .body(gen_body(&format!("n{i}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(h.generate(&format!("n{i}")).await.status(), 200);
     }
     let keys: Vec<String> = h
         .mock
@@ -678,25 +581,9 @@ async fn admin_endpoints_report_traffic() {
         6,
         "weights 3:1 over 8 calls: {keys:?}"
     );
-    let health: Value = h
-        .client
-        .get(h.admin("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = h.admin_json("/health").await;
     assert_eq!(health["status"], "ok");
-    let metrics = h
-        .client
-        .get(h.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.admin_text("/metrics").await;
     for name in [
         "http_requests_total",
         "gemini_api_calls_total",
@@ -706,15 +593,7 @@ async fn admin_endpoints_report_traffic() {
     ] {
         assert!(metrics.contains(name), "{name} missing");
     }
-    let perf: Value = h
-        .client
-        .get(h.admin("/performance"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let perf = h.admin_json("/performance").await;
     assert_eq!(perf["overall"]["1m"]["requests"], 8, "{perf}");
     assert!(
         perf["by_key"]["a"]["1m"]["latency_ms"]["p50"]

@@ -7,24 +7,6 @@ use std::time::Duration;
 use gemini_proxy_core::reload::{ReloadOutcome, reload};
 use gemini_proxy_tests::*;
 
-fn key_of_last(h: &Harness) -> String {
-    h.mock
-        .requests()
-        .last()
-        .and_then(|r| r.key.clone())
-        .unwrap_or_default()
-}
-
-async fn wait_generation(h: &Harness, want: u64) {
-    for _ in 0..100 {
-        if h.gateway.shared.runtime.load().generation >= want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("config generation never reached {want}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn reload_under_traffic_loses_no_call() {
     let h = Harness::start(&[("old", "valid-old", 1)]);
@@ -61,7 +43,7 @@ async fn reload_under_traffic_loses_no_call() {
             }
         }));
     }
-    let base = std::fs::read_to_string(h.config_path.as_ref().unwrap()).unwrap();
+    let base = h.config_text();
     for g in 2..=6u64 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let id = format!("gen{g}");
@@ -69,7 +51,7 @@ async fn reload_under_traffic_loses_no_call() {
             "{ id: old, key: valid-old, weight: 1 }",
             &format!("{{ id: {id}, key: valid-{id}, weight: 1 }}"),
         ));
-        wait_generation(&h, g).await;
+        h.wait_generation(g).await;
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
     stop.store(true, Ordering::Relaxed);
@@ -98,15 +80,7 @@ async fn reload_under_traffic_loses_no_call() {
             "generation {g} never served: {used:?}"
         );
     }
-    let metrics = h
-        .client
-        .get(h.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.admin_text("/metrics").await;
     assert!(
         metrics.contains("config_reloads_total{result=\"applied\"} 5"),
         "{metrics}"
@@ -116,15 +90,8 @@ async fn reload_under_traffic_loses_no_call() {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_reload_keeps_the_running_config() {
     let h = Harness::start(&[("old", "valid-old", 1)]);
-    let call = || {
-        h.client
-            .post(h.url("/v1beta/models/gemini-2.5-flash:generateContent"))
-            .header("x-goog-api-key", "t")
-            .body(gen_body("x"))
-            .send()
-    };
-    assert_eq!(call().await.unwrap().status(), 200);
-    let base = std::fs::read_to_string(h.config_path.as_ref().unwrap()).unwrap();
+    assert_eq!(h.generate("x").await.status(), 200);
+    let base = h.config_text();
     for broken in [
         base.replace("weight: 1", "weight: lots"),
         base.replace("gemini:", "gemini: [not: valid"),
@@ -138,9 +105,8 @@ async fn invalid_reload_keeps_the_running_config() {
         };
         assert!(msg.contains("proxy.yaml"), "error names the file: {msg}");
         assert_eq!(h.gateway.shared.runtime.load().generation, 1);
-        let r = call().await.unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(key_of_last(&h), "valid-old");
+        assert_eq!(h.generate("x").await.status(), 200);
+        assert_eq!(h.last_key(), "valid-old");
     }
     // SIGHUP-style forced reload of a good file applies it.
     h.write_config(&base.replace("valid-old", "valid-new"));
@@ -148,17 +114,9 @@ async fn invalid_reload_keeps_the_running_config() {
         reload(&h.gateway.shared, true).await,
         ReloadOutcome::Applied { generation: 2 }
     ));
-    call().await.unwrap();
-    assert_eq!(key_of_last(&h), "valid-new");
-    let metrics = h
-        .client
-        .get(h.admin("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    h.generate("x").await;
+    assert_eq!(h.last_key(), "valid-new");
+    let metrics = h.admin_text("/metrics").await;
     assert!(
         metrics.contains("config_reloads_total{result=\"rejected\"} 4"),
         "{metrics}"
