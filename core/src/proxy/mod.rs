@@ -610,8 +610,10 @@ impl GatewayProxy {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let head = ResponseHead::new(status, out.headers.clone());
-        {
+        let observe_chunks = rt.pipeline.has_response_observers();
+        // The head is a copy of every header: only build it for stages that look at it.
+        if observe_chunks {
+            let head = ResponseHead::new(status, out.headers.clone());
             let cx = ctx.cx.as_mut().expect("context");
             if let Err(stage) = rt.pipeline.response(cx, &head) {
                 return Err(Failure::stage(&ctx.request_id, stage));
@@ -654,7 +656,6 @@ impl GatewayProxy {
             return Ok(());
         }
 
-        let observe_chunks = rt.pipeline.has_response_observers();
         let mut idle_done = false;
         let mut complete = false;
         let mut client_gone = false;
