@@ -1,0 +1,21 @@
+# Sourced by scripts/demo and scripts/test: installs the system packages the build needs
+# (cmake for Pingora's zlib-ng; python3-venv for the conformance clients), or stops with the
+# exact command to run. Usage: need_packages [python]
+need_packages() {
+  local missing=()
+  command -v cmake >/dev/null || missing+=(cmake)
+  command -v cc >/dev/null || missing+=(gcc)
+  if [ "${1:-}" = python ]; then
+    command -v python3 >/dev/null || missing+=(python3)
+    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    command -v curl >/dev/null || missing+=(curl)
+  fi
+  ((${#missing[@]})) || return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing: ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "missing system packages; run: sudo apt-get install -y ${missing[*]}" >&2
+    exit 2
+  fi
+}
