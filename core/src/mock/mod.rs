@@ -46,6 +46,62 @@ pub struct Recorded {
     pub body_sha256: String,
     /// The key the mock authenticated the call with (header, query or bearer).
     pub key: Option<String>,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
+    /// The server name the client sent in its TLS handshake (TLS mocks only).
+    pub tls_sni: Option<String>,
+    /// Which accepted connection carried the call (1, 2, ...): shows connection reuse.
+    pub connection: u64,
+}
+
+/// Certificate and key (PEM) for a mock serving HTTPS, offering h2 and http/1.1 by ALPN.
+#[derive(Clone)]
+pub struct MockTls {
+    pub cert_chain_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+/// How to start a mock.
+#[derive(Clone)]
+pub struct MockOptions {
+    pub addr: SocketAddr,
+    pub threads: usize,
+    pub tls: Option<MockTls>,
+}
+
+impl Default for MockOptions {
+    fn default() -> Self {
+        MockOptions {
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            threads: 1,
+            tls: None,
+        }
+    }
+}
+
+/// What the mock knows about the connection a request came on.
+#[derive(Clone, Default)]
+struct ConnInfo {
+    id: u64,
+    sni: Option<String>,
+}
+
+fn tls_acceptor(tls: &MockTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls;
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, m);
+    let certs =
+        rustls_pemfile::certs(&mut tls.cert_chain_pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut tls.key_pem.as_slice())?
+        .ok_or_else(|| bad("no private key in the PEM".into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 impl Recorded {
@@ -69,6 +125,7 @@ struct State {
     rpm: Mutex<HashMap<(String, u64), u64>>,
     projects: Mutex<HashMap<String, String>>,
     seq: std::sync::atomic::AtomicU64,
+    connections: std::sync::atomic::AtomicU64,
     record: std::sync::atomic::AtomicBool,
 }
 
@@ -89,6 +146,7 @@ impl State {
 /// A running mock. Dropping it stops the server.
 pub struct MockGemini {
     pub addr: SocketAddr,
+    tls: bool,
     state: Arc<State>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -102,7 +160,17 @@ impl MockGemini {
 
     /// Starts on `addr` with `threads` worker threads.
     pub fn start_on(addr: SocketAddr, threads: usize) -> std::io::Result<MockGemini> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
+        Self::start_with(MockOptions {
+            addr,
+            threads,
+            tls: None,
+        })
+    }
+
+    /// Starts as `opts` says (HTTPS when `opts.tls` is set).
+    pub fn start_with(opts: MockOptions) -> std::io::Result<MockGemini> {
+        let acceptor = opts.tls.as_ref().map(tls_acceptor).transpose()?;
+        let std_listener = std::net::TcpListener::bind(opts.addr)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let state = Arc::new(State::default());
@@ -111,6 +179,7 @@ impl MockGemini {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
         let st = state.clone();
+        let threads = opts.threads;
         let thread = std::thread::Builder::new().name("mock-gemini".into()).spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(threads.max(1))
@@ -126,11 +195,18 @@ impl MockGemini {
                             let Ok((stream, _)) = acc else { continue };
                             let _ = stream.set_nodelay(true);
                             let st = st.clone();
+                            let acceptor = acceptor.clone();
                             tokio::spawn(async move {
-                                let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-                                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                                    .serve_connection(TokioIo::new(stream), svc)
-                                    .await;
+                                let id = st.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                                match acceptor {
+                                    None => serve_conn(st, ConnInfo { id, sni: None }, stream).await,
+                                    Some(acceptor) => {
+                                        // A failed handshake (the client refused our certificate) just ends the connection.
+                                        let Ok(tls) = acceptor.accept(stream).await else { return };
+                                        let sni = tls.get_ref().1.server_name().map(str::to_string);
+                                        serve_conn(st, ConnInfo { id, sni }, tls).await
+                                    }
+                                }
                             });
                         }
                     }
@@ -139,15 +215,28 @@ impl MockGemini {
         })?;
         Ok(MockGemini {
             addr,
+            tls: opts.tls.is_some(),
             state,
             stop: Some(tx),
             thread: Some(thread),
         })
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` for a TLS mock, the name its
+    /// certificate is expected to carry).
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// How many connections the mock has accepted.
+    pub fn connections(&self) -> u64 {
+        self.state
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every request received so far.
@@ -250,7 +339,22 @@ fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn serve_conn<S>(st: Arc<State>, conn: ConnInfo, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| handle(st.clone(), conn.clone(), req));
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
+}
+
+async fn handle(
+    state: Arc<State>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let version = format!("{:?}", req.version());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -306,6 +410,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             body_len: body.len(),
             body_sha256: hex::encode(Sha256::digest(&body)),
             key: key.clone(),
+            version,
+            tls_sni: conn.sni.clone(),
+            connection: conn.id,
         });
     }
     if path == "/__mock/health" {

@@ -103,6 +103,18 @@ impl Failure {
                     format!("upstream timed out {during}"),
                 )
             }
+            ErrorType::TLSHandshakeFailure
+            | ErrorType::InvalidCert
+            | ErrorType::HandshakeError
+            | ErrorType::TLSWantX509Lookup => Failure::new(
+                502,
+                "upstream_tls",
+                format!(
+                    "TLS with the upstream failed {during}: {} (is its certificate trusted \
+                     (gemini.ca_file) and issued for the base_url's host?)",
+                    e.etype().as_str()
+                ),
+            ),
             _ => Failure::new(
                 502,
                 "upstream_unreachable",
