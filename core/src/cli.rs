@@ -114,15 +114,34 @@ pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
     filter
 }
 
-pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = log_filter(level);
+///
+/// Lines go to stdout through a background writer thread, so a call never waits on the
+/// terminal or a pipe; if the writer falls 64k lines behind, lines are dropped (counted by
+/// tracing-appender) rather than stalling the proxy. Keep the returned guard alive: dropping
+/// it flushes what is queued.
+pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
+    use std::io::IsTerminal;
+    let ansi = std::io::stdout().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(65_536)
+        .thread_name("log-writer")
+        // Buffered: the worker flushes whenever its queue runs dry, so a busy gateway writes
+        // many lines per syscall and an idle one still shows each line at once.
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
+        .with_env_filter(log_filter(level))
+        .with_target(true)
+        .with_ansi(ansi)
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
     };
+    guard
 }
 
 /// `check`: returns the process exit code.

@@ -28,7 +28,11 @@ async fn no_secret_in_any_output() {
         .with_writer(move || sink.clone())
         .init();
     let pool = ["valid-SECRETPOOLKEY-1", "invalid-SECRETPOOLKEY-2"];
-    let h = Harness::start(&[("one", pool[0], 1), ("two", pool[1], 1)]);
+    let h = Harness::start_with(
+        &[("one", pool[0], 1), ("two", pool[1], 1)],
+        "pipeline: [request_log, key_select]\n",
+        |_| {},
+    );
     let client_secret = "CLIENTSECRET-abc";
     let mut bodies = String::new();
     for path in [

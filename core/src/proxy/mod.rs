@@ -683,7 +683,10 @@ impl GatewayProxy {
                 }
             };
             match next {
-                Ok(Some(chunk)) => {
+                Ok(Some(first)) => {
+                    // Chunks the upstream already delivered (one read often carries several
+                    // SSE events) go out in one write: no added latency, fewer syscalls.
+                    let (chunk, ended) = coalesce_ready(&mut up, first);
                     observer.feed(&chunk);
                     if observe_chunks {
                         let cx = ctx.cx.as_mut().expect("context");
@@ -697,6 +700,18 @@ impl GatewayProxy {
                     {
                         client_gone = true;
                         break;
+                    }
+                    match ended {
+                        Some(Ok(())) => {
+                            complete = true;
+                            break;
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(request_id = %ctx.request_id, key_id = %key.id, error = %e.etype().as_str(), "upstream body failed mid-stream");
+                            ctx.done.error_class = Some("stream_interrupted".into());
+                            break;
+                        }
+                        None => {}
                     }
                 }
                 Ok(None) => {
@@ -742,6 +757,42 @@ impl GatewayProxy {
         }
         Ok(())
     }
+}
+
+/// Largest write built from chunks that were already buffered.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// Appends to `first` every body chunk the upstream session can hand over without waiting.
+/// Returns the bytes and, if the body ended meanwhile, how it ended.
+fn coalesce_ready(
+    up: &mut UpstreamSession,
+    first: Bytes,
+) -> (Bytes, Option<Result<(), Box<pingora::Error>>>) {
+    use futures_util::FutureExt;
+    let mut buf: Option<bytes::BytesMut> = None;
+    let mut ended = None;
+    while buf.as_ref().map_or(first.len(), |b| b.len()) < COALESCE_LIMIT {
+        // Reading the body is cancel-safe (the select! loop already relies on it).
+        match up.read_response_body().now_or_never() {
+            None => break,
+            Some(Ok(Some(more))) => buf
+                .get_or_insert_with(|| {
+                    let mut b = bytes::BytesMut::with_capacity(first.len() + more.len() + 1024);
+                    b.extend_from_slice(&first);
+                    b
+                })
+                .extend_from_slice(&more),
+            Some(Ok(None)) => {
+                ended = Some(Ok(()));
+                break;
+            }
+            Some(Err(e)) => {
+                ended = Some(Err(e));
+                break;
+            }
+        }
+    }
+    (buf.map_or(first, |b| b.freeze()), ended)
 }
 
 fn truncate(s: &str, max: usize) -> String {
