@@ -32,9 +32,10 @@ impl ProxyHttp for Bare {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (listen, up) = (&args[1], &args[2]);
-    let mut conf = pingora::server::configuration::ServerConf::default();
-    conf.threads = 1;
-    conf.work_stealing = std::env::var("WORK_STEALING").is_ok();
+    let conf = pingora::server::configuration::ServerConf {
+        threads: 1,
+        ..Default::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     let mut svc = http_proxy_service(
         &server.configuration,
