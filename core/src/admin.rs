@@ -1,5 +1,5 @@
 //! The admin listener (`metrics.prometheus_port`): `/health`, `/metrics`, `/performance`,
-//! `/errors`.
+//! `/errors`, `/api/keys`.
 
 use std::sync::Arc;
 
@@ -61,6 +61,7 @@ impl ServeHttp for AdminApp {
         match path.as_str() {
             "/health" | "/healthz" => json_response(200, &self.health()),
             "/metrics" => {
+                self.shared.metrics.publish_pool(&self.shared.pool.report());
                 let body = self.shared.metrics.render();
                 Response::builder()
                     .status(200)
@@ -71,6 +72,7 @@ impl ServeHttp for AdminApp {
             }
             "/performance" => json_response(200, &self.shared.stats.performance()),
             "/errors" => json_response(200, &self.shared.stats.errors()),
+            "/api/keys" => json_response(200, &json!({"keys": self.shared.pool.report()})),
             _ => json_response(
                 404,
                 &json!({"error": {"code": 404, "message": format!("no admin route {path}"), "status": "NOT_FOUND"}}),

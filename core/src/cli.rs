@@ -215,6 +215,7 @@ gemini:
     - {{ id: demo-a, key: demo-key-a, weight: 3 }}
     - {{ id: demo-b, key: demo-key-b, weight: 1 }}
 metrics: {{ enabled: true, prometheus_port: {admin_port} }}
+pool: {{ state_file: "" }}
 pipeline:
   - request_log
   - key_select: {{ strategy: weighted_round_robin }}
@@ -228,7 +229,7 @@ pub fn demo_banner(port: u16, admin_port: u16, mock: &str) -> String {
         r#"
 gemini-proxy demo
   proxy:        http://127.0.0.1:{port}
-  admin:        http://127.0.0.1:{admin_port}  (/health /metrics /performance /errors)
+  admin:        http://127.0.0.1:{admin_port}  (/health /metrics /performance /errors /api/keys)
   mock Gemini:  {mock}  (embedded; keys demo-a x3, demo-b x1)
 
 Try it:

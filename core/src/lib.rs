@@ -8,6 +8,7 @@ pub mod config;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;

@@ -82,6 +82,14 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub config_generation: IntGauge,
     pub key_enabled: IntGaugeVec,
+    /// Attempts repeated on another key (`reason` = the verdict that moved the call).
+    pub retries: IntCounterVec,
+    /// Keys found dead, by reason.
+    pub keys_disabled: IntCounterVec,
+    /// 1 for the key's current state (`active`, `cooling_down`, `half_open`, `disabled`).
+    pub key_state: IntGaugeVec,
+    pub key_cooldown_seconds: IntGaugeVec,
+    pub key_in_flight: IntGaugeVec,
     pub models: LabelCap,
 }
 
@@ -179,6 +187,34 @@ impl Metrics {
         registry
             .register(Box::new(STAGE_ERRORS.clone()))
             .expect("unique metric");
+        let retries = counter(
+            "key_retries_total",
+            "Upstream attempts repeated (on another key where possible), by the reason",
+            &["reason"],
+        );
+        let keys_disabled = counter(
+            "keys_disabled_total",
+            "Keys the pool found dead, by reason",
+            &["reason"],
+        );
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let key_state = gauge(
+            "api_key_state",
+            "1 for the state each key is in",
+            &["key_id", "state"],
+        );
+        let key_cooldown_seconds = gauge(
+            "api_key_cooldown_seconds",
+            "Seconds until the key's longest cooldown ends (0 when none)",
+            &["key_id"],
+        );
+        let key_in_flight = gauge("api_key_in_flight", "Calls in flight per key", &["key_id"]);
         Metrics {
             registry,
             http_requests,
@@ -194,7 +230,29 @@ impl Metrics {
             in_flight,
             config_generation,
             key_enabled,
+            retries,
+            keys_disabled,
+            key_state,
+            key_cooldown_seconds,
+            key_in_flight,
             models: LabelCap::new(100),
+        }
+    }
+
+    /// Refreshes the per-key gauges from the pool (at scrape time, off the hot path).
+    pub fn publish_pool(&self, keys: &[crate::pool::KeyReport]) {
+        self.key_state.reset();
+        self.key_cooldown_seconds.reset();
+        self.key_in_flight.reset();
+        for k in keys {
+            self.key_state.with_label_values(&[&k.id, k.state]).set(1);
+            let longest = k.cooldowns.iter().map(|c| c.remaining_s).max().unwrap_or(0);
+            self.key_cooldown_seconds
+                .with_label_values(&[&k.id])
+                .set(longest as i64);
+            self.key_in_flight
+                .with_label_values(&[&k.id])
+                .set(i64::from(k.in_flight));
         }
     }
 

@@ -50,6 +50,7 @@ pub async fn reload(shared: &Arc<Shared>, force: bool) -> ReloadOutcome {
             }
             let generation = rt.generation;
             shared.runtime.store(Arc::new(rt));
+            shared.adopt_pool();
             *shared.source_hash.lock() = loaded.source_hash;
             shared.publish_gauges();
             shared.metrics.reloads.with_label_values(&["applied"]).inc();

@@ -22,6 +22,8 @@ use crate::stats::Stats;
 pub struct UpstreamKey {
     pub id: Arc<str>,
     pub project: Arc<str>,
+    /// `sha256:` + 12 hex digits of the secret: safe to show and to persist.
+    pub fingerprint: String,
     pub goog_api_key: HeaderValue,
     pub bearer: HeaderValue,
 }
@@ -80,6 +82,8 @@ pub struct Runtime {
     /// Built-in fallback when no select stage chose a key.
     pub fallback: gemini_proxy_plugins::key_select::SmoothWrr,
     pub public_url: Option<String>,
+    /// `pool.state_file`, resolved against the config file's directory.
+    pub pool_state_file: Option<PathBuf>,
 }
 
 fn sensitive(v: &str) -> Result<HeaderValue, String> {
@@ -119,6 +123,7 @@ impl Runtime {
             keys.push(UpstreamKey {
                 id: cand.id.clone(),
                 project,
+                fingerprint: crate::pool::fingerprint(secret),
                 goog_api_key: goog,
                 bearer,
             });
@@ -185,6 +190,8 @@ impl Runtime {
                 .public_url
                 .clone()
                 .map(|u| u.trim_end_matches('/').to_string()),
+            pool_state_file: (!c.pool.state_file.is_empty())
+                .then(|| loaded.config_dir().join(&c.pool.state_file)),
         })
     }
 
@@ -206,6 +213,8 @@ pub struct Shared {
     pub source_hash: parking_lot::Mutex<[u8; 32]>,
     /// Serialises reloads (file watcher and SIGHUP may race).
     pub reload_lock: tokio::sync::Mutex<()>,
+    /// Key health, cooldowns and breakers (survive reloads and, through the state file, restarts).
+    pub pool: Arc<crate::pool::KeyPool>,
 }
 
 impl Shared {
@@ -220,9 +229,28 @@ impl Shared {
             config_path: loaded.path.clone(),
             source_hash: parking_lot::Mutex::new(loaded.source_hash),
             reload_lock: tokio::sync::Mutex::new(()),
+            pool: Arc::new(crate::pool::KeyPool::default()),
         };
+        shared.adopt_pool();
+        shared.pool.spawn_writer(Duration::from_millis(200));
         shared.publish_gauges();
         Ok(Arc::new(shared))
+    }
+
+    /// Tells the pool about the active runtime's keys and state file.
+    pub fn adopt_pool(&self) {
+        let rt = self.runtime.load();
+        let keys: Vec<crate::pool::PoolKey> = rt
+            .keys
+            .iter()
+            .map(|k| crate::pool::PoolKey {
+                id: &k.id,
+                project: &k.project,
+                fingerprint: k.fingerprint.clone(),
+            })
+            .collect();
+        self.pool.sync_keys(&keys);
+        self.pool.set_state_file(rt.pool_state_file.clone());
     }
 
     pub fn publish_gauges(&self) {

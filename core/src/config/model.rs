@@ -22,6 +22,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
     /// Ordered pipeline entries; `None` means the default pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<Vec<serde_yaml::Value>>,
@@ -248,4 +250,51 @@ pub enum LogFormat {
     #[default]
     Human,
     Json,
+}
+
+/// The key pool: retries, cooldowns, circuit breakers, persisted state.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Where dead keys and cooldowns are kept across restarts (relative paths: next to the
+    /// config file). `""` keeps them in memory only.
+    pub state_file: String,
+    /// Key changes per call after key-specific errors (429 quota, dead key).
+    pub max_rotations: u32,
+    /// Retries per call after transient errors (500/503/504, connection failures).
+    pub max_retries: u32,
+    /// No new attempt starts after this much time since the call arrived.
+    pub retry_deadline: ConfigDuration,
+    /// First backoff before a transient retry (doubles, with jitter).
+    pub backoff: ConfigDuration,
+    /// Rest of (key, model) after a 429 without quota details (jittered ±25%).
+    pub rate_limit_backoff: ConfigDuration,
+    /// Rest of (project, model) after a per-minute 429 without `retryDelay`.
+    pub minute_cooldown: ConfigDuration,
+    /// Rest of (key, model) after a 429 with `limit: 0` (no access on this tier).
+    pub model_unavailable_for: ConfigDuration,
+    /// Consecutive blamed failures that open a key's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker rests the key (doubles on each reopening, up to 10 min).
+    pub breaker_open_for: ConfigDuration,
+    /// Retry after an upstream read timeout (the body was sent: it may cost twice).
+    pub retry_read_timeouts: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            state_file: "data/pool-state.json".into(),
+            max_rotations: 3,
+            max_retries: 2,
+            retry_deadline: ConfigDuration::secs(60),
+            backoff: ConfigDuration(std::time::Duration::from_millis(200)),
+            rate_limit_backoff: ConfigDuration::secs(5),
+            minute_cooldown: ConfigDuration::secs(60),
+            model_unavailable_for: ConfigDuration::secs(24 * 3600),
+            breaker_failures: 5,
+            breaker_open_for: ConfigDuration::secs(30),
+            retry_read_timeouts: false,
+        }
+    }
 }

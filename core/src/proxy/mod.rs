@@ -28,6 +28,7 @@ pub use inbound::{Inbound, sanitize_headers, split_key_param};
 pub use observer::{BodyFormat, Observed, Observer};
 
 use crate::pipeline::StageFailure;
+use crate::pool::{Verdict, classify};
 use crate::runtime::{Runtime, Shared, UpstreamKey};
 use crate::stats::{CallRecord, ErrorSample};
 
@@ -122,6 +123,48 @@ impl Failure {
             ),
         }
     }
+}
+
+/// An upstream error held back while the call tries another key.
+struct Pending {
+    verdict: Verdict,
+    resp: ResponseHeader,
+    body: Bytes,
+}
+
+enum Forwarded {
+    /// The client has its answer (or is gone).
+    Done,
+    /// The answer was a retryable error; nothing reached the client.
+    Retry(Pending),
+}
+
+/// Which retryable outcomes an attempt may hand back instead of answering.
+#[derive(Clone, Copy)]
+struct RetryBudget {
+    rotate: bool,
+    transient: bool,
+}
+
+impl RetryBudget {
+    const NONE: RetryBudget = RetryBudget {
+        rotate: false,
+        transient: false,
+    };
+
+    fn allows(&self, v: &Verdict) -> bool {
+        if v.rotates() {
+            self.rotate
+        } else {
+            *v == Verdict::Transient && self.transient
+        }
+    }
+}
+
+/// Backoff before transient retry `n` (1-based): base·2^(n-1), ±50% jitter.
+fn backoff(base: Duration, n: u32) -> Duration {
+    let exp = base.saturating_mul(1 << (n.saturating_sub(1)).min(6));
+    exp.mul_f64(0.5 + rand::random::<f64>())
 }
 
 /// Per-call state, created by `new_ctx` with the runtime snapshot the call keeps to the end.
@@ -349,42 +392,139 @@ impl GatewayProxy {
             ctx.done.request_bytes = b.len() as u64;
         }
 
-        // Select a key.
-        let cx = ctx.cx.as_mut().expect("set above");
-        let mut sel = Selection::new(&rt.candidates);
-        for tried in &cx.tried_keys {
-            if let Some(i) = rt.candidates.iter().position(|c| &*c.id == tried) {
-                sel.exclude(i);
-            }
-        }
-        if let Err(stage) = rt.pipeline.select(cx, &mut sel) {
-            return Err(Failure::stage(&ctx.request_id, stage));
-        }
-        let index = match sel.chosen_index().or_else(|| rt.fallback.pick(&sel)) {
-            Some(i) => i,
-            None => return Err(Failure::new(503, "no_key", "no upstream key is available")),
-        };
-        let key = &rt.keys[index];
-        cx.attempt += 1;
-        cx.tried_keys.push(key.id.to_string());
-        ctx.done.attempts += 1;
-        ctx.done.key_id = Some(key.id.to_string());
-        ctx.done.project = Some(key.project.to_string());
-        self.shared
-            .metrics
-            .key_usage
-            .with_label_values(&[&key.id])
-            .inc();
+        self.attempts(session, ctx, &rt, &inbound, body).await
+    }
 
-        let result = self.forward(session, ctx, &rt, key, &inbound, body).await;
-        if let Err(f) = &result {
+    /// Tries keys until one answers, a budget runs out, or no key is left.
+    async fn attempts(
+        &self,
+        session: &mut Session,
+        ctx: &mut CallState,
+        rt: &Arc<Runtime>,
+        inbound: &Inbound,
+        body: RequestBody,
+    ) -> Result<(), Failure> {
+        let cfg = &rt.config.pool;
+        let retryable_body = matches!(body, RequestBody::Buffered(_));
+        let deadline = ctx.started + cfg.retry_deadline.0;
+        let (mut rotations, mut retries) = (0u32, 0u32);
+        let mut pending: Option<Pending> = None;
+        // Keys that failed transiently: blamed only if another key then succeeds.
+        let mut transient_keys: Vec<Arc<str>> = Vec::new();
+        let mut last_transient = false;
+        loop {
+            let cx = ctx.cx.as_mut().expect("set by handle");
+            let mut sel = Selection::new(&rt.candidates);
+            let gate = self
+                .shared
+                .pool
+                .gate(&rt.candidates, ctx.model.as_deref(), &mut sel);
+            // A key that already failed this call is not asked again, unless a transient
+            // error left no other key.
+            let tried: Vec<usize> = cx
+                .tried_keys
+                .iter()
+                .filter_map(|t| rt.candidates.iter().position(|c| &*c.id == t))
+                .collect();
+            let untried_left = sel.eligible().any(|(i, _)| !tried.contains(&i));
+            if !last_transient || untried_left {
+                for &i in &tried {
+                    sel.exclude(i);
+                }
+            }
+            if let Err(stage) = rt.pipeline.select(cx, &mut sel) {
+                return Err(Failure::stage(&ctx.request_id, stage));
+            }
+            let Some(index) = sel.chosen_index().or_else(|| rt.fallback.pick(&sel)) else {
+                return match pending {
+                    Some(p) if p.verdict == Verdict::Transient => {
+                        self.relay_pending(session, ctx, rt, p).await
+                    }
+                    _ => Err(no_key_failure(&gate, ctx.model.as_deref())),
+                };
+            };
+            let key = &rt.keys[index];
+            cx.attempt += 1;
+            cx.tried_keys.push(key.id.to_string());
+            ctx.done.attempts += 1;
+            ctx.done.key_id = Some(key.id.to_string());
+            ctx.done.project = Some(key.project.to_string());
             self.shared
                 .metrics
-                .key_errors
-                .with_label_values(&[&key.id, f.class])
+                .key_usage
+                .with_label_values(&[&key.id])
                 .inc();
+            let time_left = Instant::now() < deadline;
+            let budget = if retryable_body && time_left {
+                RetryBudget {
+                    rotate: rotations < cfg.max_rotations,
+                    transient: retries < cfg.max_retries,
+                }
+            } else {
+                RetryBudget::NONE
+            };
+            self.shared.pool.begin(&key.id);
+            let result = self.forward(session, ctx, rt, key, inbound, &body, budget).await;
+            self.shared.pool.end(&key.id);
+            match result {
+                Ok(Forwarded::Done) => {
+                    let success = ctx.done.upstream_status > 0 && ctx.done.upstream_status < 400;
+                    if success {
+                        for k in transient_keys.iter().filter(|k| **k != key.id) {
+                            self.shared.pool.blame(cfg, k);
+                        }
+                    }
+                    return Ok(());
+                }
+                Ok(Forwarded::Retry(p)) => {
+                    let class = p.verdict.class();
+                    self.shared
+                        .metrics
+                        .key_errors
+                        .with_label_values(&[&key.id, class])
+                        .inc();
+                    self.shared.metrics.retries.with_label_values(&[class]).inc();
+                    tracing::debug!(request_id = %ctx.request_id, key_id = %key.id, class, "retrying on another key");
+                    last_transient = p.verdict == Verdict::Transient;
+                    if last_transient {
+                        retries += 1;
+                        transient_keys.push(key.id.clone());
+                        let wait = backoff(cfg.backoff.0, retries)
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                        tokio::time::sleep(wait).await;
+                    } else {
+                        rotations += 1;
+                    }
+                    pending = Some(p);
+                }
+                Err(f) => {
+                    self.shared
+                        .metrics
+                        .key_errors
+                        .with_label_values(&[&key.id, f.class])
+                        .inc();
+                    // Nothing reached the upstream: connecting again is safe.
+                    let connect_failed = f.class == "upstream_unreachable"
+                        && f.message.contains("while connecting");
+                    // A read timeout comes after the body was sent: retried only on opt-in.
+                    let timed_out = f.class == "upstream_timeout" && cfg.retry_read_timeouts;
+                    if (connect_failed || timed_out) && budget.transient {
+                        retries += 1;
+                        last_transient = true;
+                        self.shared
+                            .metrics
+                            .retries
+                            .with_label_values(&["connect"])
+                            .inc();
+                        let wait = backoff(cfg.backoff.0, retries)
+                            .min(deadline.saturating_duration_since(Instant::now()));
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Err(f);
+                }
+            }
         }
-        result
     }
 
     fn upstream_request(
@@ -436,7 +576,80 @@ impl GatewayProxy {
         Ok(req)
     }
 
-    /// One upstream attempt: send, read the head, answer the client.
+    /// The response head for the client, from the upstream's: hop-by-hop headers dropped,
+    /// upload URLs pointed at the gateway, the request id added, the body framing set.
+    fn client_head(
+        &self,
+        rt: &Runtime,
+        session: &Session,
+        ctx: &CallState,
+        resp: &ResponseHeader,
+        error_body: Option<&Bytes>,
+    ) -> Result<ResponseHeader, Failure> {
+        let status = resp.status.as_u16();
+        let method = &session.req_header().method;
+        let mut out = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))
+            .map_err(|_| Failure::new(502, "upstream_protocol", "bad upstream status"))?;
+        for (name, value) in &resp.headers {
+            if HOP_BY_HOP.contains(&name.as_str()) {
+                continue;
+            }
+            if name.as_str() == "x-goog-upload-url" {
+                let base = self.public_base(rt, session);
+                if let Some(v) = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| rewrite_upload_url(v, &base))
+                    && let Ok(hv) = HeaderValue::from_str(&v)
+                {
+                    let _ = out.append_header(name.clone(), hv);
+                }
+                continue;
+            }
+            let _ = out.append_header(name.clone(), value.clone());
+        }
+        let _ = out.insert_header("x-request-id", ctx.request_id.as_str());
+        match error_body {
+            Some(b) => {
+                let _ = out.insert_header("content-length", b.len().to_string());
+            }
+            None => {
+                if out.headers.get("content-length").is_none()
+                    && !session.is_http2()
+                    && !status_has_no_body(status, method)
+                {
+                    let _ = out.insert_header("transfer-encoding", "chunked");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers the client with an upstream error that was held back for a retry that did not
+    /// happen (no key or budget left): passed through unchanged, as if there had been no retry.
+    async fn relay_pending(
+        &self,
+        session: &mut Session,
+        ctx: &mut CallState,
+        rt: &Runtime,
+        p: Pending,
+    ) -> Result<(), Failure> {
+        let out = self.client_head(rt, session, ctx, &p.resp, Some(&p.body))?;
+        ctx.done.error_class = Some(classify_status(p.resp.status.as_u16()).into());
+        ctx.done.response_bytes = p.body.len() as u64;
+        if session
+            .write_response_header(Box::new(out), false)
+            .await
+            .is_ok()
+        {
+            ctx.done.time_to_first_byte = Some(ctx.started.elapsed());
+            let _ = session.write_response_body(Some(p.body), true).await;
+        }
+        Ok(())
+    }
+
+    /// One upstream attempt: send, read the head, answer the client, unless the answer is an
+    /// error `budget` allows retrying: then it is held back and returned.
     async fn forward(
         &self,
         session: &mut Session,
@@ -444,8 +657,9 @@ impl GatewayProxy {
         rt: &Runtime,
         key: &UpstreamKey,
         inbound: &Inbound,
-        body: RequestBody,
-    ) -> Result<(), Failure> {
+        body: &RequestBody,
+        budget: RetryBudget,
+    ) -> Result<Forwarded, Failure> {
         let method = session.req_header().method.clone();
         let peer = rt.upstream.peer().ok_or_else(|| {
             Failure::new(
@@ -466,14 +680,14 @@ impl GatewayProxy {
                 .map_err(|e| Failure::from_upstream(&e, "while connecting"))?;
             up.set_read_timeout(Some(rt.upstream.read_timeout));
             up.set_write_timeout(Some(rt.upstream.write_timeout));
-            let content_length = match &body {
+            let content_length = match body {
                 RequestBody::Buffered(b) => Some(b.len().to_string()),
                 RequestBody::Streamed { .. } => inbound.content_length.map(|n| n.to_string()),
             };
             let req = self.upstream_request(rt, key, inbound, &method, content_length)?;
             let wrote: pingora::Result<()> = async {
                 up.write_request_header(Box::new(req)).await?;
-                match &body {
+                match body {
                     RequestBody::Buffered(b) => {
                         if !b.is_empty() {
                             up.write_request_body(b.clone(), true).await?;
@@ -484,7 +698,7 @@ impl GatewayProxy {
                 Ok(())
             }
             .await;
-            let wrote = match (&body, wrote) {
+            let wrote = match (body, wrote) {
                 (RequestBody::Streamed { limit }, Ok(())) => {
                     match stream_request_body(session, &mut up, *limit, &mut ctx.done.request_bytes)
                         .await
@@ -582,41 +796,46 @@ impl GatewayProxy {
             ));
         }
 
-        // The head for the client.
-        let mut out = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))
-            .map_err(|_| Failure::new(502, "upstream_protocol", "bad upstream status"))?;
-        for (name, value) in &resp.headers {
-            if HOP_BY_HOP.contains(&name.as_str()) {
-                continue;
-            }
-            if name.as_str() == "x-goog-upload-url" {
-                let base = self.public_base(rt, session);
-                if let Some(v) = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| rewrite_upload_url(v, &base))
-                    && let Ok(hv) = HeaderValue::from_str(&v)
-                {
-                    let _ = out.append_header(name.clone(), hv);
-                }
-                continue;
-            }
-            let _ = out.append_header(name.clone(), value.clone());
+        let resource = matches!(
+            inbound.route.action,
+            Action::Files | Action::CachedContents
+        );
+        let verdict = classify(status, outcome.error.as_ref(), resource);
+        if let Some(reason) = self.shared.pool.record(
+            &rt.config.pool,
+            &key.id,
+            ctx.model.as_deref(),
+            &verdict,
+            Some(head_latency),
+        ) {
+            self.shared
+                .metrics
+                .keys_disabled
+                .with_label_values(&[reason.as_str()])
+                .inc();
+            tracing::warn!(target: "gemini_proxy::security", request_id = %ctx.request_id, key_id = %key.id, reason = reason.as_str(), "upstream key disabled: it will not be used until an operator re-enables it");
         }
-        let _ = out.insert_header("x-request-id", ctx.request_id.as_str());
-        match &error_body_bytes {
-            Some(b) => {
-                let _ = out.insert_header("content-length", b.len().to_string());
-            }
-            None => {
-                if out.headers.get("content-length").is_none()
-                    && !session.is_http2()
-                    && !status_has_no_body(status, &method)
-                {
-                    let _ = out.insert_header("transfer-encoding", "chunked");
-                }
-            }
+        if verdict == Verdict::GatewayBug {
+            tracing::error!(request_id = %ctx.request_id, key_id = %key.id, status, "upstream refused the gateway's credential handling (gateway bug?)");
         }
+        if let Some(b) = &error_body_bytes
+            && budget.allows(&verdict)
+        {
+            // The error body was read to its end: the connection can serve another call.
+            if wrote_ok {
+                rt.upstream
+                    .connector
+                    .release_http_session(up, &peer, peer.options.idle_timeout)
+                    .await;
+            }
+            return Ok(Forwarded::Retry(Pending {
+                verdict,
+                resp,
+                body: b.clone(),
+            }));
+        }
+
+        let out = self.client_head(rt, session, ctx, &resp, error_body_bytes.as_ref())?;
         let content_type = out
             .headers
             .get("content-type")
@@ -649,7 +868,7 @@ impl GatewayProxy {
         {
             ctx.done.error_class = Some("client_gone".into());
             up.shutdown().await;
-            return Ok(());
+            return Ok(Forwarded::Done);
         }
         ctx.done.time_to_first_byte = Some(ctx.started.elapsed());
 
@@ -665,7 +884,7 @@ impl GatewayProxy {
                     .await;
             }
             ctx.done.error_class = Some(classify_status(status).into());
-            return Ok(());
+            return Ok(Forwarded::Done);
         }
 
         let mut idle_done = false;
@@ -739,7 +958,7 @@ impl GatewayProxy {
         if client_gone {
             ctx.done.error_class = Some("client_gone".into());
             up.shutdown().await;
-            return Ok(());
+            return Ok(Forwarded::Done);
         }
         if complete {
             let _ = session.write_response_body(None, true).await;
@@ -755,7 +974,31 @@ impl GatewayProxy {
             session.set_keepalive(None);
             session.downstream_session.shutdown().await;
         }
-        Ok(())
+        Ok(Forwarded::Done)
+    }
+}
+
+/// The answer when no key may serve the call: 429 with the earliest recovery while keys rest,
+/// 503 when none is alive.
+fn no_key_failure(gate: &crate::pool::Gate, model: Option<&str>) -> Failure {
+    if let Some(at) = gate.earliest_recovery {
+        let wait = at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .max(Duration::from_secs(1));
+        let mut f = Failure::new(
+            429,
+            "keys_exhausted",
+            format!(
+                "every upstream key is cooling down for {}; retry in {}s",
+                model.unwrap_or("this call"),
+                wait.as_secs_f64().ceil()
+            ),
+        );
+        f.retry_after = Some(wait);
+        f
+    } else {
+        Failure::new(503, "no_key", "no upstream key is available")
     }
 }
 

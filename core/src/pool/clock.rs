@@ -1,0 +1,113 @@
+//! Wall-clock helpers: Google resets daily quotas at midnight America/Los_Angeles.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = m as i64;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// (year, month, day) of a day number.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Day number of the `n`th Sunday (1-based) of a month.
+fn nth_sunday(y: i64, m: u32, n: u32) -> i64 {
+    let first = days_from_civil(y, m, 1);
+    // 1970-01-01 was a Thursday: weekday 0 = Sunday.
+    let weekday = (first + 4).rem_euclid(7);
+    first + (7 - weekday) % 7 + 7 * (n as i64 - 1)
+}
+
+/// UTC offset of Pacific time (seconds) at a UTC instant: PDT (-7h) from the second Sunday of
+/// March 10:00 UTC to the first Sunday of November 09:00 UTC, PST (-8h) otherwise.
+fn pacific_offset(unix: i64) -> i64 {
+    let (y, _, _) = civil_from_days(unix.div_euclid(86_400));
+    let dst_start = nth_sunday(y, 3, 2) * 86_400 + 10 * 3600;
+    let dst_end = nth_sunday(y, 11, 1) * 86_400 + 9 * 3600;
+    if unix >= dst_start && unix < dst_end {
+        -7 * 3600
+    } else {
+        -8 * 3600
+    }
+}
+
+/// The next midnight in America/Los_Angeles after `now`.
+pub fn next_pacific_midnight(now: SystemTime) -> SystemTime {
+    let unix = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let local_day = (unix + pacific_offset(unix)).div_euclid(86_400);
+    let next_local_midnight = (local_day + 1) * 86_400;
+    // The offset at that midnight may differ (DST changes happen at 02:00, after midnight, so
+    // the offset just before midnight is the one in force).
+    let utc = next_local_midnight - pacific_offset(next_local_midnight - 8 * 3600 - 1);
+    UNIX_EPOCH + Duration::from_secs(utc.max(0) as u64)
+}
+
+/// Seconds since the epoch (for persisted deadlines).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(unix: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(unix)
+    }
+
+    #[test]
+    fn civil_round_trip() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2026, 11, 26), 20_783);
+        assert_eq!(civil_from_days(20_783), (2026, 11, 26));
+        assert_eq!(nth_sunday(2026, 3, 2), days_from_civil(2026, 3, 8));
+        assert_eq!(nth_sunday(2026, 11, 1), days_from_civil(2026, 11, 1));
+    }
+
+    #[test]
+    fn next_midnight_in_los_angeles() {
+        // 2026-11-26 19:00 UTC = 11:00 PST -> 2026-11-27 08:00 UTC.
+        let now = days_from_civil(2026, 11, 26) as u64 * 86_400 + 19 * 3600;
+        let want = days_from_civil(2026, 11, 27) as u64 * 86_400 + 8 * 3600;
+        assert_eq!(unix_secs(next_pacific_midnight(at(now))), want);
+        // 2026-07-01 06:59 UTC = 23:59 PDT on June 30 -> 07:00 UTC the same day.
+        let now = days_from_civil(2026, 7, 1) as u64 * 86_400 + 6 * 3600 + 59 * 60;
+        let want = days_from_civil(2026, 7, 1) as u64 * 86_400 + 7 * 3600;
+        assert_eq!(unix_secs(next_pacific_midnight(at(now))), want);
+        // 2026-07-01 07:00 UTC is exactly midnight PDT -> the next one.
+        let now = want;
+        assert_eq!(
+            unix_secs(next_pacific_midnight(at(now))),
+            want + 86_400
+        );
+        // Across the November change: 2026-10-31 12:00 PDT -> 2026-11-01 00:00 PDT = 07:00 UTC.
+        let now = days_from_civil(2026, 10, 31) as u64 * 86_400 + 19 * 3600;
+        let want = days_from_civil(2026, 11, 1) as u64 * 86_400 + 7 * 3600;
+        assert_eq!(unix_secs(next_pacific_midnight(at(now))), want);
+        // 2026-11-01 12:00 PST -> 2026-11-02 00:00 PST = 08:00 UTC.
+        let now = days_from_civil(2026, 11, 1) as u64 * 86_400 + 20 * 3600;
+        let want = days_from_civil(2026, 11, 2) as u64 * 86_400 + 8 * 3600;
+        assert_eq!(unix_secs(next_pacific_midnight(at(now))), want);
+    }
+}

@@ -1,0 +1,818 @@
+//! The key pool's health state: dead keys, quota cooldowns per (project, model), per-key
+//! circuit breakers, in-flight counts and latency. Outlives reloads; dead keys and cooldowns are
+//! persisted to `pool.state_file` so a restart does not forget them.
+//!
+//! One mutex guards the state; it is never held across an `.await`.
+
+pub mod classify;
+pub mod clock;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gemini_proxy_sdk::{Candidate, KeyState, Selection};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use classify::{DeadReason, QuotaWindow, Verdict, classify};
+
+use crate::config::PoolConfig;
+
+/// A key's fingerprint: enough to tell keys apart in the API and the state file, useless to
+/// an attacker (12 hex digits of SHA-256).
+pub fn fingerprint(secret: &str) -> String {
+    let d = Sha256::digest(secret.trim().as_bytes());
+    format!("sha256:{}", &hex::encode(d)[..12])
+}
+
+/// Why a (project, model) or (key, model) pair is resting, and until when.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Cooldown {
+    /// Unix seconds (wall clock, so it survives a restart).
+    pub until: u64,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Breaker {
+    Closed,
+    Open { until: Instant },
+    /// One real call may probe the key; `probing` while it runs.
+    HalfOpen { probing: bool },
+}
+
+#[derive(Debug)]
+struct KeyHealth {
+    fingerprint: String,
+    project: Arc<str>,
+    dead: Option<(DeadReason, u64)>,
+    breaker: Breaker,
+    consecutive_failures: u32,
+    /// How many times the breaker opened in a row (the open period doubles).
+    opened: u32,
+    in_flight: u32,
+    requests: u64,
+    successes: u64,
+    errors: HashMap<&'static str, u64>,
+    latency_ewma_ms: f64,
+}
+
+impl KeyHealth {
+    fn new(fingerprint: String, project: Arc<str>) -> Self {
+        KeyHealth {
+            fingerprint,
+            project,
+            dead: None,
+            breaker: Breaker::Closed,
+            consecutive_failures: 0,
+            opened: 0,
+            in_flight: 0,
+            requests: 0,
+            successes: 0,
+            errors: HashMap::new(),
+            latency_ewma_ms: 0.0,
+        }
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    keys: HashMap<Arc<str>, KeyHealth>,
+    /// (project, model) → quota cooldown.
+    project_model: HashMap<(Arc<str>, String), Cooldown>,
+    /// (key id, model) → backoff or no access.
+    key_model: HashMap<(Arc<str>, String), Cooldown>,
+}
+
+/// What the file keeps.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    #[serde(default)]
+    dead: Vec<PersistedDead>,
+    #[serde(default)]
+    project_cooldowns: Vec<PersistedCooldown>,
+    #[serde(default)]
+    key_cooldowns: Vec<PersistedCooldown>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PersistedDead {
+    key_id: String,
+    fingerprint: String,
+    reason: DeadReason,
+    since: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PersistedCooldown {
+    /// Project (project cooldowns) or key id (key cooldowns).
+    owner: String,
+    model: String,
+    #[serde(flatten)]
+    cooldown: Cooldown,
+}
+
+/// Eligibility of the pool for one call, written into a [`Selection`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gate {
+    /// Keys left eligible.
+    pub eligible: usize,
+    /// Keys resting (cooldown or open breaker) that will come back.
+    pub resting: usize,
+    /// Earliest time a resting key comes back.
+    pub earliest_recovery: Option<SystemTime>,
+}
+
+/// The key pool's shared state.
+pub struct KeyPool {
+    state: Mutex<PoolState>,
+    state_file: Mutex<Option<PathBuf>>,
+    dirty: std::sync::mpsc::SyncSender<()>,
+    dirty_rx: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+fn now_unix() -> u64 {
+    clock::unix_secs(SystemTime::now())
+}
+
+fn model_key(model: Option<&str>) -> &str {
+    model.unwrap_or("*")
+}
+
+impl Default for KeyPool {
+    fn default() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        KeyPool {
+            state: Mutex::new(PoolState::default()),
+            state_file: Mutex::new(None),
+            dirty: tx,
+            dirty_rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+/// One key as the pool is told about it at (re)load.
+pub struct PoolKey<'a> {
+    pub id: &'a Arc<str>,
+    pub project: &'a Arc<str>,
+    pub fingerprint: String,
+}
+
+impl KeyPool {
+    /// Brings the pool in line with the configured keys: new keys start healthy, a key whose
+    /// secret changed under the same id starts over, removed keys are forgotten.
+    pub fn sync_keys(&self, keys: &[PoolKey<'_>]) {
+        let mut st = self.state.lock();
+        let mut changed = false;
+        st.keys.retain(|id, _| keys.iter().any(|k| k.id == id));
+        for k in keys {
+            match st.keys.get_mut(k.id) {
+                Some(h) if h.fingerprint == k.fingerprint => h.project = k.project.clone(),
+                _ => {
+                    st.keys.insert(
+                        k.id.clone(),
+                        KeyHealth::new(k.fingerprint.clone(), k.project.clone()),
+                    );
+                    changed = true;
+                }
+            }
+        }
+        let ids: Vec<Arc<str>> = st.keys.keys().cloned().collect();
+        st.key_model.retain(|(id, _), _| ids.contains(id));
+        drop(st);
+        if changed {
+            self.mark_dirty();
+        }
+    }
+
+    /// Where the state is kept; loads it if the file exists. Call after [`sync_keys`].
+    pub fn set_state_file(&self, path: Option<PathBuf>) {
+        let same = *self.state_file.lock() == path;
+        *self.state_file.lock() = path.clone();
+        if same {
+            return;
+        }
+        if let Some(p) = path {
+            match std::fs::read(&p) {
+                Ok(bytes) => match serde_json::from_slice::<Persisted>(&bytes) {
+                    Ok(saved) => self.restore(saved),
+                    Err(e) => {
+                        tracing::warn!(file = %p.display(), error = %e, "pool state file unreadable; starting fresh")
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "cannot read pool state file")
+                }
+            }
+        }
+    }
+
+    fn restore(&self, saved: Persisted) {
+        let now = now_unix();
+        let mut st = self.state.lock();
+        for d in saved.dead {
+            if let Some(h) = st.keys.get_mut(d.key_id.as_str())
+                && h.fingerprint == d.fingerprint
+            {
+                h.dead = Some((d.reason, d.since));
+            }
+        }
+        for c in saved.project_cooldowns {
+            if c.cooldown.until > now {
+                st.project_model
+                    .insert((Arc::from(c.owner.as_str()), c.model), c.cooldown);
+            }
+        }
+        for c in saved.key_cooldowns {
+            if c.cooldown.until > now {
+                let id = st.keys.keys().find(|k| ***k == *c.owner).cloned();
+                if let Some(id) = id {
+                    st.key_model.insert((id, c.model), c.cooldown);
+                }
+            }
+        }
+    }
+
+    fn mark_dirty(&self) {
+        let _ = self.dirty.try_send(());
+    }
+
+    fn snapshot(&self) -> Persisted {
+        let now = now_unix();
+        let st = self.state.lock();
+        let mut p = Persisted::default();
+        for (id, h) in &st.keys {
+            if let Some((reason, since)) = h.dead {
+                p.dead.push(PersistedDead {
+                    key_id: id.to_string(),
+                    fingerprint: h.fingerprint.clone(),
+                    reason,
+                    since,
+                });
+            }
+        }
+        for ((owner, model), c) in &st.project_model {
+            if c.until > now {
+                p.project_cooldowns.push(PersistedCooldown {
+                    owner: owner.to_string(),
+                    model: model.clone(),
+                    cooldown: c.clone(),
+                });
+            }
+        }
+        for ((owner, model), c) in &st.key_model {
+            if c.until > now {
+                p.key_cooldowns.push(PersistedCooldown {
+                    owner: owner.to_string(),
+                    model: model.clone(),
+                    cooldown: c.clone(),
+                });
+            }
+        }
+        p.dead.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        p
+    }
+
+    /// Writes the state file now (atomically: temp file, then rename; mode 0600).
+    pub fn save(&self) -> std::io::Result<()> {
+        let Some(path) = self.state_file.lock().clone() else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec_pretty(&self.snapshot()).map_err(std::io::Error::other)?;
+        write_private(&path, &bytes)
+    }
+
+    /// Starts the background writer: saves at most once a `debounce` after a change.
+    pub fn spawn_writer(self: &Arc<Self>, debounce: Duration) {
+        let Some(rx) = self.dirty_rx.lock().take() else {
+            return;
+        };
+        let pool = Arc::downgrade(self);
+        let _ = std::thread::Builder::new()
+            .name("pool-state".into())
+            .spawn(move || {
+                while rx.recv().is_ok() {
+                    std::thread::sleep(debounce);
+                    let Some(pool) = pool.upgrade() else { return };
+                    if let Err(e) = pool.save() {
+                        tracing::warn!(error = %e, "cannot write the pool state file");
+                    }
+                }
+            });
+    }
+
+    /// Excludes from `sel` every candidate that may not serve `model` now, and says what is left.
+    /// A key whose breaker is half-open is let through for one probe at a time.
+    pub fn gate(&self, candidates: &[Candidate], model: Option<&str>, sel: &mut Selection) -> Gate {
+        let now = now_unix();
+        let now_i = Instant::now();
+        let model = model_key(model);
+        let mut gate = Gate::default();
+        let rest = |gate: &mut Gate, until: SystemTime| {
+            gate.resting += 1;
+            gate.earliest_recovery = Some(match gate.earliest_recovery {
+                Some(e) if e <= until => e,
+                _ => until,
+            });
+        };
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        for (i, c) in candidates.iter().enumerate() {
+            let Some(h) = st.keys.get_mut(&c.id) else {
+                gate.eligible += 1;
+                continue;
+            };
+            if h.dead.is_some() {
+                sel.exclude(i);
+                continue;
+            }
+            let mut until: Option<u64> = None;
+            for cd in [
+                st.project_model.get(&(h.project.clone(), model.to_string())),
+                st.key_model.get(&(c.id.clone(), model.to_string())),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if cd.until > now {
+                    until = Some(until.map_or(cd.until, |u| u.max(cd.until)));
+                }
+            }
+            if let Some(u) = until {
+                sel.exclude(i);
+                rest(&mut gate, UNIX_EPOCH + Duration::from_secs(u));
+                continue;
+            }
+            match h.breaker {
+                Breaker::Open { until } if until > now_i => {
+                    sel.exclude(i);
+                    rest(&mut gate, SystemTime::now() + (until - now_i));
+                    continue;
+                }
+                Breaker::Open { .. } => h.breaker = Breaker::HalfOpen { probing: false },
+                _ => {}
+            }
+            if h.breaker == (Breaker::HalfOpen { probing: true }) {
+                sel.exclude(i);
+                rest(&mut gate, SystemTime::now() + Duration::from_secs(1));
+                continue;
+            }
+            gate.eligible += 1;
+        }
+        gate
+    }
+
+    /// A call starts on `key_id`: counts it in flight and claims a half-open probe.
+    pub fn begin(&self, key_id: &str) {
+        let mut st = self.state.lock();
+        if let Some(h) = st.keys.get_mut(key_id) {
+            h.in_flight += 1;
+            h.requests += 1;
+            if h.breaker == (Breaker::HalfOpen { probing: false }) {
+                h.breaker = Breaker::HalfOpen { probing: true };
+            }
+        }
+    }
+
+    /// A call on `key_id` ended (whatever the outcome).
+    pub fn end(&self, key_id: &str) {
+        let mut st = self.state.lock();
+        if let Some(h) = st.keys.get_mut(key_id) {
+            h.in_flight = h.in_flight.saturating_sub(1);
+            if h.breaker == (Breaker::HalfOpen { probing: true }) {
+                // The probe's verdict (if any) already moved the breaker; otherwise let the
+                // next call probe.
+                h.breaker = Breaker::HalfOpen { probing: false };
+            }
+        }
+    }
+
+    /// Records what one attempt on `key_id` (in `project`) for `model` got. Returns a note for
+    /// the security log when the key just died.
+    pub fn record(
+        &self,
+        cfg: &PoolConfig,
+        key_id: &str,
+        model: Option<&str>,
+        verdict: &Verdict,
+        latency: Option<Duration>,
+    ) -> Option<DeadReason> {
+        let model = model_key(model).to_string();
+        let now = SystemTime::now();
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let id = st.keys.get_key_value(key_id).map(|(k, _)| k.clone())?;
+        let h = st.keys.get_mut(key_id)?;
+        if let Some(l) = latency {
+            let ms = l.as_secs_f64() * 1000.0;
+            h.latency_ewma_ms = if h.latency_ewma_ms == 0.0 {
+                ms
+            } else {
+                0.8 * h.latency_ewma_ms + 0.2 * ms
+            };
+        }
+        if *verdict != Verdict::Success {
+            *h.errors.entry(verdict.class()).or_default() += 1;
+        }
+        let mut died = None;
+        let mut dirty = false;
+        match verdict {
+            Verdict::Success => {
+                h.successes += 1;
+                h.consecutive_failures = 0;
+                if matches!(h.breaker, Breaker::HalfOpen { .. }) {
+                    h.breaker = Breaker::Closed;
+                    h.opened = 0;
+                }
+            }
+            Verdict::KeyDead(reason) => {
+                if h.dead.is_none() {
+                    h.dead = Some((*reason, clock::unix_secs(now)));
+                    died = Some(*reason);
+                    dirty = true;
+                }
+            }
+            Verdict::ProjectQuota {
+                window,
+                retry_delay,
+                quota_id,
+            } => {
+                let until = match window {
+                    QuotaWindow::Day => clock::next_pacific_midnight(now),
+                    QuotaWindow::Minute => {
+                        now + retry_delay.unwrap_or(cfg.minute_cooldown.0).max(Duration::from_secs(1))
+                    }
+                };
+                let until = clock::unix_secs(until) + 1;
+                let key = (h.project.clone(), model);
+                let entry = st.project_model.entry(key).or_insert(Cooldown {
+                    until: 0,
+                    reason: String::new(),
+                    quota_id: None,
+                });
+                if until > entry.until {
+                    *entry = Cooldown {
+                        until,
+                        reason: verdict.class().to_string(),
+                        quota_id: Some(quota_id.clone()),
+                    };
+                    dirty = true;
+                }
+            }
+            Verdict::ModelUnavailable => {
+                st.key_model.insert(
+                    (id, model),
+                    Cooldown {
+                        until: clock::unix_secs(now + cfg.model_unavailable_for.0),
+                        reason: verdict.class().to_string(),
+                        quota_id: None,
+                    },
+                );
+                dirty = true;
+            }
+            Verdict::BareRateLimit => {
+                // Jitter so that keys resting together do not all come back together.
+                let base = cfg.rate_limit_backoff.0.as_secs_f64();
+                let secs = base * (0.75 + 0.5 * rand::random::<f64>());
+                st.key_model.insert(
+                    (id, model),
+                    Cooldown {
+                        until: clock::unix_secs(now + Duration::from_secs_f64(secs)) + 1,
+                        reason: verdict.class().to_string(),
+                        quota_id: None,
+                    },
+                );
+            }
+            Verdict::Transient
+            | Verdict::GatewayBug
+            | Verdict::AffinityMiss
+            | Verdict::ClientError => {}
+        }
+        if dirty {
+            self.mark_dirty();
+        }
+        died
+    }
+
+    /// Blames `key_id` for a failure another key did not repeat (circuit breaker).
+    pub fn blame(&self, cfg: &PoolConfig, key_id: &str) {
+        let mut st = self.state.lock();
+        let Some(h) = st.keys.get_mut(key_id) else {
+            return;
+        };
+        h.consecutive_failures += 1;
+        let half_open = matches!(h.breaker, Breaker::HalfOpen { .. });
+        if half_open || h.consecutive_failures >= cfg.breaker_failures.max(1) {
+            let factor = 1u32 << h.opened.min(4);
+            let open_for = (cfg.breaker_open_for.0 * factor).min(Duration::from_secs(600));
+            h.breaker = Breaker::Open {
+                until: Instant::now() + open_for,
+            };
+            h.opened += 1;
+            h.consecutive_failures = 0;
+            tracing::warn!(target: "gemini_proxy::pool", key_id, open_for_s = open_for.as_secs(), "circuit breaker opened");
+        }
+    }
+
+    /// Operator actions.
+    pub fn set_dead(&self, key_id: &str, dead: Option<DeadReason>) -> bool {
+        let mut st = self.state.lock();
+        let Some(h) = st.keys.get_mut(key_id) else {
+            return false;
+        };
+        h.dead = dead.map(|r| (r, now_unix()));
+        drop(st);
+        self.mark_dirty();
+        true
+    }
+
+    /// Clears a key's cooldowns, breaker and death.
+    pub fn reset(&self, key_id: &str) -> bool {
+        let mut st = self.state.lock();
+        let Some(h) = st.keys.get_mut(key_id) else {
+            return false;
+        };
+        h.dead = None;
+        h.breaker = Breaker::Closed;
+        h.consecutive_failures = 0;
+        h.opened = 0;
+        let project = h.project.clone();
+        st.key_model.retain(|(id, _), _| &**id != key_id);
+        st.project_model.retain(|(p, _), _| *p != project);
+        drop(st);
+        self.mark_dirty();
+        true
+    }
+
+    /// The state of every key, for `GET /api/keys` and metrics (no secrets: fingerprints).
+    pub fn report(&self) -> Vec<KeyReport> {
+        let now = now_unix();
+        let now_i = Instant::now();
+        let st = self.state.lock();
+        let mut out: Vec<KeyReport> = st
+            .keys
+            .iter()
+            .map(|(id, h)| {
+                let mut cooldowns: Vec<CooldownReport> = st
+                    .project_model
+                    .iter()
+                    .filter(|((p, _), c)| *p == h.project && c.until > now)
+                    .map(|((_, m), c)| CooldownReport {
+                        scope: "project",
+                        model: m.clone(),
+                        until: c.until,
+                        remaining_s: c.until - now,
+                        reason: c.reason.clone(),
+                        quota_id: c.quota_id.clone(),
+                    })
+                    .chain(
+                        st.key_model
+                            .iter()
+                            .filter(|((k, _), c)| k == id && c.until > now)
+                            .map(|((_, m), c)| CooldownReport {
+                                scope: "key",
+                                model: m.clone(),
+                                until: c.until,
+                                remaining_s: c.until - now,
+                                reason: c.reason.clone(),
+                                quota_id: c.quota_id.clone(),
+                            }),
+                    )
+                    .collect();
+                cooldowns.sort_by(|a, b| a.model.cmp(&b.model));
+                let (breaker, open_remaining) = match h.breaker {
+                    Breaker::Closed => ("closed", None),
+                    Breaker::Open { until } if until > now_i => {
+                        ("open", Some((until - now_i).as_secs_f64()))
+                    }
+                    Breaker::Open { .. } | Breaker::HalfOpen { .. } => ("half_open", None),
+                };
+                let state = if h.dead.is_some() {
+                    KeyState::Disabled
+                } else if breaker == "open" {
+                    KeyState::CoolingDown
+                } else if breaker == "half_open" {
+                    KeyState::HalfOpen
+                } else if !cooldowns.is_empty() {
+                    KeyState::CoolingDown
+                } else {
+                    KeyState::Active
+                };
+                let mut errors: Vec<(String, u64)> =
+                    h.errors.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+                errors.sort();
+                KeyReport {
+                    id: id.to_string(),
+                    project: h.project.to_string(),
+                    fingerprint: h.fingerprint.clone(),
+                    state: state.as_str(),
+                    dead_reason: h.dead.map(|(r, _)| r.as_str()),
+                    breaker,
+                    breaker_open_remaining_s: open_remaining,
+                    in_flight: h.in_flight,
+                    requests: h.requests,
+                    successes: h.successes,
+                    errors: errors.into_iter().collect(),
+                    latency_ewma_ms: (h.latency_ewma_ms * 10.0).round() / 10.0,
+                    cooldowns,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+}
+
+/// One key in `GET /api/keys`.
+#[derive(Debug, Serialize)]
+pub struct KeyReport {
+    pub id: String,
+    pub project: String,
+    pub fingerprint: String,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_reason: Option<&'static str>,
+    pub breaker: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker_open_remaining_s: Option<f64>,
+    pub in_flight: u32,
+    pub requests: u64,
+    pub successes: u64,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    pub latency_ewma_ms: f64,
+    pub cooldowns: Vec<CooldownReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CooldownReport {
+    pub scope: &'static str,
+    pub model: String,
+    pub until: u64,
+    pub remaining_s: u64,
+    pub reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_id: Option<String>,
+}
+
+/// Writes `bytes` to `path` through a temp file and a rename, readable by the owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> PoolConfig {
+        PoolConfig::default()
+    }
+
+    fn pool(keys: &[(&str, &str)]) -> (KeyPool, Vec<Candidate>) {
+        let pool = KeyPool::default();
+        let cands: Vec<Candidate> = keys
+            .iter()
+            .map(|(id, p)| Candidate::new(id, 1).in_project(p))
+            .collect();
+        let pk: Vec<PoolKey> = cands
+            .iter()
+            .map(|c| PoolKey {
+                id: &c.id,
+                project: &c.project,
+                fingerprint: fingerprint(&format!("secret-{}", c.id)),
+            })
+            .collect();
+        pool.sync_keys(&pk);
+        (pool, cands)
+    }
+
+    fn eligible(pool: &KeyPool, cands: &[Candidate], model: &str) -> (Vec<String>, Gate) {
+        let mut sel = Selection::new(cands);
+        let g = pool.gate(cands, Some(model), &mut sel);
+        (sel.eligible().map(|(_, c)| c.id.to_string()).collect(), g)
+    }
+
+    #[test]
+    fn quota_cooldowns_are_per_project_and_model() {
+        let (p, c) = pool(&[("a", "p1"), ("b", "p1"), ("c", "p2")]);
+        let v = Verdict::ProjectQuota {
+            window: QuotaWindow::Minute,
+            retry_delay: Some(Duration::from_secs(30)),
+            quota_id: "GenerateRequestsPerMinutePerProjectPerModel".into(),
+        };
+        p.record(&cfg(), "a", Some("flash"), &v, None);
+        let (ids, g) = eligible(&p, &c, "flash");
+        assert_eq!(ids, vec!["c"], "a and b share project p1");
+        assert_eq!(g.resting, 2);
+        let wait = g.earliest_recovery.unwrap().duration_since(SystemTime::now()).unwrap();
+        assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(32), "{wait:?}");
+        assert_eq!(eligible(&p, &c, "pro").0.len(), 3, "other models unaffected");
+    }
+
+    #[test]
+    fn dead_keys_stay_dead_and_reset_revives() {
+        let (p, c) = pool(&[("a", "a"), ("b", "b")]);
+        assert_eq!(
+            p.record(&cfg(), "a", Some("m"), &Verdict::KeyDead(DeadReason::Invalid), None),
+            Some(DeadReason::Invalid)
+        );
+        assert_eq!(eligible(&p, &c, "m").0, vec!["b"]);
+        assert_eq!(eligible(&p, &c, "other").0, vec!["b"], "dead for every model");
+        let (_, g) = eligible(&p, &c, "m");
+        assert_eq!((g.eligible, g.resting), (1, 0));
+        assert!(p.reset("a"));
+        assert_eq!(eligible(&p, &c, "m").0.len(), 2);
+    }
+
+    #[test]
+    fn breaker_opens_after_consecutive_blames_and_probes_half_open() {
+        let (p, c) = pool(&[("a", "a"), ("b", "b")]);
+        let mut conf = cfg();
+        conf.breaker_failures = 2;
+        conf.breaker_open_for = crate::config::ConfigDuration(Duration::from_millis(50));
+        p.blame(&conf, "a");
+        assert_eq!(eligible(&p, &c, "m").0.len(), 2);
+        p.blame(&conf, "a");
+        assert_eq!(eligible(&p, &c, "m").0, vec!["b"], "open");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(eligible(&p, &c, "m").0.len(), 2, "half-open lets a probe through");
+        p.begin("a");
+        assert_eq!(eligible(&p, &c, "m").0, vec!["b"], "one probe at a time");
+        p.record(&conf, "a", Some("m"), &Verdict::Success, None);
+        p.end("a");
+        assert_eq!(eligible(&p, &c, "m").0.len(), 2);
+        assert_eq!(p.report()[0].breaker, "closed");
+    }
+
+    #[test]
+    fn state_survives_a_restart_for_the_same_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pool.json");
+        let (p, _) = pool(&[("a", "a"), ("b", "b")]);
+        p.set_state_file(Some(file.clone()));
+        p.record(&cfg(), "a", Some("m"), &Verdict::KeyDead(DeadReason::Leaked), None);
+        p.record(
+            &cfg(),
+            "b",
+            Some("m"),
+            &Verdict::ProjectQuota {
+                window: QuotaWindow::Day,
+                retry_delay: None,
+                quota_id: "PerDay".into(),
+            },
+            None,
+        );
+        p.save().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let (q, c) = pool(&[("a", "a"), ("b", "b")]);
+        q.set_state_file(Some(file.clone()));
+        let (ids, g) = eligible(&q, &c, "m");
+        assert!(ids.is_empty());
+        assert_eq!(g.resting, 1);
+        assert_eq!(q.report()[0].dead_reason, Some("leaked"));
+        // Same id, new secret: a new key, not dead.
+        let r = KeyPool::default();
+        let id: Arc<str> = Arc::from("a");
+        r.sync_keys(&[PoolKey {
+            id: &id,
+            project: &id,
+            fingerprint: fingerprint("another secret"),
+        }]);
+        r.set_state_file(Some(file));
+        assert_eq!(r.report()[0].state, "active");
+    }
+
+    #[test]
+    fn fingerprints_do_not_reveal_the_key() {
+        let f = fingerprint("AIzaSyD-secret-key-value");
+        assert!(f.starts_with("sha256:") && f.len() == 19);
+        assert!(!f.contains("AIza"));
+    }
+}
