@@ -42,10 +42,14 @@ fn serve(args: ServeArgs) -> i32 {
         upgrade: args.upgrade,
         ..ServeOptions::default()
     };
+    let shared_for_exit = shared.clone();
     match build_server(shared, &opts) {
         Ok(server) => {
             tracing::info!(listen = %format!("{}:{}", c.server.host, c.server.port), admin = c.metrics.prometheus_port, "gemini-proxy starting");
             server.run(pingora::server::RunArgs::default());
+            if let Err(e) = shared_for_exit.pool.save() {
+                tracing::warn!(error = %e, "cannot write the pool state file");
+            }
             0
         }
         Err(e) => {

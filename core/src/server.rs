@@ -201,6 +201,9 @@ impl RunningGateway {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+            if let Err(e) = self.shared.pool.save() {
+                tracing::warn!(error = %e, "cannot write the pool state file");
+            }
         }
     }
 }

@@ -185,7 +185,10 @@ mod tests {
             c(400, mock::err_key_invalid()),
             Verdict::KeyDead(DeadReason::Invalid)
         );
-        assert_eq!(c(403, mock::err_leaked()), Verdict::KeyDead(DeadReason::Leaked));
+        assert_eq!(
+            c(403, mock::err_leaked()),
+            Verdict::KeyDead(DeadReason::Leaked)
+        );
         assert_eq!(
             c(403, mock::err_suspended()),
             Verdict::KeyDead(DeadReason::Suspended)
@@ -209,10 +212,7 @@ mod tests {
         assert_eq!(c(429, mock::err_bare_429()), Verdict::BareRateLimit);
         assert_eq!(c(503, mock::err_overloaded()), Verdict::Transient);
         assert_eq!(c(500, mock::err_internal()), Verdict::Transient);
-        assert_eq!(
-            c(404, mock::err_model_not_found("x")),
-            Verdict::ClientError
-        );
+        assert_eq!(c(404, mock::err_model_not_found("x")), Verdict::ClientError);
         assert_eq!(classify(429, None, false), Verdict::BareRateLimit);
         assert_eq!(classify(404, None, true), Verdict::AffinityMiss);
         assert_eq!(classify(200, None, false), Verdict::Success);

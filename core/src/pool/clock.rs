@@ -97,10 +97,7 @@ mod tests {
         assert_eq!(unix_secs(next_pacific_midnight(at(now))), want);
         // 2026-07-01 07:00 UTC is exactly midnight PDT -> the next one.
         let now = want;
-        assert_eq!(
-            unix_secs(next_pacific_midnight(at(now))),
-            want + 86_400
-        );
+        assert_eq!(unix_secs(next_pacific_midnight(at(now))), want + 86_400);
         // Across the November change: 2026-10-31 12:00 PDT -> 2026-11-01 00:00 PDT = 07:00 UTC.
         let now = days_from_civil(2026, 10, 31) as u64 * 86_400 + 19 * 3600;
         let want = days_from_civil(2026, 11, 1) as u64 * 86_400 + 7 * 3600;

@@ -41,9 +41,13 @@ pub struct Cooldown {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Breaker {
     Closed,
-    Open { until: Instant },
+    Open {
+        until: Instant,
+    },
     /// One real call may probe the key; `probing` while it runs.
-    HalfOpen { probing: bool },
+    HalfOpen {
+        probing: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -334,7 +338,8 @@ impl KeyPool {
             }
             let mut until: Option<u64> = None;
             for cd in [
-                st.project_model.get(&(h.project.clone(), model.to_string())),
+                st.project_model
+                    .get(&(h.project.clone(), model.to_string())),
                 st.key_model.get(&(c.id.clone(), model.to_string())),
             ]
             .into_iter()
@@ -446,7 +451,9 @@ impl KeyPool {
                 let until = match window {
                     QuotaWindow::Day => clock::next_pacific_midnight(now),
                     QuotaWindow::Minute => {
-                        now + retry_delay.unwrap_or(cfg.minute_cooldown.0).max(Duration::from_secs(1))
+                        now + retry_delay
+                            .unwrap_or(cfg.minute_cooldown.0)
+                            .max(Duration::from_secs(1))
                     }
                 };
                 let until = clock::unix_secs(until) + 1;
@@ -726,20 +733,41 @@ mod tests {
         let (ids, g) = eligible(&p, &c, "flash");
         assert_eq!(ids, vec!["c"], "a and b share project p1");
         assert_eq!(g.resting, 2);
-        let wait = g.earliest_recovery.unwrap().duration_since(SystemTime::now()).unwrap();
-        assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(32), "{wait:?}");
-        assert_eq!(eligible(&p, &c, "pro").0.len(), 3, "other models unaffected");
+        let wait = g
+            .earliest_recovery
+            .unwrap()
+            .duration_since(SystemTime::now())
+            .unwrap();
+        assert!(
+            wait > Duration::from_secs(28) && wait <= Duration::from_secs(32),
+            "{wait:?}"
+        );
+        assert_eq!(
+            eligible(&p, &c, "pro").0.len(),
+            3,
+            "other models unaffected"
+        );
     }
 
     #[test]
     fn dead_keys_stay_dead_and_reset_revives() {
         let (p, c) = pool(&[("a", "a"), ("b", "b")]);
         assert_eq!(
-            p.record(&cfg(), "a", Some("m"), &Verdict::KeyDead(DeadReason::Invalid), None),
+            p.record(
+                &cfg(),
+                "a",
+                Some("m"),
+                &Verdict::KeyDead(DeadReason::Invalid),
+                None
+            ),
             Some(DeadReason::Invalid)
         );
         assert_eq!(eligible(&p, &c, "m").0, vec!["b"]);
-        assert_eq!(eligible(&p, &c, "other").0, vec!["b"], "dead for every model");
+        assert_eq!(
+            eligible(&p, &c, "other").0,
+            vec!["b"],
+            "dead for every model"
+        );
         let (_, g) = eligible(&p, &c, "m");
         assert_eq!((g.eligible, g.resting), (1, 0));
         assert!(p.reset("a"));
@@ -757,7 +785,11 @@ mod tests {
         p.blame(&conf, "a");
         assert_eq!(eligible(&p, &c, "m").0, vec!["b"], "open");
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(eligible(&p, &c, "m").0.len(), 2, "half-open lets a probe through");
+        assert_eq!(
+            eligible(&p, &c, "m").0.len(),
+            2,
+            "half-open lets a probe through"
+        );
         p.begin("a");
         assert_eq!(eligible(&p, &c, "m").0, vec!["b"], "one probe at a time");
         p.record(&conf, "a", Some("m"), &Verdict::Success, None);
@@ -772,7 +804,13 @@ mod tests {
         let file = dir.path().join("pool.json");
         let (p, _) = pool(&[("a", "a"), ("b", "b")]);
         p.set_state_file(Some(file.clone()));
-        p.record(&cfg(), "a", Some("m"), &Verdict::KeyDead(DeadReason::Leaked), None);
+        p.record(
+            &cfg(),
+            "a",
+            Some("m"),
+            &Verdict::KeyDead(DeadReason::Leaked),
+            None,
+        );
         p.record(
             &cfg(),
             "b",

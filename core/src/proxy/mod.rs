@@ -136,7 +136,14 @@ enum Forwarded {
     /// The client has its answer (or is gone).
     Done,
     /// The answer was a retryable error; nothing reached the client.
-    Retry(Pending),
+    Retry(Box<Pending>),
+}
+
+/// One try of a call on one key.
+struct Attempt<'a> {
+    key: &'a UpstreamKey,
+    body: &'a RequestBody,
+    budget: RetryBudget,
 }
 
 /// Which retryable outcomes an attempt may hand back instead of answering.
@@ -464,7 +471,12 @@ impl GatewayProxy {
                 RetryBudget::NONE
             };
             self.shared.pool.begin(&key.id);
-            let result = self.forward(session, ctx, rt, key, inbound, &body, budget).await;
+            let attempt = Attempt {
+                key,
+                body: &body,
+                budget,
+            };
+            let result = self.forward(session, ctx, rt, inbound, attempt).await;
             self.shared.pool.end(&key.id);
             match result {
                 Ok(Forwarded::Done) => {
@@ -483,7 +495,11 @@ impl GatewayProxy {
                         .key_errors
                         .with_label_values(&[&key.id, class])
                         .inc();
-                    self.shared.metrics.retries.with_label_values(&[class]).inc();
+                    self.shared
+                        .metrics
+                        .retries
+                        .with_label_values(&[class])
+                        .inc();
                     tracing::debug!(request_id = %ctx.request_id, key_id = %key.id, class, "retrying on another key");
                     last_transient = p.verdict == Verdict::Transient;
                     if last_transient {
@@ -495,7 +511,7 @@ impl GatewayProxy {
                     } else {
                         rotations += 1;
                     }
-                    pending = Some(p);
+                    pending = Some(*p);
                 }
                 Err(f) => {
                     self.shared
@@ -504,8 +520,8 @@ impl GatewayProxy {
                         .with_label_values(&[&key.id, f.class])
                         .inc();
                     // Nothing reached the upstream: connecting again is safe.
-                    let connect_failed = f.class == "upstream_unreachable"
-                        && f.message.contains("while connecting");
+                    let connect_failed =
+                        f.class == "upstream_unreachable" && f.message.contains("while connecting");
                     // A read timeout comes after the body was sent: retried only on opt-in.
                     let timed_out = f.class == "upstream_timeout" && cfg.retry_read_timeouts;
                     if (connect_failed || timed_out) && budget.transient {
@@ -655,11 +671,10 @@ impl GatewayProxy {
         session: &mut Session,
         ctx: &mut CallState,
         rt: &Runtime,
-        key: &UpstreamKey,
         inbound: &Inbound,
-        body: &RequestBody,
-        budget: RetryBudget,
+        attempt: Attempt<'_>,
     ) -> Result<Forwarded, Failure> {
+        let Attempt { key, body, budget } = attempt;
         let method = session.req_header().method.clone();
         let peer = rt.upstream.peer().ok_or_else(|| {
             Failure::new(
@@ -796,10 +811,7 @@ impl GatewayProxy {
             ));
         }
 
-        let resource = matches!(
-            inbound.route.action,
-            Action::Files | Action::CachedContents
-        );
+        let resource = matches!(inbound.route.action, Action::Files | Action::CachedContents);
         let verdict = classify(status, outcome.error.as_ref(), resource);
         if let Some(reason) = self.shared.pool.record(
             &rt.config.pool,
@@ -828,11 +840,11 @@ impl GatewayProxy {
                     .release_http_session(up, &peer, peer.options.idle_timeout)
                     .await;
             }
-            return Ok(Forwarded::Retry(Pending {
+            return Ok(Forwarded::Retry(Box::new(Pending {
                 verdict,
                 resp,
                 body: b.clone(),
-            }));
+            })));
         }
 
         let out = self.client_head(rt, session, ctx, &resp, error_body_bytes.as_ref())?;
