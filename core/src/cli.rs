@@ -148,7 +148,12 @@ pub fn init_logging(format: LogFormat, level: &str) -> tracing_appender::non_blo
 pub fn run_check(args: &CheckArgs) -> i32 {
     match config::load_file(&args.config, &config::process_env) {
         Ok(loaded) => {
-            let built = crate::runtime::Runtime::build(&loaded, &crate::builtin_registry(), None);
+            let built = crate::runtime::Runtime::build(
+                &loaded,
+                &crate::builtin_registry(),
+                None,
+                &crate::pool::KeyPool::default(),
+            );
             if args.migrate {
                 print!("{}", config::migrated_yaml(&loaded));
                 for w in &loaded.warnings {

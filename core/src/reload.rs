@@ -39,7 +39,8 @@ pub async fn reload(shared: &Arc<Shared>, force: bool) -> ReloadOutcome {
     let built = tokio::task::spawn_blocking(move || {
         let loaded = load_file(&path, &process_env).map_err(|e| e.to_string())?;
         let current = s.runtime.load_full();
-        let rt = Runtime::build(&loaded, &s.registry, Some(&current)).map_err(|e| e.to_string())?;
+        let rt = Runtime::build(&loaded, &s.registry, Some(&current), &s.pool)
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>((rt, loaded))
     })
     .await;

@@ -24,8 +24,33 @@ pub struct UpstreamKey {
     pub project: Arc<str>,
     /// `sha256:` + 12 hex digits of the secret: safe to show and to persist.
     pub fingerprint: String,
+    /// Model globs this key may serve (empty: any).
+    pub models: Vec<String>,
+    pub not_before: Option<std::time::SystemTime>,
+    pub expires_at: Option<std::time::SystemTime>,
+    pub limits: Option<crate::config::KeyLimits>,
     pub goog_api_key: HeaderValue,
     pub bearer: HeaderValue,
+}
+
+impl UpstreamKey {
+    /// Whether the key may serve `model` at `now` (its model list and validity window).
+    pub fn admits(&self, model: Option<&str>, now: std::time::SystemTime) -> bool {
+        if self.not_before.is_some_and(|t| now < t) || self.expires_at.is_some_and(|t| now >= t) {
+            return false;
+        }
+        if self.models.is_empty() {
+            return true;
+        }
+        match model {
+            Some(m) => self
+                .models
+                .iter()
+                .any(|g| crate::pipeline::glob_match(g, m)),
+            // Calls without a model (files, model lists) may use any key.
+            None => true,
+        }
+    }
 }
 
 /// Where and how to reach the upstream.
@@ -78,6 +103,10 @@ pub struct Runtime {
     pub keys: Vec<UpstreamKey>,
     /// Selection candidates, index-aligned with `keys`.
     pub candidates: Vec<Candidate>,
+    /// Live figures (in flight, latency), index-aligned with `keys`.
+    pub live: Vec<Arc<crate::pool::KeyLive>>,
+    /// True if any key has a model list or a validity window (checked per call then).
+    pub keys_have_rules: bool,
     pub upstream: Upstream,
     /// Built-in fallback when no select stage chose a key.
     pub fallback: gemini_proxy_plugins::key_select::SmoothWrr,
@@ -99,6 +128,7 @@ impl Runtime {
         loaded: &LoadedConfig,
         registry: &Registry,
         previous: Option<&Runtime>,
+        pool: &crate::pool::KeyPool,
     ) -> Result<Runtime, ConfigError> {
         let file = loaded
             .path
@@ -124,6 +154,16 @@ impl Runtime {
                 id: cand.id.clone(),
                 project,
                 fingerprint: crate::pool::fingerprint(secret),
+                models: k.models.clone(),
+                not_before: k
+                    .not_before
+                    .as_deref()
+                    .and_then(|t| crate::pool::clock::parse_rfc3339(t).ok()),
+                expires_at: k
+                    .expires_at
+                    .as_deref()
+                    .and_then(|t| crate::pool::clock::parse_rfc3339(t).ok()),
+                limits: k.limits.clone(),
                 goog_api_key: goog,
                 bearer,
             });
@@ -177,8 +217,14 @@ impl Runtime {
             idle_timeout: t.idle.0,
             http2: c.gemini.http2,
         };
+        let live = pool.live_handles(keys.iter().map(|k| &k.id));
+        let keys_have_rules = keys
+            .iter()
+            .any(|k| !k.models.is_empty() || k.not_before.is_some() || k.expires_at.is_some());
         Ok(Runtime {
             generation: previous.map(|p| p.generation + 1).unwrap_or(1),
+            live,
+            keys_have_rules,
             config: c.clone(),
             pipeline,
             keys,
@@ -219,7 +265,8 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(loaded: &LoadedConfig, registry: Registry) -> Result<Arc<Shared>, ConfigError> {
-        let runtime = Runtime::build(loaded, &registry, None)?;
+        let pool = Arc::new(crate::pool::KeyPool::default());
+        let runtime = Runtime::build(loaded, &registry, None, &pool)?;
         let shared = Shared {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
@@ -229,7 +276,7 @@ impl Shared {
             config_path: loaded.path.clone(),
             source_hash: parking_lot::Mutex::new(loaded.source_hash),
             reload_lock: tokio::sync::Mutex::new(()),
-            pool: Arc::new(crate::pool::KeyPool::default()),
+            pool,
         };
         shared.adopt_pool();
         shared.pool.spawn_writer(Duration::from_millis(200));
@@ -263,5 +310,30 @@ impl Shared {
                 .with_label_values(&[&k.id])
                 .set(i64::from(k.enabled));
         }
+    }
+}
+
+/// The live figures strategies read (`gemini_proxy_sdk::KeyStats`), for one runtime.
+pub struct LiveStats<'a> {
+    pub runtime: &'a Runtime,
+    pub pool: &'a crate::pool::KeyPool,
+}
+
+impl gemini_proxy_sdk::KeyStats for LiveStats<'_> {
+    fn in_flight(&self, index: usize) -> u32 {
+        self.runtime.live.get(index).map_or(0, |l| l.in_flight())
+    }
+
+    fn latency_ewma_ms(&self, index: usize) -> f64 {
+        self.runtime
+            .live
+            .get(index)
+            .map_or(0.0, |l| l.latency_ewma_ms())
+    }
+
+    fn headroom(&self, index: usize, model: Option<&str>) -> Option<f64> {
+        let key = self.runtime.keys.get(index)?;
+        let limits = key.limits.as_ref()?.for_model(model);
+        self.pool.headroom(&key.project, model, &limits)
     }
 }

@@ -23,8 +23,13 @@ fn check(path: &Path, scratch: &Path) {
     let env = |k: &str| (k == "GEMINI_API_KEY").then(|| "AIzaFromEnvironment".to_string());
     let loaded =
         load_str(&text, &path.display().to_string(), &env).unwrap_or_else(|e| panic!("{e}"));
-    let rt = Runtime::build(&loaded, &gemini_proxy_core::builtin_registry(), None)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let rt = Runtime::build(
+        &loaded,
+        &gemini_proxy_core::builtin_registry(),
+        None,
+        &gemini_proxy_core::pool::KeyPool::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(!rt.keys.is_empty());
 }
 

@@ -1,10 +1,20 @@
 //! `key_select`: picks the upstream key for an attempt.
 //!
-//! Strategy `weighted_round_robin` is nginx's smooth weighted round robin: over any window the
-//! picks follow the weights, and keys of one weight are interleaved rather than bunched.
+//! Strategies (YAML `strategy:`):
+//! - `weighted_round_robin`: nginx's smooth weighted round robin; over any window the picks
+//!   follow the weights and keys of one weight are interleaved rather than bunched. With every
+//!   key eligible it replays a precomputed schedule (O(1) per pick).
+//! - `least_in_flight`: fewest calls in flight per unit of weight.
+//! - `latency`: power of two choices over peak-EWMA latency (latency × (in-flight + 1)).
+//! - `quota_headroom`: the most unused share of the tightest configured limit (RPM/TPM/RPD) in
+//!   the key's project for this model; keys without limits count as fully free.
+//! - `consistent_hash`: weighted rendezvous hashing on `hash_on` (`identity`, `client_ip` or
+//!   `header:NAME`), so one user's calls stay on one key (context-cache hits); when that key is
+//!   out, the user moves to their second-best key and only they move.
 
-use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gemini_proxy_sdk::{
     BuildEnv, Phases, Plugin, PluginError, PluginFactory, RequestContext, Selection,
@@ -19,6 +29,14 @@ pub enum Strategy {
     /// Smooth weighted round robin over the eligible keys.
     #[default]
     WeightedRoundRobin,
+    /// Fewest calls in flight per unit of weight.
+    LeastInFlight,
+    /// Power of two choices over peak-EWMA latency.
+    Latency,
+    /// Most remaining quota for the model.
+    QuotaHeadroom,
+    /// Sticky by identity, client IP or a header (weighted rendezvous hashing).
+    ConsistentHash,
 }
 
 /// Config of the `key_select` stage.
@@ -28,12 +46,63 @@ pub struct KeySelectConfig {
     /// Which strategy picks the key.
     #[serde(default)]
     pub strategy: Strategy,
+    /// For `consistent_hash`: `identity` (default: the authenticated subject, else the
+    /// presented credential, else the client IP), `client_ip`, or `header:NAME`.
+    #[serde(default)]
+    pub hash_on: Option<String>,
+}
+
+/// What `consistent_hash` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// Identity subject, else credential, else client IP.
+    Identity,
+    /// The client IP.
+    ClientIp,
+    /// A request header (lowercase name).
+    Header(String),
+}
+
+impl HashOn {
+    fn parse(s: Option<&str>) -> Result<HashOn, String> {
+        match s.map(str::trim) {
+            None | Some("identity") => Ok(HashOn::Identity),
+            Some("client_ip") => Ok(HashOn::ClientIp),
+            Some(h) if h.starts_with("header:") && h.len() > 7 => {
+                Ok(HashOn::Header(h[7..].trim().to_ascii_lowercase()))
+            }
+            Some(other) => Err(format!(
+                "hash_on: `{other}` is not one of identity, client_ip, header:NAME"
+            )),
+        }
+    }
+
+    /// The affinity key of a call, hashed; `None` when the call has none.
+    fn key_of(&self, cx: &RequestContext) -> Option<u64> {
+        let mut h = Fnv::default();
+        match self {
+            HashOn::Identity => {
+                if let Some(id) = &cx.identity {
+                    id.subject.hash(&mut h);
+                } else if let Some(c) = &cx.credential {
+                    c.value().hash(&mut h);
+                } else {
+                    cx.request.client_ip?.hash(&mut h);
+                }
+            }
+            HashOn::ClientIp => cx.request.client_ip?.hash(&mut h),
+            HashOn::Header(name) => cx.request.headers.get(name)?.as_bytes().hash(&mut h),
+        }
+        Some(h.finish())
+    }
 }
 
 /// The `key_select` stage.
 pub struct KeySelect {
     strategy: Strategy,
+    hash_on: HashOn,
     wrr: SmoothWrr,
+    rotor: AtomicU64,
 }
 
 impl Plugin for KeySelect {
@@ -45,18 +114,154 @@ impl Plugin for KeySelect {
         Phases::SELECT
     }
 
-    fn on_select(&self, _cx: &RequestContext, sel: &mut Selection<'_>) -> Result<(), PluginError> {
+    fn on_select(&self, cx: &RequestContext, sel: &mut Selection<'_>) -> Result<(), PluginError> {
         if sel.chosen().is_some() {
             return Ok(());
         }
-        match self.strategy {
-            Strategy::WeightedRoundRobin => {
-                if let Some(i) = self.wrr.pick(sel) {
-                    sel.choose(i);
+        let picked = match self.strategy {
+            Strategy::WeightedRoundRobin => self.wrr.pick(sel),
+            Strategy::LeastInFlight => self.least_in_flight(sel),
+            Strategy::Latency => self.latency(sel),
+            Strategy::QuotaHeadroom => self.quota_headroom(cx, sel),
+            Strategy::ConsistentHash => match self.hash_on.key_of(cx) {
+                Some(k) => rendezvous(sel, k),
+                None => self.wrr.pick(sel),
+            },
+        };
+        if let Some(i) = picked {
+            sel.choose(i);
+        }
+        Ok(())
+    }
+}
+
+impl KeySelect {
+    /// A pseudo-random number from a shared counter (cheap, no lock, good enough to spread).
+    fn next_random(&self) -> u64 {
+        let n = self
+            .rotor
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        splitmix(n)
+    }
+
+    fn least_in_flight(&self, sel: &Selection<'_>) -> Option<usize> {
+        let Some(stats) = sel.stats() else {
+            return self.wrr.pick(sel);
+        };
+        let eligible: Vec<usize> = sel.eligible().map(|(i, _)| i).collect();
+        if eligible.is_empty() {
+            return None;
+        }
+        // Start at a rotating offset so ties spread instead of piling on the first key.
+        let start = (self.next_random() % eligible.len() as u64) as usize;
+        let mut best: Option<(usize, f64)> = None;
+        for k in 0..eligible.len() {
+            let i = eligible[(start + k) % eligible.len()];
+            let load = f64::from(stats.in_flight(i) + 1) / f64::from(sel.weight(i).max(1));
+            if best.is_none_or(|(_, b)| load < b) {
+                best = Some((i, load));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    fn latency(&self, sel: &Selection<'_>) -> Option<usize> {
+        let Some(stats) = sel.stats() else {
+            return self.wrr.pick(sel);
+        };
+        let eligible: Vec<usize> = sel.eligible().map(|(i, _)| i).collect();
+        match eligible.len() {
+            0 => return None,
+            1 => return Some(eligible[0]),
+            _ => {}
+        }
+        let r = self.next_random();
+        let n = eligible.len() as u64;
+        let a = eligible[(r % n) as usize];
+        let mut b = eligible[((r >> 32) % n) as usize];
+        if a == b {
+            b = eligible[(((r >> 32) % n + 1) % n) as usize];
+        }
+        // Peak EWMA: a slow key and a busy key both look expensive; unknown latency (0) is
+        // cheapest, so new keys get measured.
+        let cost = |i: usize| {
+            stats.latency_ewma_ms(i) * f64::from(stats.in_flight(i) + 1)
+                / f64::from(sel.weight(i).max(1))
+        };
+        Some(if cost(a) <= cost(b) { a } else { b })
+    }
+
+    fn quota_headroom(&self, cx: &RequestContext, sel: &Selection<'_>) -> Option<usize> {
+        let Some(stats) = sel.stats() else {
+            return self.wrr.pick(sel);
+        };
+        let model = cx.request.model.as_deref();
+        let mut best: Option<(usize, f64)> = None;
+        let mut ties = 0u64;
+        let r = self.next_random();
+        for (i, _) in sel.eligible() {
+            let h = stats.headroom(i, model).unwrap_or(1.0);
+            match best {
+                Some((_, b)) if h < b - 1e-9 => {}
+                Some((_, b)) if (h - b).abs() <= 1e-9 => {
+                    // Reservoir sampling among equals, weighted by nothing: keeps it O(n).
+                    ties += 1;
+                    if splitmix(r ^ ties).is_multiple_of(ties + 1) {
+                        best = Some((i, h));
+                    }
+                }
+                _ => {
+                    best = Some((i, h));
+                    ties = 0;
                 }
             }
         }
-        Ok(())
+        best.map(|(i, _)| i)
+    }
+}
+
+/// Weighted rendezvous hashing: the eligible candidate with the lowest `-ln(u) / weight`,
+/// where `u` is a hash of (candidate id, affinity key) mapped to (0, 1).
+fn rendezvous(sel: &Selection<'_>, key: u64) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, c) in sel.eligible() {
+        let mut h = Fnv::default();
+        c.id.hash(&mut h);
+        let x = splitmix(h.finish() ^ key);
+        let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let score = -u.ln() / f64::from(sel.weight(i).max(1));
+        if best.is_none_or(|(_, b)| score < b) {
+            best = Some((i, score));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a: stable across processes and versions (std's hasher is randomly keyed).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
     }
 }
 
@@ -65,42 +270,109 @@ impl PluginFactory for KeySelect {
     type Config = KeySelectConfig;
 
     fn build(config: KeySelectConfig, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, PluginError> {
+        let hash_on = HashOn::parse(config.hash_on.as_deref()).map_err(PluginError::new)?;
+        if config.hash_on.is_some() && config.strategy != Strategy::ConsistentHash {
+            return Err(PluginError::new(
+                "hash_on applies to strategy consistent_hash only",
+            ));
+        }
         Ok(Arc::new(KeySelect {
             strategy: config.strategy,
+            hash_on,
             wrr: SmoothWrr::default(),
+            rotor: AtomicU64::new(0),
         }))
     }
 }
 
-/// Smooth weighted round robin state: the "current weight" of each key id.
+/// The longest precomputed schedule (entries); bigger weight sums use the O(n) walk.
+const MAX_SCHEDULE: u64 = 1 << 16;
+
+/// Smooth weighted round robin, by candidate index.
 #[derive(Default)]
 pub struct SmoothWrr {
-    current: Mutex<HashMap<Arc<str>, i64>>,
+    state: Mutex<WrrState>,
+}
+
+#[derive(Default)]
+struct WrrState {
+    /// Identity of the candidate list the state belongs to (address and length).
+    list: (usize, usize),
+    current: Vec<i64>,
+    /// The smooth sequence over all candidates at their configured weights.
+    schedule: Vec<u32>,
+    pos: usize,
+}
+
+impl WrrState {
+    fn reset(&mut self, sel: &Selection<'_>) {
+        let cands = sel.candidates();
+        self.list = (cands.as_ptr() as usize, cands.len());
+        self.current = vec![0; cands.len()];
+        self.pos = 0;
+        self.schedule.clear();
+        let weights: Vec<u64> = cands.iter().map(|c| u64::from(c.weight)).collect();
+        let g = weights.iter().copied().filter(|w| *w > 0).fold(0, gcd);
+        if g == 0 {
+            return;
+        }
+        let total: u64 = weights.iter().map(|w| w / g).sum();
+        if total > MAX_SCHEDULE {
+            return;
+        }
+        let mut cur = vec![0i64; cands.len()];
+        for _ in 0..total {
+            let mut best = 0;
+            for (i, w) in weights.iter().enumerate() {
+                cur[i] += (*w / g) as i64;
+                if cur[i] > cur[best] || (*w > 0 && weights[best] == 0) {
+                    best = i;
+                }
+            }
+            cur[best] -= total as i64;
+            self.schedule.push(best as u32);
+        }
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 impl SmoothWrr {
     /// Picks the index of an eligible candidate, or `None` if there is none.
     pub fn pick(&self, sel: &Selection<'_>) -> Option<usize> {
-        let mut current = self.current.lock();
-        let mut total: i64 = 0;
-        let mut best: Option<(usize, i64)> = None;
-        for (i, cand) in sel.eligible() {
-            let w = i64::from(sel.weight(i));
-            total += w;
-            let cur = match current.get_mut(&cand.id) {
-                Some(c) => c,
-                None => current.entry(cand.id.clone()).or_insert(0),
-            };
-            *cur += w;
-            if best.is_none_or(|(_, b)| *cur > b) {
-                best = Some((i, *cur));
+        let mut st = self.state.lock();
+        let cands = sel.candidates();
+        if st.list != (cands.as_ptr() as usize, cands.len()) {
+            st.reset(sel);
+        }
+        if !st.schedule.is_empty() && !sel.weights_changed() {
+            // Replay the schedule, skipping excluded keys: the others keep their proportions.
+            let n = st.schedule.len();
+            let limit = if sel.is_pristine() { 1 } else { n.min(64) };
+            for _ in 0..limit {
+                let i = st.schedule[st.pos] as usize;
+                st.pos = (st.pos + 1) % n;
+                if !sel.is_excluded(i) && sel.weight(i) > 0 {
+                    return Some(i);
+                }
             }
         }
-        let (idx, _) = best?;
-        if let Some(c) = current.get_mut(&sel.candidates()[idx].id) {
-            *c -= total;
+        // The general case: nginx's algorithm over the eligible keys at their current weights.
+        let mut total: i64 = 0;
+        let mut best: Option<usize> = None;
+        for (i, _) in sel.eligible() {
+            let w = i64::from(sel.weight(i));
+            total += w;
+            st.current[i] += w;
+            if best.is_none_or(|b| st.current[i] > st.current[b]) {
+                best = Some(i);
+            }
         }
-        Some(idx)
+        let b = best?;
+        st.current[b] -= total;
+        Some(b)
     }
 }
 
@@ -108,6 +380,7 @@ impl SmoothWrr {
 mod tests {
     use super::*;
     use gemini_proxy_sdk::testing;
+    use std::collections::HashMap;
 
     fn picks(
         plugin: &dyn Plugin,
@@ -168,6 +441,191 @@ mod tests {
         sel.exclude(2);
         p.on_select(&cx, &mut sel).unwrap();
         assert!(sel.chosen().is_none());
+    }
+
+    fn build(strategy: &str, hash_on: Option<&str>) -> Arc<dyn Plugin> {
+        let mut v = serde_json::json!({ "strategy": strategy });
+        if let Some(h) = hash_on {
+            v["hash_on"] = h.into();
+        }
+        crate::builtin_registry()
+            .build("key_select", v, &BuildEnv::default())
+            .unwrap()
+    }
+
+    /// Figures a test controls.
+    struct Fixed {
+        in_flight: Vec<u32>,
+        latency: Vec<f64>,
+        headroom: Vec<Option<f64>>,
+    }
+
+    impl gemini_proxy_sdk::KeyStats for Fixed {
+        fn in_flight(&self, i: usize) -> u32 {
+            self.in_flight[i]
+        }
+        fn latency_ewma_ms(&self, i: usize) -> f64 {
+            self.latency[i]
+        }
+        fn headroom(&self, i: usize, _: Option<&str>) -> Option<f64> {
+            self.headroom[i]
+        }
+    }
+
+    fn pick_with(p: &dyn Plugin, cands: &[gemini_proxy_sdk::Candidate], stats: &Fixed) -> String {
+        let cx = testing::request("POST", "/v1beta/models/m:generateContent");
+        let mut sel = Selection::new(cands).with_stats(stats);
+        p.on_select(&cx, &mut sel).unwrap();
+        sel.chosen().unwrap().id.to_string()
+    }
+
+    #[test]
+    fn wrr_is_within_two_percent_of_the_weights_over_100k_picks_with_exclusions() {
+        let p = build("weighted_round_robin", None);
+        let cands = testing::candidates(&[("a", 50), ("b", 30), ("c", 15), ("d", 5)]);
+        let cx = testing::request("POST", "/v1beta/models/m:generateContent");
+        let mut counts = HashMap::new();
+        for n in 0..100_000 {
+            let mut sel = Selection::new(&cands);
+            // d rests every other call: the others keep their proportions.
+            if n % 2 == 0 {
+                sel.exclude(3);
+            }
+            p.on_select(&cx, &mut sel).unwrap();
+            *counts
+                .entry(sel.chosen().unwrap().id.to_string())
+                .or_insert(0u32) += 1;
+        }
+        let share = |k: &str| f64::from(counts[k]) / 100_000.0;
+        // a:b:c stay 50:30:15 relative to each other.
+        let abc = share("a") + share("b") + share("c");
+        for (k, w) in [("a", 50.0), ("b", 30.0), ("c", 15.0)] {
+            let want = w / 95.0;
+            assert!(
+                (share(k) / abc - want).abs() < 0.02 * want,
+                "{k}: {counts:?}"
+            );
+        }
+        let mut plain = HashMap::new();
+        for _ in 0..100_000 {
+            let mut sel = Selection::new(&cands);
+            p.on_select(&cx, &mut sel).unwrap();
+            *plain
+                .entry(sel.chosen().unwrap().id.to_string())
+                .or_insert(0u32) += 1;
+        }
+        for (k, w) in [("a", 50u32), ("b", 30), ("c", 15), ("d", 5)] {
+            assert_eq!(plain[k], w * 1000, "exact over whole cycles");
+        }
+    }
+
+    #[test]
+    fn least_in_flight_prefers_the_idle_key_per_weight() {
+        let p = build("least_in_flight", None);
+        let cands = testing::candidates(&[("a", 1), ("b", 1), ("c", 4)]);
+        let stats = Fixed {
+            in_flight: vec![3, 1, 7],
+            latency: vec![0.0; 3],
+            headroom: vec![None; 3],
+        };
+        // Loads: a 4/1, b 2/1, c 8/4 = 2: b and c tie; both are picked, a never.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            seen.insert(pick_with(&*p, &cands, &stats));
+        }
+        assert!(!seen.contains("a"));
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[test]
+    fn latency_power_of_two_avoids_the_slow_key() {
+        let p = build("latency", None);
+        let cands = testing::candidates(&[("fast", 1), ("slow", 1)]);
+        let stats = Fixed {
+            in_flight: vec![0, 0],
+            latency: vec![100.0, 900.0],
+            headroom: vec![None; 2],
+        };
+        for _ in 0..50 {
+            assert_eq!(pick_with(&*p, &cands, &stats), "fast");
+        }
+        // A busy fast key loses to an idle slow one.
+        let busy = Fixed {
+            in_flight: vec![20, 0],
+            latency: vec![100.0, 900.0],
+            headroom: vec![None; 2],
+        };
+        assert_eq!(pick_with(&*p, &cands, &busy), "slow");
+    }
+
+    #[test]
+    fn quota_headroom_picks_the_most_unused_quota() {
+        let p = build("quota_headroom", None);
+        let cands = testing::candidates(&[("a", 1), ("b", 1), ("c", 1)]);
+        let stats = Fixed {
+            in_flight: vec![0; 3],
+            latency: vec![0.0; 3],
+            headroom: vec![Some(0.2), Some(0.9), Some(0.5)],
+        };
+        for _ in 0..20 {
+            assert_eq!(pick_with(&*p, &cands, &stats), "b");
+        }
+    }
+
+    #[test]
+    fn consistent_hash_keeps_a_user_on_one_key_and_moves_only_them() {
+        let p = build("consistent_hash", Some("header:x-user"));
+        let cands = testing::candidates(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]);
+        let pick = |user: &str, excluded: Option<usize>| {
+            let mut cx = testing::request("POST", "/v1beta/models/m:generateContent");
+            cx.request
+                .headers
+                .insert("x-user", http::HeaderValue::from_str(user).unwrap());
+            let mut sel = Selection::new(&cands);
+            if let Some(e) = excluded {
+                sel.exclude(e);
+            }
+            p.on_select(&cx, &mut sel).unwrap();
+            sel.chosen_index().unwrap()
+        };
+        let users: Vec<String> = (0..400).map(|i| format!("user-{i}")).collect();
+        let home: Vec<usize> = users.iter().map(|u| pick(u, None)).collect();
+        for (u, h) in users.iter().zip(&home) {
+            assert_eq!(pick(u, None), *h, "sticky");
+        }
+        // Spread roughly evenly.
+        for k in 0..4 {
+            let n = home.iter().filter(|h| **h == k).count();
+            assert!((60..=140).contains(&n), "key {k}: {n}");
+        }
+        // Key 0 goes away: only its users move.
+        for (u, h) in users.iter().zip(&home) {
+            let now = pick(u, Some(0));
+            if *h != 0 {
+                assert_eq!(now, *h, "{u} moved although its key stayed");
+            } else {
+                assert_ne!(now, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn hash_on_is_validated() {
+        let reg = crate::builtin_registry();
+        let bad = |v: serde_json::Value| {
+            reg.build("key_select", v, &BuildEnv::default())
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            bad(serde_json::json!({"strategy": "consistent_hash", "hash_on": "cookie"}))
+                .contains("hash_on")
+        );
+        assert!(
+            bad(serde_json::json!({"strategy": "latency", "hash_on": "identity"}))
+                .contains("consistent_hash")
+        );
     }
 
     #[test]

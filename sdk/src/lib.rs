@@ -92,7 +92,7 @@ pub use request::{
 };
 pub use response::{CompletedRequest, ResponseHead, UpstreamError, UpstreamOutcome, Usage};
 pub use route::{CallRoute, classify};
-pub use select::{Candidate, KeyState, Selection};
+pub use select::{Candidate, KeyState, KeyStats, Selection};
 
 /// Re-exported so plugins use the same `async_trait` as the trait definition.
 pub use async_trait::async_trait;

@@ -96,6 +96,33 @@ impl Candidate {
     }
 }
 
+/// Live figures of the candidate keys, indexed like [`Selection::candidates`]. The gateway
+/// provides them (lock-free reads); strategies use them through [`Selection::stats`].
+///
+/// ```
+/// use gemini_proxy_sdk::{Candidate, KeyStats, Selection};
+/// struct Busy;
+/// impl KeyStats for Busy {
+///     fn in_flight(&self, i: usize) -> u32 { i as u32 * 10 }
+///     fn latency_ewma_ms(&self, _: usize) -> f64 { 100.0 }
+/// }
+/// let c = vec![Candidate::new("a", 1), Candidate::new("b", 1)];
+/// let sel = Selection::new(&c).with_stats(&Busy);
+/// assert_eq!(sel.stats().map(|s| s.in_flight(1)), Some(10));
+/// ```
+pub trait KeyStats: Send + Sync {
+    /// Calls in flight on candidate `index`.
+    fn in_flight(&self, index: usize) -> u32;
+    /// Exponentially weighted latency to the response head, in ms (0 when unknown).
+    fn latency_ewma_ms(&self, index: usize) -> f64;
+    /// Share (0.0-1.0) of the tightest configured quota (RPM, TPM, RPD) still unused in the key's
+    /// project for `model` in the current window; `None` when the key has no configured limit.
+    fn headroom(&self, index: usize, model: Option<&str>) -> Option<f64> {
+        let _ = (index, model);
+        None
+    }
+}
+
 /// The candidates for one attempt, with what filters and the strategy decided.
 ///
 /// Filters call [`exclude`](Self::exclude) or [`set_weight`](Self::set_weight); a strategy calls
@@ -110,12 +137,25 @@ impl Candidate {
 /// sel.choose(1);
 /// assert_eq!(sel.chosen().map(|c| &*c.id), Some("b"));
 /// ```
-#[derive(Debug)]
 pub struct Selection<'a> {
     candidates: &'a [Candidate],
     excluded: Vec<bool>,
     weights: Vec<u32>,
     chosen: Option<usize>,
+    weights_changed: bool,
+    stats: Option<&'a dyn KeyStats>,
+}
+
+impl std::fmt::Debug for Selection<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Selection")
+            .field("candidates", &self.candidates.len())
+            .field("excluded", &self.excluded)
+            .field("weights", &self.weights)
+            .field("chosen", &self.chosen)
+            .field("stats", &self.stats.is_some())
+            .finish()
+    }
 }
 
 impl<'a> Selection<'a> {
@@ -131,7 +171,57 @@ impl<'a> Selection<'a> {
             excluded: vec![false; candidates.len()],
             weights: candidates.iter().map(|c| c.weight).collect(),
             chosen: None,
+            weights_changed: false,
+            stats: None,
         }
+    }
+
+    /// The same selection with live figures attached.
+    ///
+    /// ```
+    /// # use gemini_proxy_sdk::{Candidate, KeyStats, Selection};
+    /// # struct Idle;
+    /// # impl KeyStats for Idle { fn in_flight(&self, _: usize) -> u32 { 0 } fn latency_ewma_ms(&self, _: usize) -> f64 { 0.0 } }
+    /// let c = vec![Candidate::new("a", 1)];
+    /// assert!(Selection::new(&c).with_stats(&Idle).stats().is_some());
+    /// ```
+    pub fn with_stats(mut self, stats: &'a dyn KeyStats) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
+    /// Live figures of the candidates, when the gateway provides them (it always does; plugin
+    /// tests may not).
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 1)];
+    /// assert!(gemini_proxy_sdk::Selection::new(&c).stats().is_none());
+    /// ```
+    pub fn stats(&self) -> Option<&'a dyn KeyStats> {
+        self.stats
+    }
+
+    /// True once any weight was overridden with [`set_weight`](Self::set_weight).
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 1)];
+    /// let mut s = gemini_proxy_sdk::Selection::new(&c);
+    /// s.set_weight(0, 1);
+    /// assert!(s.weights_changed());
+    /// ```
+    pub fn weights_changed(&self) -> bool {
+        self.weights_changed
+    }
+
+    /// True if nothing is excluded and no weight changed (strategies may use precomputed
+    /// schedules then).
+    ///
+    /// ```
+    /// let c = vec![gemini_proxy_sdk::Candidate::new("a", 1)];
+    /// assert!(gemini_proxy_sdk::Selection::new(&c).is_pristine());
+    /// ```
+    pub fn is_pristine(&self) -> bool {
+        !self.weights_changed && !self.excluded.iter().any(|e| *e)
     }
 
     /// All candidates, eligible or not.
@@ -205,6 +295,7 @@ impl<'a> Selection<'a> {
     pub fn set_weight(&mut self, index: usize, weight: u32) {
         if let Some(w) = self.weights.get_mut(index) {
             *w = weight;
+            self.weights_changed = true;
         }
     }
 

@@ -242,6 +242,10 @@ pub fn apply_env(config: &mut Config, env: EnvLookup<'_>) {
                     weight: 100,
                     project: None,
                     enabled: true,
+                    models: Vec::new(),
+                    limits: None,
+                    not_before: None,
+                    expires_at: None,
                 })
                 .collect();
         }
@@ -344,6 +348,32 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
             return err(
                 format!("gemini.api_keys[{i}].project"),
                 format!("`{p}` must be 1-64 of A-Z a-z 0-9 - _ ."),
+            );
+        }
+        let mut window = [None, None];
+        for (j, (field, value)) in [("not_before", &k.not_before), ("expires_at", &k.expires_at)]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(v) = value {
+                match crate::pool::clock::parse_rfc3339(v) {
+                    Ok(t) => window[j] = Some(t),
+                    Err(m) => return err(format!("gemini.api_keys[{i}].{field}"), m),
+                }
+            }
+        }
+        if let [Some(a), Some(b)] = window
+            && b <= a
+        {
+            return err(
+                format!("gemini.api_keys[{i}].expires_at"),
+                "is not after not_before".into(),
+            );
+        }
+        if let Some(m) = k.models.iter().position(|m| m.trim().is_empty()) {
+            return err(
+                format!("gemini.api_keys[{i}].models[{m}]"),
+                "is empty".into(),
             );
         }
     }

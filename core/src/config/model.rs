@@ -139,6 +139,63 @@ pub struct ApiKeyConfig {
     pub project: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Models this key may serve (globs, e.g. `gemini-2.5-*`); empty = any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// The project's quota as the operator knows it (Google applies limits per project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<KeyLimits>,
+    /// Not used before this instant (RFC 3339, e.g. `2026-12-01T00:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// Not used from this instant on (rotation: add the new key, let the old one expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// Requests/tokens per minute and requests per day; `models` overrides per model.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpd: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub models: std::collections::BTreeMap<String, ModelLimits>,
+}
+
+/// Limits of one model.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ModelLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpd: Option<u64>,
+}
+
+impl KeyLimits {
+    /// The limits that apply to `model` (a model entry overrides the defaults field by field).
+    pub fn for_model(&self, model: Option<&str>) -> ModelLimits {
+        let base = ModelLimits {
+            rpm: self.rpm,
+            tpm: self.tpm,
+            rpd: self.rpd,
+        };
+        match model.and_then(|m| self.models.get(m)) {
+            Some(m) => ModelLimits {
+                rpm: m.rpm.or(base.rpm),
+                tpm: m.tpm.or(base.tpm),
+                rpd: m.rpd.or(base.rpd),
+            },
+            None => base,
+        }
+    }
 }
 
 impl std::fmt::Debug for ApiKeyConfig {
@@ -149,6 +206,10 @@ impl std::fmt::Debug for ApiKeyConfig {
             .field("weight", &self.weight)
             .field("project", &self.project)
             .field("enabled", &self.enabled)
+            .field("models", &self.models)
+            .field("limits", &self.limits)
+            .field("not_before", &self.not_before)
+            .field("expires_at", &self.expires_at)
             .finish()
     }
 }

@@ -598,7 +598,43 @@ async fn model_fault(model: &str, openai: bool) -> Option<Response<Body>> {
     None
 }
 
-fn generate(_state: &State, _project: &str, model: &str, body: &[u8]) -> Response<Body> {
+fn generate(state: &State, project: &str, model: &str, body: &[u8]) -> Response<Body> {
+    // Like Google: a file or cached content of another project is invisible.
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    if let Some(cc) = v.get("cachedContent").and_then(|c| c.as_str())
+        && state
+            .caches
+            .lock()
+            .get(cc)
+            .is_none_or(|(owner, _)| owner != project)
+    {
+        return json_resp(
+            403,
+            &json!({"error": {"code": 403, "message": format!("You do not have permission to access the CachedContent {cc} or it may not exist."), "status": "PERMISSION_DENIED"}}),
+        );
+    }
+    let text = String::from_utf8_lossy(body);
+    for uri in text.split("\"fileUri\":").skip(1) {
+        let uri = uri.trim_start().trim_start_matches('"');
+        if let Some(i) = uri.find("files/") {
+            let id: String = uri[i + 6..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            let name = format!("files/{id}");
+            if state
+                .files
+                .lock()
+                .get(&name)
+                .is_none_or(|(owner, _)| owner != project)
+            {
+                return json_resp(
+                    403,
+                    &json!({"error": {"code": 403, "message": format!("You do not have permission to access the File {id} or it may not exist."), "status": "PERMISSION_DENIED"}}),
+                );
+            }
+        }
+    }
     json_resp(200, &generate_response(model, body))
 }
 

@@ -10,6 +10,7 @@ pub mod clock;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gemini_proxy_sdk::{Candidate, KeyState, Selection};
@@ -26,6 +27,58 @@ use crate::config::PoolConfig;
 pub fn fingerprint(secret: &str) -> String {
     let d = Sha256::digest(secret.trim().as_bytes());
     format!("sha256:{}", &hex::encode(d)[..12])
+}
+
+/// Live figures of one key, read without a lock by selection strategies. Shared by every config
+/// generation that has the key, so counts survive reloads.
+#[derive(Debug, Default)]
+pub struct KeyLive {
+    in_flight: AtomicU32,
+    /// f64 bits of the latency EWMA in ms.
+    ewma_ms: AtomicU64,
+}
+
+impl KeyLive {
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn latency_ewma_ms(&self) -> f64 {
+        f64::from_bits(self.ewma_ms.load(Ordering::Relaxed))
+    }
+
+    fn observe_latency(&self, ms: f64) {
+        // A lost update under a race only skews one sample of a moving average.
+        let old = self.latency_ewma_ms();
+        let new = if old == 0.0 { ms } else { 0.8 * old + 0.2 * ms };
+        self.ewma_ms.store(new.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Requests and tokens of one (project, model) in the current minute and Pacific day.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    minute: u64,
+    minute_requests: u64,
+    minute_tokens: u64,
+    day_end: u64,
+    day_requests: u64,
+}
+
+impl Usage {
+    fn roll(&mut self, now: u64) {
+        if self.minute != now / 60 {
+            self.minute = now / 60;
+            self.minute_requests = 0;
+            self.minute_tokens = 0;
+        }
+        if now >= self.day_end {
+            self.day_end = clock::unix_secs(clock::next_pacific_midnight(
+                UNIX_EPOCH + Duration::from_secs(now),
+            ));
+            self.day_requests = 0;
+        }
+    }
 }
 
 /// Why a (project, model) or (key, model) pair is resting, and until when.
@@ -59,11 +112,9 @@ struct KeyHealth {
     consecutive_failures: u32,
     /// How many times the breaker opened in a row (the open period doubles).
     opened: u32,
-    in_flight: u32,
     requests: u64,
     successes: u64,
     errors: HashMap<&'static str, u64>,
-    latency_ewma_ms: f64,
 }
 
 impl KeyHealth {
@@ -75,11 +126,9 @@ impl KeyHealth {
             breaker: Breaker::Closed,
             consecutive_failures: 0,
             opened: 0,
-            in_flight: 0,
             requests: 0,
             successes: 0,
             errors: HashMap::new(),
-            latency_ewma_ms: 0.0,
         }
     }
 }
@@ -91,7 +140,21 @@ struct PoolState {
     project_model: HashMap<(Arc<str>, String), Cooldown>,
     /// (key id, model) → backoff or no access.
     key_model: HashMap<(Arc<str>, String), Cooldown>,
+    /// (project, model) → usage in the current windows.
+    usage: HashMap<(Arc<str>, String), Usage>,
+    /// Resource (`files/x`, `cachedContents/y`, `batches/z`, `upload:ID`) → the key that made it.
+    affinity: HashMap<String, Affinity>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Affinity {
+    key_id: String,
+    /// Unix seconds after which the entry is forgotten.
+    until: u64,
+}
+
+/// Most resources remembered; older entries are dropped first when full.
+const MAX_AFFINITY: usize = 200_000;
 
 /// What the file keeps.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -102,6 +165,8 @@ struct Persisted {
     project_cooldowns: Vec<PersistedCooldown>,
     #[serde(default)]
     key_cooldowns: Vec<PersistedCooldown>,
+    #[serde(default)]
+    affinity: std::collections::BTreeMap<String, Affinity>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -135,6 +200,8 @@ pub struct Gate {
 /// The key pool's shared state.
 pub struct KeyPool {
     state: Mutex<PoolState>,
+    any_pins: std::sync::atomic::AtomicBool,
+    live: Mutex<HashMap<Arc<str>, Arc<KeyLive>>>,
     state_file: Mutex<Option<PathBuf>>,
     dirty: std::sync::mpsc::SyncSender<()>,
     dirty_rx: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
@@ -153,6 +220,8 @@ impl Default for KeyPool {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         KeyPool {
             state: Mutex::new(PoolState::default()),
+            any_pins: std::sync::atomic::AtomicBool::new(false),
+            live: Mutex::new(HashMap::new()),
             state_file: Mutex::new(None),
             dirty: tx,
             dirty_rx: Mutex::new(Some(rx)),
@@ -189,9 +258,80 @@ impl KeyPool {
         let ids: Vec<Arc<str>> = st.keys.keys().cloned().collect();
         st.key_model.retain(|(id, _), _| ids.contains(id));
         drop(st);
+        self.live.lock().retain(|id, _| ids.contains(id));
         if changed {
             self.mark_dirty();
         }
+    }
+
+    /// The live figures of `ids`, in order (created for new ids).
+    pub fn live_handles<'a>(&self, ids: impl Iterator<Item = &'a Arc<str>>) -> Vec<Arc<KeyLive>> {
+        let mut live = self.live.lock();
+        ids.map(|id| live.entry(id.clone()).or_default().clone())
+            .collect()
+    }
+
+    /// Counts a request for (project, model) in the current windows (before it is sent).
+    pub fn count_request(&self, project: &Arc<str>, model: Option<&str>) {
+        let now = now_unix();
+        let mut st = self.state.lock();
+        let u = st
+            .usage
+            .entry((project.clone(), model_key(model).to_string()))
+            .or_default();
+        u.roll(now);
+        u.minute_requests += 1;
+        u.day_requests += 1;
+    }
+
+    /// Adds the tokens a finished call used to (project, model)'s minute.
+    pub fn count_tokens(&self, project: &Arc<str>, model: Option<&str>, tokens: u64) {
+        let now = now_unix();
+        let mut st = self.state.lock();
+        let u = st
+            .usage
+            .entry((project.clone(), model_key(model).to_string()))
+            .or_default();
+        u.roll(now);
+        u.minute_tokens += tokens;
+    }
+
+    /// Unused share (0.0-1.0) of the tightest of `limits` for (project, model) now.
+    pub fn headroom(
+        &self,
+        project: &Arc<str>,
+        model: Option<&str>,
+        limits: &crate::config::ModelLimits,
+    ) -> Option<f64> {
+        if limits.rpm.is_none() && limits.tpm.is_none() && limits.rpd.is_none() {
+            return None;
+        }
+        let now = now_unix();
+        let st = self.state.lock();
+        let mut u = st
+            .usage
+            .get(&(project.clone(), model_key(model).to_string()))
+            .copied()
+            .unwrap_or_default();
+        drop(st);
+        u.roll(now);
+        let share = |used: u64, limit: Option<u64>| {
+            limit.map(|l| {
+                if l == 0 {
+                    0.0
+                } else {
+                    (1.0 - used as f64 / l as f64).max(0.0)
+                }
+            })
+        };
+        [
+            share(u.minute_requests, limits.rpm),
+            share(u.minute_tokens, limits.tpm),
+            share(u.day_requests, limits.rpd),
+        ]
+        .into_iter()
+        .flatten()
+        .reduce(f64::min)
     }
 
     /// Where the state is kept; loads it if the file exists. Call after [`sync_keys`].
@@ -231,6 +371,12 @@ impl KeyPool {
             if c.cooldown.until > now {
                 st.project_model
                     .insert((Arc::from(c.owner.as_str()), c.model), c.cooldown);
+            }
+        }
+        for (name, a) in saved.affinity {
+            if a.until > now {
+                self.any_pins.store(true, Ordering::Relaxed);
+                st.affinity.insert(name, a);
             }
         }
         for c in saved.key_cooldowns {
@@ -279,8 +425,54 @@ impl KeyPool {
                 });
             }
         }
+        p.affinity = st
+            .affinity
+            .iter()
+            .filter(|(_, a)| a.until > now)
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect();
         p.dead.sort_by(|a, b| a.key_id.cmp(&b.key_id));
         p
+    }
+
+    /// Remembers that `key_id` created `resource`, for `ttl`.
+    pub fn pin(&self, resource: &str, key_id: &str, ttl: Duration) {
+        let now = now_unix();
+        let mut st = self.state.lock();
+        if st.affinity.len() >= MAX_AFFINITY {
+            st.affinity.retain(|_, a| a.until > now);
+            if st.affinity.len() >= MAX_AFFINITY {
+                // Still full: drop the entries closest to expiry.
+                let mut untils: Vec<u64> = st.affinity.values().map(|a| a.until).collect();
+                untils.sort_unstable();
+                let cut = untils[untils.len() / 10];
+                st.affinity.retain(|_, a| a.until > cut);
+            }
+        }
+        self.any_pins.store(true, Ordering::Relaxed);
+        st.affinity.insert(
+            resource.to_string(),
+            Affinity {
+                key_id: key_id.to_string(),
+                until: now + ttl.as_secs(),
+            },
+        );
+        drop(st);
+        self.mark_dirty();
+    }
+
+    /// The key that created `resource`, if known and not expired.
+    pub fn pinned(&self, resource: &str) -> Option<String> {
+        let st = self.state.lock();
+        st.affinity
+            .get(resource)
+            .filter(|a| a.until > now_unix())
+            .map(|a| a.key_id.clone())
+    }
+
+    /// Whether any resource was ever pinned (lets callers skip scanning bodies).
+    pub fn has_pins(&self) -> bool {
+        self.any_pins.load(Ordering::Relaxed)
     }
 
     /// Writes the state file now (atomically: temp file, then rename; mode 0600).
@@ -328,6 +520,9 @@ impl KeyPool {
         let mut st = self.state.lock();
         let st = &mut *st;
         for (i, c) in candidates.iter().enumerate() {
+            if sel.is_excluded(i) {
+                continue;
+            }
             let Some(h) = st.keys.get_mut(&c.id) else {
                 gate.eligible += 1;
                 continue;
@@ -374,10 +569,10 @@ impl KeyPool {
     }
 
     /// A call starts on `key_id`: counts it in flight and claims a half-open probe.
-    pub fn begin(&self, key_id: &str) {
+    pub fn begin(&self, key_id: &str, live: &KeyLive) {
+        live.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut st = self.state.lock();
         if let Some(h) = st.keys.get_mut(key_id) {
-            h.in_flight += 1;
             h.requests += 1;
             if h.breaker == (Breaker::HalfOpen { probing: false }) {
                 h.breaker = Breaker::HalfOpen { probing: true };
@@ -386,15 +581,15 @@ impl KeyPool {
     }
 
     /// A call on `key_id` ended (whatever the outcome).
-    pub fn end(&self, key_id: &str) {
+    pub fn end(&self, key_id: &str, live: &KeyLive) {
+        live.in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut st = self.state.lock();
-        if let Some(h) = st.keys.get_mut(key_id) {
-            h.in_flight = h.in_flight.saturating_sub(1);
-            if h.breaker == (Breaker::HalfOpen { probing: true }) {
-                // The probe's verdict (if any) already moved the breaker; otherwise let the
-                // next call probe.
-                h.breaker = Breaker::HalfOpen { probing: false };
-            }
+        // The probe's verdict (if any) already moved the breaker; otherwise let the next call
+        // probe.
+        if let Some(h) = st.keys.get_mut(key_id)
+            && h.breaker == (Breaker::HalfOpen { probing: true })
+        {
+            h.breaker = Breaker::HalfOpen { probing: false };
         }
     }
 
@@ -414,13 +609,10 @@ impl KeyPool {
         let st = &mut *st;
         let id = st.keys.get_key_value(key_id).map(|(k, _)| k.clone())?;
         let h = st.keys.get_mut(key_id)?;
-        if let Some(l) = latency {
-            let ms = l.as_secs_f64() * 1000.0;
-            h.latency_ewma_ms = if h.latency_ewma_ms == 0.0 {
-                ms
-            } else {
-                0.8 * h.latency_ewma_ms + 0.2 * ms
-            };
+        if let Some(l) = latency
+            && let Some(live) = self.live.lock().get(key_id)
+        {
+            live.observe_latency(l.as_secs_f64() * 1000.0);
         }
         if *verdict != Verdict::Success {
             *h.errors.entry(verdict.class()).or_default() += 1;
@@ -561,6 +753,7 @@ impl KeyPool {
     pub fn report(&self) -> Vec<KeyReport> {
         let now = now_unix();
         let now_i = Instant::now();
+        let live = self.live.lock().clone();
         let st = self.state.lock();
         let mut out: Vec<KeyReport> = st
             .keys
@@ -622,11 +815,13 @@ impl KeyPool {
                     dead_reason: h.dead.map(|(r, _)| r.as_str()),
                     breaker,
                     breaker_open_remaining_s: open_remaining,
-                    in_flight: h.in_flight,
+                    in_flight: live.get(id).map_or(0, |l| l.in_flight()),
                     requests: h.requests,
                     successes: h.successes,
                     errors: errors.into_iter().collect(),
-                    latency_ewma_ms: (h.latency_ewma_ms * 10.0).round() / 10.0,
+                    latency_ewma_ms: live
+                        .get(id)
+                        .map_or(0.0, |l| (l.latency_ewma_ms() * 10.0).round() / 10.0),
                     cooldowns,
                 }
             })
@@ -790,10 +985,13 @@ mod tests {
             2,
             "half-open lets a probe through"
         );
-        p.begin("a");
+        let live = p.live_handles(c.iter().map(|c| &c.id));
+        p.begin("a", &live[0]);
+        assert_eq!(live[0].in_flight(), 1);
         assert_eq!(eligible(&p, &c, "m").0, vec!["b"], "one probe at a time");
         p.record(&conf, "a", Some("m"), &Verdict::Success, None);
-        p.end("a");
+        p.end("a", &live[0]);
+        assert_eq!(live[0].in_flight(), 0);
         assert_eq!(eligible(&p, &c, "m").0.len(), 2);
         assert_eq!(p.report()[0].breaker, "closed");
     }
@@ -845,6 +1043,45 @@ mod tests {
         }]);
         r.set_state_file(Some(file));
         assert_eq!(r.report()[0].state, "active");
+    }
+
+    #[test]
+    fn headroom_is_the_tightest_unused_share() {
+        let (p, c) = pool(&[("a", "pa")]);
+        let limits = crate::config::ModelLimits {
+            rpm: Some(10),
+            tpm: Some(1000),
+            rpd: None,
+        };
+        assert_eq!(p.headroom(&c[0].project, Some("m"), &limits), Some(1.0));
+        for _ in 0..3 {
+            p.count_request(&c[0].project, Some("m"));
+        }
+        p.count_tokens(&c[0].project, Some("m"), 500);
+        let h = p.headroom(&c[0].project, Some("m"), &limits).unwrap();
+        assert!((h - 0.5).abs() < 1e-9, "tokens are tighter: {h}");
+        assert_eq!(
+            p.headroom(&c[0].project, Some("m"), &Default::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn pins_survive_a_restart_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pool.json");
+        let (p, _) = pool(&[("a", "a")]);
+        p.set_state_file(Some(file.clone()));
+        assert!(!p.has_pins());
+        p.pin("files/abc", "a", Duration::from_secs(3600));
+        p.pin("upload:old", "a", Duration::from_secs(0));
+        assert_eq!(p.pinned("files/abc").as_deref(), Some("a"));
+        assert_eq!(p.pinned("upload:old"), None, "expired");
+        p.save().unwrap();
+        let (q, _) = pool(&[("a", "a")]);
+        q.set_state_file(Some(file));
+        assert_eq!(q.pinned("files/abc").as_deref(), Some("a"));
+        assert_eq!(q.pinned("files/other"), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use observer::{BodyFormat, Observed, Observer};
 
 use crate::pipeline::StageFailure;
 use crate::pool::{Verdict, classify};
-use crate::runtime::{Runtime, Shared, UpstreamKey};
+use crate::runtime::{LiveStats, Runtime, Shared, UpstreamKey};
 use crate::stats::{CallRecord, ErrorSample};
 
 /// Largest upstream error body read to classify it.
@@ -187,6 +187,8 @@ pub struct CallState {
     model: Option<String>,
     error_message: Option<String>,
     counted_in_flight: bool,
+    /// Index (in the runtime's keys) of the key of the last attempt.
+    key_index: Option<usize>,
 }
 
 pub struct GatewayProxy {
@@ -419,9 +421,42 @@ impl GatewayProxy {
         // Keys that failed transiently: blamed only if another key then succeeds.
         let mut transient_keys: Vec<Arc<str>> = Vec::new();
         let mut last_transient = false;
+        // Files, cached contents, batches and upload sessions live in the project that made them.
+        let pinned: Option<usize> = if self.shared.pool.has_pins() {
+            let scan = match &body {
+                RequestBody::Buffered(b) if !b.is_empty() => Some(&b[..]),
+                _ => None,
+            };
+            inbound::resource_refs(&inbound.path, inbound.query.as_deref(), scan)
+                .iter()
+                .find_map(|r| self.shared.pool.pinned(r))
+                .and_then(|id| rt.keys.iter().position(|k| *k.id == *id))
+        } else {
+            None
+        };
         loop {
             let cx = ctx.cx.as_mut().expect("set by handle");
-            let mut sel = Selection::new(&rt.candidates);
+            let stats = LiveStats {
+                runtime: rt,
+                pool: &self.shared.pool,
+            };
+            let mut sel = Selection::new(&rt.candidates).with_stats(&stats);
+            if rt.keys_have_rules {
+                let now = SystemTime::now();
+                for (i, k) in rt.keys.iter().enumerate() {
+                    if !k.admits(ctx.model.as_deref(), now) {
+                        sel.exclude(i);
+                    }
+                }
+            }
+            if let Some(pi) = pinned {
+                let project = &rt.keys[pi].project;
+                for (i, k) in rt.keys.iter().enumerate() {
+                    if k.project != *project {
+                        sel.exclude(i);
+                    }
+                }
+            }
             let gate = self
                 .shared
                 .pool
@@ -438,6 +473,10 @@ impl GatewayProxy {
                 for &i in &tried {
                     sel.exclude(i);
                 }
+            }
+            if let Some(pi) = pinned {
+                // The creating key itself when it can serve; else another key of its project.
+                sel.choose(pi);
             }
             if let Err(stage) = rt.pipeline.select(cx, &mut sel) {
                 return Err(Failure::stage(&ctx.request_id, stage));
@@ -470,14 +509,18 @@ impl GatewayProxy {
             } else {
                 RetryBudget::NONE
             };
-            self.shared.pool.begin(&key.id);
+            ctx.key_index = Some(index);
+            self.shared.pool.begin(&key.id, &rt.live[index]);
+            self.shared
+                .pool
+                .count_request(&key.project, ctx.model.as_deref());
             let attempt = Attempt {
                 key,
                 body: &body,
                 budget,
             };
             let result = self.forward(session, ctx, rt, inbound, attempt).await;
-            self.shared.pool.end(&key.id);
+            self.shared.pool.end(&key.id, &rt.live[index]);
             match result {
                 Ok(Forwarded::Done) => {
                     let success = ctx.done.upstream_status > 0 && ctx.done.upstream_status < 400;
@@ -847,6 +890,16 @@ impl GatewayProxy {
             })));
         }
 
+        if let Some(id) = resp
+            .headers
+            .get("x-goog-upload-url")
+            .and_then(|v| v.to_str().ok())
+            .and_then(upload_id_of)
+        {
+            self.shared
+                .pool
+                .pin(&format!("upload:{id}"), &key.id, UPLOAD_AFFINITY);
+        }
         let out = self.client_head(rt, session, ctx, &resp, error_body_bytes.as_ref())?;
         let content_type = out
             .headers
@@ -958,6 +1011,17 @@ impl GatewayProxy {
         }
         ctx.done.upstream_latency = Some(upstream_started.elapsed());
         let observed = observer.finish(complete);
+        if complete
+            && (200..300).contains(&status)
+            && let Some(name) = &observed.resource_name
+        {
+            let ttl = if name.starts_with("files/") {
+                FILE_AFFINITY
+            } else {
+                RESOURCE_AFFINITY
+            };
+            self.shared.pool.pin(name, &key.id, ttl);
+        }
         ctx.done.usage = observed.usage;
         ctx.done.finish_reason = observed.finish_reason.clone();
         ctx.done.truncated = observed.truncated;
@@ -1012,6 +1076,20 @@ fn no_key_failure(gate: &crate::pool::Gate, model: Option<&str>) -> Failure {
     } else {
         Failure::new(503, "no_key", "no upstream key is available")
     }
+}
+
+/// Google keeps uploaded files 48 hours.
+const FILE_AFFINITY: Duration = Duration::from_secs(48 * 3600);
+/// Cached contents and batches: a week (their own TTLs are usually shorter).
+const RESOURCE_AFFINITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Upload sessions: Google's resumable sessions last about a week.
+const UPLOAD_AFFINITY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn upload_id_of(url: &str) -> Option<&str> {
+    let q = url.split_once('?')?.1;
+    q.split('&')
+        .find_map(|p| p.strip_prefix("upload_id="))
+        .filter(|id| !id.is_empty())
 }
 
 /// Largest write built from chunks that were already buffered.
@@ -1148,6 +1226,7 @@ impl ProxyHttp for GatewayProxy {
             model: None,
             error_message: None,
             counted_in_flight: false,
+            key_index: None,
         }
     }
 
@@ -1225,6 +1304,14 @@ impl ProxyHttp for GatewayProxy {
                     .with_label_values(&[ctx.action])
                     .observe(d.as_secs_f64());
             }
+        }
+        if let (Some(u), Some(i)) = (ctx.done.usage, ctx.key_index)
+            && let Some(k) = ctx.runtime.keys.get(i)
+        {
+            // Gemini's TPM limits count input tokens.
+            self.shared
+                .pool
+                .count_tokens(&k.project, ctx.model.as_deref(), u.prompt_tokens);
         }
         if let Some(u) = ctx.done.usage {
             m.tokens

@@ -81,6 +81,26 @@ struct Event {
     choices: Option<Vec<Choice>>,
     #[serde(default)]
     error: Option<serde_json::Value>,
+    /// A created resource: `files/..`, `cachedContents/..`, `batches/..`.
+    #[serde(default)]
+    name: Option<String>,
+    /// Upload finalisation: `{"file": {"name": ...}}`.
+    #[serde(default)]
+    file: Option<Named>,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `files/x`, `cachedContents/y` or `batches/z`: resources that live in one project.
+pub fn is_resource_name(n: &str) -> bool {
+    ["files/", "cachedContents/", "batches/"].iter().any(|p| {
+        n.strip_prefix(p)
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    })
 }
 
 /// What the observer concluded once the body ended.
@@ -93,6 +113,8 @@ pub struct Observed {
     /// A generation stream that ended without a finish reason.
     pub truncated: bool,
     pub events: u32,
+    /// Name of a resource the body describes (`files/x`, `cachedContents/y`, `batches/z`).
+    pub resource_name: Option<String>,
 }
 
 pub struct Observer {
@@ -187,6 +209,12 @@ impl Observer {
 
     fn event(&mut self, ev: Event) {
         self.out.events += 1;
+        let name = ev.name.or(ev.file.and_then(|f| f.name));
+        if let Some(n) = name
+            && is_resource_name(&n)
+        {
+            self.out.resource_name = Some(n);
+        }
         if let Some(u) = ev.usage_metadata {
             self.out.usage = Some(Usage {
                 prompt_tokens: u.prompt,
