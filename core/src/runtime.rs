@@ -107,6 +107,8 @@ pub struct Runtime {
     pub live: Vec<Arc<crate::pool::KeyLive>>,
     /// True if any key has a model list or a validity window (checked per call then).
     pub keys_have_rules: bool,
+    /// Key id and project → candidate indices (for the pool's gate).
+    pub index: crate::pool::PoolIndex,
     pub upstream: Upstream,
     /// Built-in fallback when no select stage chose a key.
     pub fallback: gemini_proxy_plugins::key_select::SmoothWrr,
@@ -225,6 +227,7 @@ impl Runtime {
             generation: previous.map(|p| p.generation + 1).unwrap_or(1),
             live,
             keys_have_rules,
+            index: crate::pool::PoolIndex::new(&candidates),
             config: c.clone(),
             pipeline,
             keys,

@@ -139,10 +139,12 @@ pub trait KeyStats: Send + Sync {
 /// ```
 pub struct Selection<'a> {
     candidates: &'a [Candidate],
-    excluded: Vec<bool>,
-    weights: Vec<u32>,
+    /// Bitset of excluded indices (one allocation of n/64 words, not n bytes).
+    excluded: Vec<u64>,
+    excluded_count: usize,
+    /// Per-attempt weights, copied from the candidates on the first override only.
+    weights: Option<Vec<u32>>,
     chosen: Option<usize>,
-    weights_changed: bool,
     stats: Option<&'a dyn KeyStats>,
 }
 
@@ -150,8 +152,8 @@ impl std::fmt::Debug for Selection<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Selection")
             .field("candidates", &self.candidates.len())
-            .field("excluded", &self.excluded)
-            .field("weights", &self.weights)
+            .field("excluded", &self.excluded_count)
+            .field("weights_changed", &self.weights.is_some())
             .field("chosen", &self.chosen)
             .field("stats", &self.stats.is_some())
             .finish()
@@ -168,10 +170,10 @@ impl<'a> Selection<'a> {
     pub fn new(candidates: &'a [Candidate]) -> Self {
         Selection {
             candidates,
-            excluded: vec![false; candidates.len()],
-            weights: candidates.iter().map(|c| c.weight).collect(),
+            excluded: vec![0; candidates.len().div_ceil(64)],
+            excluded_count: 0,
+            weights: None,
             chosen: None,
-            weights_changed: false,
             stats: None,
         }
     }
@@ -210,7 +212,7 @@ impl<'a> Selection<'a> {
     /// assert!(s.weights_changed());
     /// ```
     pub fn weights_changed(&self) -> bool {
-        self.weights_changed
+        self.weights.is_some()
     }
 
     /// True if nothing is excluded and no weight changed (strategies may use precomputed
@@ -221,7 +223,7 @@ impl<'a> Selection<'a> {
     /// assert!(gemini_proxy_sdk::Selection::new(&c).is_pristine());
     /// ```
     pub fn is_pristine(&self) -> bool {
-        !self.weights_changed && !self.excluded.iter().any(|e| *e)
+        self.weights.is_none() && self.excluded_count == 0
     }
 
     /// All candidates, eligible or not.
@@ -244,7 +246,7 @@ impl<'a> Selection<'a> {
         self.candidates
             .iter()
             .enumerate()
-            .filter(|(i, _)| !self.excluded[*i] && self.weights[*i] > 0)
+            .filter(|(i, _)| !self.is_excluded(*i) && self.weight(*i) > 0)
     }
 
     /// Removes a candidate from this attempt.
@@ -256,8 +258,12 @@ impl<'a> Selection<'a> {
     /// assert!(s.is_excluded(0));
     /// ```
     pub fn exclude(&mut self, index: usize) {
-        if let Some(e) = self.excluded.get_mut(index) {
-            *e = true;
+        if index < self.candidates.len() {
+            let (word, bit) = (index / 64, 1u64 << (index % 64));
+            if self.excluded[word] & bit == 0 {
+                self.excluded[word] |= bit;
+                self.excluded_count += 1;
+            }
         }
         if self.chosen == Some(index) {
             self.chosen = None;
@@ -271,7 +277,7 @@ impl<'a> Selection<'a> {
     /// assert!(!gemini_proxy_sdk::Selection::new(&c).is_excluded(0));
     /// ```
     pub fn is_excluded(&self, index: usize) -> bool {
-        self.excluded.get(index).copied().unwrap_or(true)
+        index >= self.candidates.len() || self.excluded[index / 64] & (1u64 << (index % 64)) != 0
     }
 
     /// The effective weight of a candidate for this attempt.
@@ -281,7 +287,10 @@ impl<'a> Selection<'a> {
     /// assert_eq!(gemini_proxy_sdk::Selection::new(&c).weight(0), 7);
     /// ```
     pub fn weight(&self, index: usize) -> u32 {
-        self.weights.get(index).copied().unwrap_or(0)
+        match &self.weights {
+            Some(w) => w.get(index).copied().unwrap_or(0),
+            None => self.candidates.get(index).map_or(0, |c| c.weight),
+        }
     }
 
     /// Overrides a candidate's weight for this attempt (0 makes it ineligible).
@@ -293,10 +302,14 @@ impl<'a> Selection<'a> {
     /// assert_eq!(s.eligible().count(), 0);
     /// ```
     pub fn set_weight(&mut self, index: usize, weight: u32) {
-        if let Some(w) = self.weights.get_mut(index) {
-            *w = weight;
-            self.weights_changed = true;
+        if index >= self.candidates.len() {
+            return;
         }
+        let candidates = self.candidates;
+        let w = self
+            .weights
+            .get_or_insert_with(|| candidates.iter().map(|c| c.weight).collect());
+        w[index] = weight;
     }
 
     /// Picks the candidate at `index`. Returns false (and picks nothing) if it is not eligible.
@@ -308,7 +321,7 @@ impl<'a> Selection<'a> {
     /// assert!(!s.choose(5));
     /// ```
     pub fn choose(&mut self, index: usize) -> bool {
-        if index < self.candidates.len() && !self.excluded[index] && self.weights[index] > 0 {
+        if !self.is_excluded(index) && self.weight(index) > 0 {
             self.chosen = Some(index);
             true
         } else {

@@ -144,6 +144,8 @@ struct PoolState {
     usage: HashMap<(Arc<str>, String), Usage>,
     /// Resource (`files/x`, `cachedContents/y`, `batches/z`, `upload:ID`) → the key that made it.
     affinity: HashMap<String, Affinity>,
+    /// Keys that are dead or whose breaker is not closed (the only ones `gate` looks at).
+    troubled: std::collections::HashSet<Arc<str>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -186,11 +188,35 @@ struct PersistedCooldown {
     cooldown: Cooldown,
 }
 
+/// Where each key and project sits in a runtime's candidate list.
+#[derive(Debug, Default)]
+pub struct PoolIndex {
+    by_id: HashMap<Arc<str>, usize>,
+    by_project: HashMap<Arc<str>, Vec<usize>>,
+}
+
+impl PoolIndex {
+    pub fn new(candidates: &[Candidate]) -> PoolIndex {
+        let mut ix = PoolIndex::default();
+        for (i, c) in candidates.iter().enumerate() {
+            ix.by_id.insert(c.id.clone(), i);
+            ix.by_project.entry(c.project.clone()).or_default().push(i);
+        }
+        ix
+    }
+
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
+    }
+
+    pub fn of_project(&self, project: &str) -> &[usize] {
+        self.by_project.get(project).map_or(&[], |v| v.as_slice())
+    }
+}
+
 /// Eligibility of the pool for one call, written into a [`Selection`].
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Gate {
-    /// Keys left eligible.
-    pub eligible: usize,
     /// Keys resting (cooldown or open breaker) that will come back.
     pub resting: usize,
     /// Earliest time a resting key comes back.
@@ -257,6 +283,7 @@ impl KeyPool {
         }
         let ids: Vec<Arc<str>> = st.keys.keys().cloned().collect();
         st.key_model.retain(|(id, _), _| ids.contains(id));
+        st.troubled.retain(|id| ids.contains(id));
         drop(st);
         self.live.lock().retain(|id, _| ids.contains(id));
         if changed {
@@ -359,12 +386,18 @@ impl KeyPool {
 
     fn restore(&self, saved: Persisted) {
         let now = now_unix();
-        let mut st = self.state.lock();
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
         for d in saved.dead {
-            if let Some(h) = st.keys.get_mut(d.key_id.as_str())
+            if let Some((id, h)) = st
+                .keys
+                .iter_mut()
+                .find(|(id, _)| ***id == *d.key_id.as_str())
                 && h.fingerprint == d.fingerprint
             {
                 h.dead = Some((d.reason, d.since));
+                let id = id.clone();
+                st.troubled.insert(id);
             }
         }
         for c in saved.project_cooldowns {
@@ -503,69 +536,78 @@ impl KeyPool {
             });
     }
 
-    /// Excludes from `sel` every candidate that may not serve `model` now, and says what is left.
-    /// A key whose breaker is half-open is let through for one probe at a time.
-    pub fn gate(&self, candidates: &[Candidate], model: Option<&str>, sel: &mut Selection) -> Gate {
+    /// Excludes from `sel` every candidate that may not serve `model` now, and says when the
+    /// first resting one comes back. A key whose breaker is half-open is let through for one
+    /// probe at a time. Costs O(troubled keys + cooldowns), not O(keys): a healthy pool of
+    /// thousands of keys pays nothing here.
+    pub fn gate(&self, index: &PoolIndex, model: Option<&str>, sel: &mut Selection) -> Gate {
         let now = now_unix();
         let now_i = Instant::now();
+        let now_sys = SystemTime::now();
         let model = model_key(model);
-        let mut gate = Gate::default();
-        let rest = |gate: &mut Gate, until: SystemTime| {
-            gate.resting += 1;
-            gate.earliest_recovery = Some(match gate.earliest_recovery {
-                Some(e) if e <= until => e,
-                _ => until,
-            });
+        // (candidate, unix second it comes back): a key resting for several reasons counts
+        // with its latest.
+        let mut resting: Vec<(usize, u64)> = Vec::new();
+        let mut rest = |sel: &mut Selection, i: usize, until: u64| {
+            if let Some(r) = resting.iter_mut().find(|(j, _)| *j == i) {
+                r.1 = r.1.max(until);
+            } else if !sel.is_excluded(i) {
+                sel.exclude(i);
+                resting.push((i, until));
+            }
         };
         let mut st = self.state.lock();
         let st = &mut *st;
-        for (i, c) in candidates.iter().enumerate() {
-            if sel.is_excluded(i) {
+        for id in &st.troubled {
+            let Some(i) = index.index_of(id) else {
                 continue;
-            }
-            let Some(h) = st.keys.get_mut(&c.id) else {
-                gate.eligible += 1;
+            };
+            let Some(h) = st.keys.get_mut(id) else {
                 continue;
             };
             if h.dead.is_some() {
                 sel.exclude(i);
                 continue;
             }
-            let mut until: Option<u64> = None;
-            for cd in [
-                st.project_model
-                    .get(&(h.project.clone(), model.to_string())),
-                st.key_model.get(&(c.id.clone(), model.to_string())),
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if cd.until > now {
-                    until = Some(until.map_or(cd.until, |u| u.max(cd.until)));
-                }
-            }
-            if let Some(u) = until {
-                sel.exclude(i);
-                rest(&mut gate, UNIX_EPOCH + Duration::from_secs(u));
-                continue;
-            }
             match h.breaker {
                 Breaker::Open { until } if until > now_i => {
-                    sel.exclude(i);
-                    rest(&mut gate, SystemTime::now() + (until - now_i));
-                    continue;
+                    let back = now_sys + (until - now_i) + Duration::from_millis(999);
+                    rest(sel, i, clock::unix_secs(back));
                 }
                 Breaker::Open { .. } => h.breaker = Breaker::HalfOpen { probing: false },
+                Breaker::HalfOpen { probing: true } => rest(sel, i, now + 1),
                 _ => {}
             }
-            if h.breaker == (Breaker::HalfOpen { probing: true }) {
-                sel.exclude(i);
-                rest(&mut gate, SystemTime::now() + Duration::from_secs(1));
-                continue;
-            }
-            gate.eligible += 1;
         }
-        gate
+        if !st.project_model.is_empty() {
+            st.project_model.retain(|_, c| c.until > now);
+            for ((project, m), cd) in &st.project_model {
+                if m == model {
+                    for &i in index.of_project(project) {
+                        rest(sel, i, cd.until);
+                    }
+                }
+            }
+        }
+        if !st.key_model.is_empty() {
+            st.key_model.retain(|_, c| c.until > now);
+            for ((id, m), cd) in &st.key_model {
+                if m == model
+                    && let Some(i) = index.index_of(id)
+                {
+                    rest(sel, i, cd.until);
+                }
+            }
+        }
+        drop(rest);
+        Gate {
+            resting: resting.len(),
+            earliest_recovery: resting
+                .iter()
+                .map(|(_, u)| *u)
+                .min()
+                .map(|u| UNIX_EPOCH + Duration::from_secs(u)),
+        }
     }
 
     /// A call starts on `key_id`: counts it in flight and claims a half-open probe.
@@ -626,6 +668,9 @@ impl KeyPool {
                 if matches!(h.breaker, Breaker::HalfOpen { .. }) {
                     h.breaker = Breaker::Closed;
                     h.opened = 0;
+                    if h.dead.is_none() {
+                        st.troubled.remove(key_id);
+                    }
                 }
             }
             Verdict::KeyDead(reason) => {
@@ -633,6 +678,7 @@ impl KeyPool {
                     h.dead = Some((*reason, clock::unix_secs(now)));
                     died = Some(*reason);
                     dirty = true;
+                    st.troubled.insert(id.clone());
                 }
             }
             Verdict::ProjectQuota {
@@ -701,8 +747,9 @@ impl KeyPool {
 
     /// Blames `key_id` for a failure another key did not repeat (circuit breaker).
     pub fn blame(&self, cfg: &PoolConfig, key_id: &str) {
-        let mut st = self.state.lock();
-        let Some(h) = st.keys.get_mut(key_id) else {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let Some((id, h)) = st.keys.iter_mut().find(|(id, _)| &***id == key_id) else {
             return;
         };
         h.consecutive_failures += 1;
@@ -715,18 +762,25 @@ impl KeyPool {
             };
             h.opened += 1;
             h.consecutive_failures = 0;
+            st.troubled.insert(id.clone());
             tracing::warn!(target: "gemini_proxy::pool", key_id, open_for_s = open_for.as_secs(), "circuit breaker opened");
         }
     }
 
     /// Operator actions.
     pub fn set_dead(&self, key_id: &str, dead: Option<DeadReason>) -> bool {
-        let mut st = self.state.lock();
-        let Some(h) = st.keys.get_mut(key_id) else {
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        let Some((id, h)) = st.keys.iter_mut().find(|(id, _)| &***id == key_id) else {
             return false;
         };
         h.dead = dead.map(|r| (r, now_unix()));
-        drop(st);
+        if dead.is_some() || h.breaker != Breaker::Closed {
+            st.troubled.insert(id.clone());
+        } else {
+            st.troubled.remove(key_id);
+        }
+        drop(guard);
         self.mark_dirty();
         true
     }
@@ -744,6 +798,7 @@ impl KeyPool {
         let project = h.project.clone();
         st.key_model.retain(|(id, _), _| &**id != key_id);
         st.project_model.retain(|(p, _), _| *p != project);
+        st.troubled.remove(key_id);
         drop(st);
         self.mark_dirty();
         true
@@ -912,7 +967,7 @@ mod tests {
 
     fn eligible(pool: &KeyPool, cands: &[Candidate], model: &str) -> (Vec<String>, Gate) {
         let mut sel = Selection::new(cands);
-        let g = pool.gate(cands, Some(model), &mut sel);
+        let g = pool.gate(&PoolIndex::new(cands), Some(model), &mut sel);
         (sel.eligible().map(|(_, c)| c.id.to_string()).collect(), g)
     }
 
@@ -964,7 +1019,7 @@ mod tests {
             "dead for every model"
         );
         let (_, g) = eligible(&p, &c, "m");
-        assert_eq!((g.eligible, g.resting), (1, 0));
+        assert_eq!(g.resting, 0, "dead is not resting");
         assert!(p.reset("a"));
         assert_eq!(eligible(&p, &c, "m").0.len(), 2);
     }

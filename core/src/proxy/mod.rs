@@ -460,13 +460,13 @@ impl GatewayProxy {
             let gate = self
                 .shared
                 .pool
-                .gate(&rt.candidates, ctx.model.as_deref(), &mut sel);
+                .gate(&rt.index, ctx.model.as_deref(), &mut sel);
             // A key that already failed this call is not asked again, unless a transient
             // error left no other key.
             let tried: Vec<usize> = cx
                 .tried_keys
                 .iter()
-                .filter_map(|t| rt.candidates.iter().position(|c| &*c.id == t))
+                .filter_map(|t| rt.index.index_of(t))
                 .collect();
             let untried_left = sel.eligible().any(|(i, _)| !tried.contains(&i));
             if !last_transient || untried_left {
