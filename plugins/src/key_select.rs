@@ -8,9 +8,14 @@
 //! - `latency`: power of two choices over peak-EWMA latency (latency × (in-flight + 1)).
 //! - `quota_headroom`: the most unused share of the tightest configured limit (RPM/TPM/RPD) in
 //!   the key's project for this model; keys without limits count as fully free.
-//! - `consistent_hash`: weighted rendezvous hashing on `hash_on` (`identity`, `client_ip` or
-//!   `header:NAME`), so one user's calls stay on one key (context-cache hits); when that key is
-//!   out, the user moves to their second-best key and only they move.
+//! - `consistent_hash`: on `hash_on` (`identity`, `client_ip` or `header:NAME`), so one user's
+//!   calls stay on one key (context-cache hits); when that key is out, the user moves to their
+//!   next key and only they move. Weighted rendezvous hashing up to 64 keys, a weighted hash
+//!   ring (O(log n)) beyond.
+//!
+//! Pools above 64 keys: `least_in_flight` and `quota_headroom` compare 16 random eligible keys
+//! instead of scanning all of them, and `latency` draws its two without listing the pool, so a
+//! pick stays O(1) (`cargo bench -p gemini-proxy-plugins`).
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -103,6 +108,7 @@ pub struct KeySelect {
     hash_on: HashOn,
     wrr: SmoothWrr,
     rotor: AtomicU64,
+    ring: Mutex<Ring>,
 }
 
 impl Plugin for KeySelect {
@@ -124,7 +130,7 @@ impl Plugin for KeySelect {
             Strategy::Latency => self.latency(sel),
             Strategy::QuotaHeadroom => self.quota_headroom(cx, sel),
             Strategy::ConsistentHash => match self.hash_on.key_of(cx) {
-                Some(k) => rendezvous(sel, k),
+                Some(k) => self.consistent_hash(sel, k),
                 None => self.wrr.pick(sel),
             },
         };
@@ -144,11 +150,37 @@ impl KeySelect {
         splitmix(n)
     }
 
+    /// Up to `k` distinct-ish eligible indices: every eligible one when the pool is small,
+    /// else random probes (the exact scan would cost O(keys) per call).
+    fn sample(&self, sel: &Selection<'_>, k: usize) -> Vec<usize> {
+        let n = sel.candidates().len();
+        if n <= EXACT_SCAN {
+            return sel.eligible().map(|(i, _)| i).collect();
+        }
+        let mut out = Vec::with_capacity(k);
+        let mut r = self.next_random();
+        for _ in 0..k * 4 {
+            r = splitmix(r);
+            let i = (r % n as u64) as usize;
+            if !sel.is_excluded(i) && sel.weight(i) > 0 && !out.contains(&i) {
+                out.push(i);
+                if out.len() == k {
+                    break;
+                }
+            }
+        }
+        if out.is_empty() {
+            // Mostly excluded: fall back to the exact list.
+            return sel.eligible().map(|(i, _)| i).take(k).collect();
+        }
+        out
+    }
+
     fn least_in_flight(&self, sel: &Selection<'_>) -> Option<usize> {
         let Some(stats) = sel.stats() else {
             return self.wrr.pick(sel);
         };
-        let eligible: Vec<usize> = sel.eligible().map(|(i, _)| i).collect();
+        let eligible = self.sample(sel, SAMPLES);
         if eligible.is_empty() {
             return None;
         }
@@ -169,26 +201,39 @@ impl KeySelect {
         let Some(stats) = sel.stats() else {
             return self.wrr.pick(sel);
         };
-        let eligible: Vec<usize> = sel.eligible().map(|(i, _)| i).collect();
-        match eligible.len() {
-            0 => return None,
-            1 => return Some(eligible[0]),
-            _ => {}
-        }
-        let r = self.next_random();
-        let n = eligible.len() as u64;
-        let a = eligible[(r % n) as usize];
-        let mut b = eligible[((r >> 32) % n) as usize];
-        if a == b {
-            b = eligible[(((r >> 32) % n + 1) % n) as usize];
-        }
+        let two = if sel.candidates().len() <= EXACT_SCAN {
+            let eligible: Vec<usize> = sel.eligible().map(|(i, _)| i).collect();
+            match eligible.len() {
+                0 => return None,
+                1 => return Some(eligible[0]),
+                n => {
+                    let r = self.next_random();
+                    let a = (r % n as u64) as usize;
+                    let mut b = ((r >> 32) % n as u64) as usize;
+                    if a == b {
+                        b = (b + 1) % n;
+                    }
+                    [eligible[a], eligible[b]]
+                }
+            }
+        } else {
+            match self.sample(sel, 2)[..] {
+                [] => return None,
+                [a] => return Some(a),
+                [a, b, ..] => [a, b],
+            }
+        };
         // Peak EWMA: a slow key and a busy key both look expensive; unknown latency (0) is
         // cheapest, so new keys get measured.
         let cost = |i: usize| {
             stats.latency_ewma_ms(i) * f64::from(stats.in_flight(i) + 1)
                 / f64::from(sel.weight(i).max(1))
         };
-        Some(if cost(a) <= cost(b) { a } else { b })
+        Some(if cost(two[0]) <= cost(two[1]) {
+            two[0]
+        } else {
+            two[1]
+        })
     }
 
     fn quota_headroom(&self, cx: &RequestContext, sel: &Selection<'_>) -> Option<usize> {
@@ -199,12 +244,12 @@ impl KeySelect {
         let mut best: Option<(usize, f64)> = None;
         let mut ties = 0u64;
         let r = self.next_random();
-        for (i, _) in sel.eligible() {
+        for i in self.sample(sel, SAMPLES) {
             let h = stats.headroom(i, model).unwrap_or(1.0);
             match best {
                 Some((_, b)) if h < b - 1e-9 => {}
                 Some((_, b)) if (h - b).abs() <= 1e-9 => {
-                    // Reservoir sampling among equals, weighted by nothing: keeps it O(n).
+                    // Reservoir sampling among equals keeps ties spread.
                     ties += 1;
                     if splitmix(r ^ ties).is_multiple_of(ties + 1) {
                         best = Some((i, h));
@@ -217,6 +262,82 @@ impl KeySelect {
             }
         }
         best.map(|(i, _)| i)
+    }
+
+    fn consistent_hash(&self, sel: &Selection<'_>, key: u64) -> Option<usize> {
+        if sel.candidates().len() <= EXACT_SCAN {
+            return rendezvous(sel, key);
+        }
+        let mut ring = self.ring.lock();
+        let cands = sel.candidates();
+        if ring.list != (cands.as_ptr() as usize, cands.len()) {
+            *ring = Ring::build(sel);
+        }
+        ring.lookup(sel, key)
+    }
+}
+
+/// Pools up to this size are scanned exactly; bigger ones are sampled.
+const EXACT_SCAN: usize = 64;
+/// Random probes per pick for sampled strategies on big pools.
+const SAMPLES: usize = 16;
+/// Ring points per unit of (gcd-reduced) weight, and the most points a ring may have.
+const RING_POINTS_PER_WEIGHT: u64 = 16;
+const MAX_RING_POINTS: u64 = 1 << 20;
+
+/// A consistent-hash ring for big pools: points per key proportional to its weight; a call
+/// goes to the first eligible point clockwise from its hash, so a resting key's users move to
+/// their next points and nobody else moves. Lookup is O(log points).
+#[derive(Default)]
+struct Ring {
+    list: (usize, usize),
+    points: Vec<(u64, u32)>,
+}
+
+impl Ring {
+    fn build(sel: &Selection<'_>) -> Ring {
+        let cands = sel.candidates();
+        let g = cands
+            .iter()
+            .map(|c| u64::from(c.weight))
+            .filter(|w| *w > 0)
+            .fold(0, gcd);
+        let mut per_weight = RING_POINTS_PER_WEIGHT;
+        let total: u64 = cands.iter().map(|c| u64::from(c.weight) / g.max(1)).sum();
+        while per_weight > 1 && total * per_weight > MAX_RING_POINTS {
+            per_weight /= 2;
+        }
+        let mut points = Vec::new();
+        for (i, c) in cands.iter().enumerate() {
+            let mut h = Fnv::default();
+            c.id.hash(&mut h);
+            let base = h.finish();
+            let n = (u64::from(c.weight) / g.max(1) * per_weight).min(MAX_RING_POINTS);
+            for p in 0..n {
+                points.push((splitmix(base ^ splitmix(p)), i as u32));
+            }
+        }
+        points.sort_unstable();
+        Ring {
+            list: (cands.as_ptr() as usize, cands.len()),
+            points,
+        }
+    }
+
+    fn lookup(&self, sel: &Selection<'_>, key: u64) -> Option<usize> {
+        if self.points.is_empty() {
+            return None;
+        }
+        let h = splitmix(key);
+        let start = self.points.partition_point(|(p, _)| *p < h);
+        let n = self.points.len();
+        for k in 0..n {
+            let i = self.points[(start + k) % n].1 as usize;
+            if !sel.is_excluded(i) && sel.weight(i) > 0 {
+                return Some(i);
+            }
+        }
+        None
     }
 }
 
@@ -281,6 +402,7 @@ impl PluginFactory for KeySelect {
             hash_on,
             wrr: SmoothWrr::default(),
             rotor: AtomicU64::new(0),
+            ring: Mutex::new(Ring::default()),
         }))
     }
 }
@@ -572,10 +694,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn consistent_hash_keeps_a_user_on_one_key_and_moves_only_them() {
+    fn check_consistent_hash(n: usize, users: usize) {
         let p = build("consistent_hash", Some("header:x-user"));
-        let cands = testing::candidates(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]);
+        let spec: Vec<(String, u32)> = (0..n).map(|i| (format!("k{i}"), 1)).collect();
+        let spec: Vec<(&str, u32)> = spec.iter().map(|(k, w)| (k.as_str(), *w)).collect();
+        let cands = testing::candidates(&spec);
         let pick = |user: &str, excluded: Option<usize>| {
             let mut cx = testing::request("POST", "/v1beta/models/m:generateContent");
             cx.request
@@ -588,15 +711,19 @@ mod tests {
             p.on_select(&cx, &mut sel).unwrap();
             sel.chosen_index().unwrap()
         };
-        let users: Vec<String> = (0..400).map(|i| format!("user-{i}")).collect();
+        let users: Vec<String> = (0..users).map(|i| format!("user-{i}")).collect();
         let home: Vec<usize> = users.iter().map(|u| pick(u, None)).collect();
         for (u, h) in users.iter().zip(&home) {
             assert_eq!(pick(u, None), *h, "sticky");
         }
         // Spread roughly evenly.
-        for k in 0..4 {
-            let n = home.iter().filter(|h| **h == k).count();
-            assert!((60..=140).contains(&n), "key {k}: {n}");
+        let per_key = users.len() / n;
+        for k in 0..n {
+            let c = home.iter().filter(|h| **h == k).count();
+            assert!(
+                c > per_key / 4 && c < per_key * 3,
+                "key {k}: {c} of ~{per_key}"
+            );
         }
         // Key 0 goes away: only its users move.
         for (u, h) in users.iter().zip(&home) {
@@ -606,6 +733,36 @@ mod tests {
             } else {
                 assert_ne!(now, 0);
             }
+        }
+    }
+
+    #[test]
+    fn consistent_hash_keeps_a_user_on_one_key_and_moves_only_them() {
+        check_consistent_hash(4, 400);
+    }
+
+    #[test]
+    fn consistent_hash_ring_on_big_pools_behaves_the_same() {
+        check_consistent_hash(100, 10_000);
+    }
+
+    #[test]
+    fn big_pools_sample_yet_avoid_loaded_keys() {
+        let p = build("least_in_flight", None);
+        let spec: Vec<(String, u32)> = (0..500).map(|i| (format!("k{i}"), 1)).collect();
+        let spec: Vec<(&str, u32)> = spec.iter().map(|(k, w)| (k.as_str(), *w)).collect();
+        let cands = testing::candidates(&spec);
+        // A quarter of the keys are busy (50 in flight): a pick of 16 random keys all busy has
+        // a chance of 0.25^16 (2e-10).
+        let stats = Fixed {
+            in_flight: (0..500).map(|i| if i % 4 == 0 { 50 } else { 0 }).collect(),
+            latency: vec![10.0; 500],
+            headroom: vec![None; 500],
+        };
+        for _ in 0..200 {
+            let id = pick_with(&*p, &cands, &stats);
+            let i: usize = id[1..].parse().unwrap();
+            assert_ne!(i % 4, 0, "picked busy key {id}");
         }
     }
 

@@ -548,14 +548,14 @@ impl KeyPool {
         // (candidate, unix second it comes back): a key resting for several reasons counts
         // with its latest.
         let mut resting: Vec<(usize, u64)> = Vec::new();
-        let mut rest = |sel: &mut Selection, i: usize, until: u64| {
+        fn rest(resting: &mut Vec<(usize, u64)>, sel: &mut Selection, i: usize, until: u64) {
             if let Some(r) = resting.iter_mut().find(|(j, _)| *j == i) {
                 r.1 = r.1.max(until);
             } else if !sel.is_excluded(i) {
                 sel.exclude(i);
                 resting.push((i, until));
             }
-        };
+        }
         let mut st = self.state.lock();
         let st = &mut *st;
         for id in &st.troubled {
@@ -572,10 +572,10 @@ impl KeyPool {
             match h.breaker {
                 Breaker::Open { until } if until > now_i => {
                     let back = now_sys + (until - now_i) + Duration::from_millis(999);
-                    rest(sel, i, clock::unix_secs(back));
+                    rest(&mut resting, sel, i, clock::unix_secs(back));
                 }
                 Breaker::Open { .. } => h.breaker = Breaker::HalfOpen { probing: false },
-                Breaker::HalfOpen { probing: true } => rest(sel, i, now + 1),
+                Breaker::HalfOpen { probing: true } => rest(&mut resting, sel, i, now + 1),
                 _ => {}
             }
         }
@@ -584,7 +584,7 @@ impl KeyPool {
             for ((project, m), cd) in &st.project_model {
                 if m == model {
                     for &i in index.of_project(project) {
-                        rest(sel, i, cd.until);
+                        rest(&mut resting, sel, i, cd.until);
                     }
                 }
             }
@@ -595,11 +595,10 @@ impl KeyPool {
                 if m == model
                     && let Some(i) = index.index_of(id)
                 {
-                    rest(sel, i, cd.until);
+                    rest(&mut resting, sel, i, cd.until);
                 }
             }
         }
-        drop(rest);
         Gate {
             resting: resting.len(),
             earliest_recovery: resting
