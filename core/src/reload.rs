@@ -38,6 +38,7 @@ pub async fn reload(shared: &Arc<Shared>, force: bool) -> ReloadOutcome {
     let s = shared.clone();
     let built = tokio::task::spawn_blocking(move || {
         let loaded = load_file(&path, &process_env).map_err(|e| e.to_string())?;
+        s.pool.set_keys_file(crate::runtime::keys_file_of(&loaded));
         let current = s.runtime.load_full();
         let rt = Runtime::build(&loaded, &s.registry, Some(&current), &s.pool)
             .map_err(|e| e.to_string())?;
@@ -67,6 +68,45 @@ pub async fn reload(shared: &Arc<Shared>, force: bool) -> ReloadOutcome {
     }
 }
 
+/// Rebuilds the runtime from the active config (after an admin change to keys or presets).
+/// Calls in flight finish on the old runtime: a removed key drains.
+pub async fn rebuild(shared: &Arc<Shared>, why: &str) -> Result<u64, String> {
+    let _guard = shared.reload_lock.lock().await;
+    let s = shared.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let current = s.runtime.load_full();
+        Runtime::build(&current.source, &s.registry, Some(&current), &s.pool)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("rebuild task failed: {e}"))??;
+    let generation = built.generation;
+    let preset = built.preset.clone();
+    shared.runtime.store(Arc::new(built));
+    shared.adopt_pool();
+    shared.publish_gauges();
+    tracing::info!(generation, why, preset = ?preset, "runtime rebuilt");
+    Ok(generation)
+}
+
+/// Rebuilds when the preset the schedule calls for differs from the one in force.
+pub async fn follow_schedule(shared: &Arc<Shared>) {
+    let rt = shared.runtime.load_full();
+    if rt.config.preset_schedule.is_empty() {
+        return;
+    }
+    let want = crate::runtime::effective_preset(
+        &rt.config,
+        shared.pool.manual_preset().as_deref(),
+        std::time::SystemTime::now(),
+    );
+    if want != rt.preset
+        && let Err(e) = rebuild(shared, "preset schedule").await
+    {
+        tracing::error!(error = %e, "preset schedule: rebuild failed");
+    }
+}
+
 fn fail(shared: &Shared, msg: String) -> ReloadOutcome {
     shared
         .metrics
@@ -86,16 +126,18 @@ pub struct ReloadService {
 #[async_trait]
 impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        if self.shared.config_path.is_none() {
-            return;
-        }
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(self.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = tick.tick() => { reload(&self.shared, false).await; }
+                _ = tick.tick() => {
+                    if self.shared.config_path.is_some() {
+                        reload(&self.shared, false).await;
+                    }
+                    follow_schedule(&self.shared).await;
+                }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading config");
                     reload(&self.shared, true).await;

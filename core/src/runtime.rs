@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use gemini_proxy_sdk::{BuildEnv, Candidate, Registry};
@@ -115,6 +115,28 @@ pub struct Runtime {
     pub public_url: Option<String>,
     /// `pool.state_file`, resolved against the config file's directory.
     pub pool_state_file: Option<PathBuf>,
+    /// The weight preset in force when this runtime was built.
+    pub preset: Option<String>,
+    /// The config this runtime was built from (admin changes rebuild from it).
+    pub source: LoadedConfig,
+}
+
+/// `pool.keys_file` of a config, resolved against its directory.
+pub fn keys_file_of(loaded: &LoadedConfig) -> Option<PathBuf> {
+    let f = &loaded.config.pool.keys_file;
+    (!f.is_empty()).then(|| loaded.config_dir().join(f))
+}
+
+/// The preset in force at `now`: a matching schedule window, else the one applied through the
+/// API, else `default_preset`.
+pub fn effective_preset(c: &Config, manual: Option<&str>, now: SystemTime) -> Option<String> {
+    if let Some(w) = c.preset_schedule.iter().find(|w| w.covers(now)) {
+        return Some(w.preset.clone());
+    }
+    manual
+        .filter(|m| c.presets.contains_key(*m))
+        .map(str::to_string)
+        .or_else(|| c.default_preset.clone())
 }
 
 fn sensitive(v: &str) -> Result<HeaderValue, String> {
@@ -141,16 +163,34 @@ impl Runtime {
         let env = BuildEnv::new(loaded.config_dir());
         let entries = c.pipeline.clone().unwrap_or_else(default_pipeline);
         let pipeline = Pipeline::build(&entries, registry, &env, &file)?;
+        // Keys from the file, with the admin API's additions and removals.
+        let overlay = pool.overlay();
+        let key_cfgs = overlay.apply(&c.gemini.api_keys);
+        if !overlay.added.is_empty() || !overlay.removed.is_empty() {
+            let mut merged = c.clone();
+            merged.gemini.api_keys = key_cfgs.clone();
+            crate::config::validate(&merged, &file)?;
+        }
+        let preset = effective_preset(c, pool.manual_preset().as_deref(), SystemTime::now());
+        let preset_weights = preset.as_ref().and_then(|p| c.presets.get(p));
+        if let Some(w) = preset_weights {
+            for id in w.keys().filter(|id| !key_cfgs.iter().any(|k| &k.id == *id)) {
+                tracing::warn!(preset = ?preset, key_id = %id, "preset names a key that is not configured; ignored");
+            }
+        }
         let mut keys = Vec::new();
         let mut candidates = Vec::new();
-        for (i, k) in c.gemini.api_keys.iter().filter(|k| k.enabled).enumerate() {
+        for (i, k) in key_cfgs.iter().filter(|k| k.enabled).enumerate() {
             let secret = k.key.trim();
             let goog = sensitive(secret)
                 .map_err(|m| ConfigError::new(&file, format!("gemini.api_keys[{i}].key"), m))?;
             let bearer = sensitive(&format!("Bearer {secret}"))
                 .map_err(|m| ConfigError::new(&file, format!("gemini.api_keys[{i}].key"), m))?;
             let project: Arc<str> = Arc::from(k.project.as_deref().unwrap_or(&k.id));
-            let mut cand = Candidate::new(&k.id, k.weight);
+            let weight = preset_weights
+                .and_then(|w| w.get(&k.id).copied())
+                .unwrap_or(k.weight);
+            let mut cand = Candidate::new(&k.id, weight);
             cand.project = project.clone();
             keys.push(UpstreamKey {
                 id: cand.id.clone(),
@@ -241,6 +281,8 @@ impl Runtime {
                 .map(|u| u.trim_end_matches('/').to_string()),
             pool_state_file: (!c.pool.state_file.is_empty())
                 .then(|| loaded.config_dir().join(&c.pool.state_file)),
+            preset,
+            source: loaded.clone(),
         })
     }
 
@@ -269,6 +311,13 @@ pub struct Shared {
 impl Shared {
     pub fn new(loaded: &LoadedConfig, registry: Registry) -> Result<Arc<Shared>, ConfigError> {
         let pool = Arc::new(crate::pool::KeyPool::default());
+        pool.set_keys_file(keys_file_of(loaded));
+        if let Some(state) = (!loaded.config.pool.state_file.is_empty())
+            .then(|| loaded.config_dir().join(&loaded.config.pool.state_file))
+        {
+            // The applied preset lives in the state file: read it before the first build.
+            pool.peek_manual_preset(&state);
+        }
         let runtime = Runtime::build(loaded, &registry, None, &pool)?;
         let shared = Shared {
             runtime: ArcSwap::from_pointee(runtime),

@@ -321,7 +321,22 @@ async fn concurrent_calls_with_racing_cooldowns_all_succeed_and_lose_no_count() 
     assert_eq!(ok, 200, "every call is served by some key");
     let reqs = h.mock.requests();
     let served = |k: &str| reqs.iter().filter(|r| r.key.as_deref() == Some(k)).count() as u64;
-    let keys = h.admin_json("/api/keys").await;
+    // A call leaves the in-flight count just after its client got the last byte: wait for the
+    // last ones to settle, then every count must add up.
+    let mut keys = h.admin_json("/api/keys").await;
+    for _ in 0..100 {
+        let busy: u64 = keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["in_flight"].as_u64().unwrap())
+            .sum();
+        if busy == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        keys = h.admin_json("/api/keys").await;
+    }
     let mut total_requests = 0;
     for k in keys["keys"].as_array().unwrap() {
         total_requests += k["requests"].as_u64().unwrap();

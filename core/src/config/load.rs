@@ -377,6 +377,43 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
             );
         }
     }
+    for (name, weights) in &c.presets {
+        if !valid_id(name) {
+            return err(
+                format!("presets.{name}"),
+                "preset names must be 1-64 of A-Z a-z 0-9 - _ .".into(),
+            );
+        }
+        for (id, w) in weights {
+            if *w > 1_000_000 {
+                return err(
+                    format!("presets.{name}.{id}"),
+                    "must be at most 1000000".into(),
+                );
+            }
+        }
+    }
+    for (i, w) in c.preset_schedule.iter().enumerate() {
+        if !c.presets.contains_key(&w.preset) {
+            return err(
+                format!("preset_schedule[{i}].preset"),
+                format!("no preset named `{}` under presets:", w.preset),
+            );
+        }
+        for (field, t) in [("from", &w.from), ("to", &w.to)] {
+            if let Err(m) = super::PresetWindow::minutes(t) {
+                return err(format!("preset_schedule[{i}].{field}"), m);
+            }
+        }
+    }
+    if let Some(d) = &c.default_preset
+        && !c.presets.contains_key(d)
+    {
+        return err(
+            "default_preset".into(),
+            format!("no preset named `{d}` under presets:"),
+        );
+    }
     if !c.gemini.api_keys.iter().any(|k| k.enabled && k.weight > 0) {
         return err(
             "gemini.api_keys".into(),

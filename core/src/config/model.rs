@@ -24,6 +24,16 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub pool: PoolConfig,
+    /// Named weight presets: preset → key id → weight. Keys a preset does not name keep
+    /// their configured weight.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub presets: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>,
+    /// Time windows in which a preset applies by itself (the first matching window wins).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preset_schedule: Vec<PresetWindow>,
+    /// The preset in force when no window matches and none was applied through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_preset: Option<String>,
     /// Ordered pipeline entries; `None` means the default pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<Vec<serde_yaml::Value>>,
@@ -320,6 +330,8 @@ pub struct PoolConfig {
     /// Where dead keys and cooldowns are kept across restarts (relative paths: next to the
     /// config file). `""` keeps them in memory only.
     pub state_file: String,
+    /// Keys added or removed through the admin API (mode 0600: holds secrets). `""` = memory.
+    pub keys_file: String,
     /// Key changes per call after key-specific errors (429 quota, dead key).
     pub max_rotations: u32,
     /// Retries per call after transient errors (500/503/504, connection failures).
@@ -346,6 +358,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             state_file: "data/pool-state.json".into(),
+            keys_file: "data/keys.json".into(),
             max_rotations: 3,
             max_retries: 2,
             retry_deadline: ConfigDuration::secs(60),
@@ -356,6 +369,59 @@ impl Default for PoolConfig {
             breaker_failures: 5,
             breaker_open_for: ConfigDuration::secs(30),
             retry_read_timeouts: false,
+        }
+    }
+}
+
+/// A daily window, `from` inclusive to `to` exclusive (`23:30`-`00:30` spans midnight).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PresetWindow {
+    pub preset: String,
+    pub from: String,
+    pub to: String,
+    /// `utc` (default) or `pacific` (America/Los_Angeles, where Google's daily quotas reset).
+    #[serde(default)]
+    pub tz: WindowTz,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowTz {
+    #[default]
+    Utc,
+    Pacific,
+}
+
+impl PresetWindow {
+    /// Minutes after midnight of `HH:MM`.
+    pub fn minutes(t: &str) -> Result<u32, String> {
+        let (h, m) = t
+            .split_once(':')
+            .ok_or_else(|| format!("`{t}` is not HH:MM"))?;
+        let h: u32 = h.parse().map_err(|_| format!("`{t}` is not HH:MM"))?;
+        let m: u32 = m.parse().map_err(|_| format!("`{t}` is not HH:MM"))?;
+        if h > 23 || m > 59 {
+            return Err(format!("`{t}` is not a time of day"));
+        }
+        Ok(h * 60 + m)
+    }
+
+    /// Whether the window covers `now`.
+    pub fn covers(&self, now: std::time::SystemTime) -> bool {
+        let (Ok(from), Ok(to)) = (Self::minutes(&self.from), Self::minutes(&self.to)) else {
+            return false;
+        };
+        let unix = crate::pool::clock::unix_secs(now) as i64;
+        let local = match self.tz {
+            WindowTz::Utc => unix,
+            WindowTz::Pacific => unix + crate::pool::clock::pacific_offset(unix),
+        };
+        let minute = (local.rem_euclid(86_400) / 60) as u32;
+        if from <= to {
+            minute >= from && minute < to
+        } else {
+            minute >= from || minute < to
         }
     }
 }

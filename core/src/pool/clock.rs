@@ -36,7 +36,7 @@ fn nth_sunday(y: i64, m: u32, n: u32) -> i64 {
 
 /// UTC offset of Pacific time (seconds) at a UTC instant: PDT (-7h) from the second Sunday of
 /// March 10:00 UTC to the first Sunday of November 09:00 UTC, PST (-8h) otherwise.
-fn pacific_offset(unix: i64) -> i64 {
+pub fn pacific_offset(unix: i64) -> i64 {
     let (y, _, _) = civil_from_days(unix.div_euclid(86_400));
     let dst_start = nth_sunday(y, 3, 2) * 86_400 + 10 * 3600;
     let dst_end = nth_sunday(y, 11, 1) * 86_400 + 9 * 3600;

@@ -169,6 +169,34 @@ struct Persisted {
     key_cooldowns: Vec<PersistedCooldown>,
     #[serde(default)]
     affinity: std::collections::BTreeMap<String, Affinity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manual_preset: Option<String>,
+}
+
+/// Runtime changes to the configured key list, kept in `pool.keys_file` (mode 0600: it holds
+/// the secrets of added keys).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct KeyOverlay {
+    #[serde(default)]
+    pub added: Vec<crate::config::ApiKeyConfig>,
+    /// Ids of configured keys removed through the API.
+    #[serde(default)]
+    pub removed: std::collections::BTreeSet<String>,
+}
+
+impl KeyOverlay {
+    /// The configured keys with the overlay applied.
+    pub fn apply(
+        &self,
+        configured: &[crate::config::ApiKeyConfig],
+    ) -> Vec<crate::config::ApiKeyConfig> {
+        configured
+            .iter()
+            .filter(|k| !self.removed.contains(&k.id))
+            .chain(self.added.iter())
+            .cloned()
+            .collect()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -225,6 +253,11 @@ pub struct Gate {
 
 /// The key pool's shared state.
 pub struct KeyPool {
+    /// Keys added and removed through the admin API (persisted to `pool.keys_file`).
+    overlay: Mutex<KeyOverlay>,
+    keys_file: Mutex<Option<PathBuf>>,
+    /// The preset applied through the admin API (persisted in the state file).
+    manual_preset: Mutex<Option<String>>,
     state: Mutex<PoolState>,
     any_pins: std::sync::atomic::AtomicBool,
     live: Mutex<HashMap<Arc<str>, Arc<KeyLive>>>,
@@ -245,6 +278,9 @@ impl Default for KeyPool {
     fn default() -> Self {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         KeyPool {
+            overlay: Mutex::new(KeyOverlay::default()),
+            keys_file: Mutex::new(None),
+            manual_preset: Mutex::new(None),
             state: Mutex::new(PoolState::default()),
             any_pins: std::sync::atomic::AtomicBool::new(false),
             live: Mutex::new(HashMap::new()),
@@ -406,6 +442,9 @@ impl KeyPool {
                     .insert((Arc::from(c.owner.as_str()), c.model), c.cooldown);
             }
         }
+        if saved.manual_preset.is_some() {
+            *self.manual_preset.lock() = saved.manual_preset.clone();
+        }
         for (name, a) in saved.affinity {
             if a.until > now {
                 self.any_pins.store(true, Ordering::Relaxed);
@@ -458,6 +497,7 @@ impl KeyPool {
                 });
             }
         }
+        p.manual_preset = self.manual_preset.lock().clone();
         p.affinity = st
             .affinity
             .iter()
@@ -466,6 +506,63 @@ impl KeyPool {
             .collect();
         p.dead.sort_by(|a, b| a.key_id.cmp(&b.key_id));
         p
+    }
+
+    /// The admin API's key changes.
+    pub fn overlay(&self) -> KeyOverlay {
+        self.overlay.lock().clone()
+    }
+
+    /// Replaces the overlay (the caller rebuilds the runtime and calls [`save_overlay`]).
+    pub fn set_overlay(&self, o: KeyOverlay) {
+        *self.overlay.lock() = o;
+    }
+
+    /// Where the overlay lives; loads it if the file exists.
+    pub fn set_keys_file(&self, path: Option<PathBuf>) {
+        if *self.keys_file.lock() == path {
+            return;
+        }
+        *self.keys_file.lock() = path.clone();
+        if let Some(p) = path
+            && let Ok(bytes) = std::fs::read(&p)
+        {
+            match serde_json::from_slice::<KeyOverlay>(&bytes) {
+                Ok(o) => *self.overlay.lock() = o,
+                Err(e) => {
+                    tracing::warn!(file = %p.display(), error = %e, "keys file unreadable; ignoring it")
+                }
+            }
+        }
+    }
+
+    /// Writes the overlay to `pool.keys_file` (0600).
+    pub fn save_overlay(&self) -> std::io::Result<()> {
+        let Some(path) = self.keys_file.lock().clone() else {
+            return Ok(());
+        };
+        let bytes =
+            serde_json::to_vec_pretty(&*self.overlay.lock()).map_err(std::io::Error::other)?;
+        write_private(&path, &bytes)
+    }
+
+    /// The preset applied through the API, if any.
+    pub fn manual_preset(&self) -> Option<String> {
+        self.manual_preset.lock().clone()
+    }
+
+    /// Reads only the applied preset from a state file (before keys are known).
+    pub fn peek_manual_preset(&self, path: &Path) {
+        if let Ok(bytes) = std::fs::read(path)
+            && let Ok(saved) = serde_json::from_slice::<Persisted>(&bytes)
+        {
+            *self.manual_preset.lock() = saved.manual_preset;
+        }
+    }
+
+    pub fn set_manual_preset(&self, name: Option<String>) {
+        *self.manual_preset.lock() = name;
+        self.mark_dirty();
     }
 
     /// Remembers that `key_id` created `resource`, for `ttl`.
