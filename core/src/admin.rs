@@ -104,6 +104,7 @@ impl AdminApp {
             ("POST", ["api", "keys", id, action @ ("disable" | "enable" | "reset")]) => {
                 Mutation::State(id.to_string(), action.to_string())
             }
+            ("POST", ["api", "keys", id, "probe"]) => Mutation::Probe(id.to_string()),
             ("POST", ["api", "weights", "apply"]) => Mutation::Preset,
             _ => return None,
         };
@@ -122,6 +123,10 @@ impl AdminApp {
             Mutation::Remove(id) => self.remove_key(&id).await,
             Mutation::State(id, action) => self.key_state(&id, &action),
             Mutation::Preset => self.apply_preset(&body).await,
+            Mutation::Probe(id) => match crate::probe::probe(&self.shared, &id).await {
+                Some(r) => json_response(200, &json!({ "probe": r })),
+                None => error(404, format!("no key `{id}`")),
+            },
         })
     }
 
@@ -290,6 +295,7 @@ enum Mutation {
     Remove(String),
     State(String, String),
     Preset,
+    Probe(String),
 }
 
 #[async_trait]

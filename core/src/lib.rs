@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod mock;
 pub mod pipeline;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;

@@ -128,6 +128,7 @@ impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut tick = tokio::time::interval(self.poll);
+        let mut last_probe = tokio::time::Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -137,6 +138,12 @@ impl BackgroundService for ReloadService {
                         reload(&self.shared, false).await;
                     }
                     follow_schedule(&self.shared).await;
+                    let every = self.shared.runtime.load().config.pool.probe_interval.0;
+                    if !every.is_zero() && last_probe.elapsed() >= every {
+                        last_probe = tokio::time::Instant::now();
+                        let shared = self.shared.clone();
+                        tokio::spawn(async move { crate::probe::probe_dead_keys(&shared).await });
+                    }
                 }
                 Some(_) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
                     tracing::info!("SIGHUP: reloading config");

@@ -412,3 +412,23 @@ async fn a_restart_keeps_dead_keys_dead() {
     assert_eq!(key_report(&h2, "bad").await["state"], "active");
     drop(h);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_midstream_error_passes_through_and_counts_against_the_key() {
+    let h = Harness::start_with(&[("a", "valid-a", 1)], FAST, |_| {});
+    let r = h
+        .client
+        .post(h.url("/v1beta/models/mock-midstream-error:streamGenerateContent?alt=sse"))
+        .header(CLIENT.0, CLIENT.1)
+        .body(gen_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the head was already sent");
+    let text = r.text().await.unwrap_or_default();
+    assert!(text.contains("\"error\""), "{text}");
+    let a = key_report(&h, "a").await;
+    assert_eq!(a["errors"]["midstream_error"], 1, "{a}");
+    assert_eq!(a["successes"], 0);
+    assert_eq!(a["state"], "active", "one error does not disable a key");
+}

@@ -352,6 +352,9 @@ pub struct PoolConfig {
     pub breaker_open_for: ConfigDuration,
     /// Retry after an upstream read timeout (the body was sent: it may cost twice).
     pub retry_read_timeouts: bool,
+    /// Re-check dead keys (except operator-disabled ones) this often with a models-list call,
+    /// which costs no generation quota; `0` (default) = only on `POST /api/keys/{id}/probe`.
+    pub probe_interval: ConfigDuration,
 }
 
 impl Default for PoolConfig {
@@ -369,6 +372,7 @@ impl Default for PoolConfig {
             breaker_failures: 5,
             breaker_open_for: ConfigDuration::secs(30),
             retry_read_timeouts: false,
+            probe_interval: ConfigDuration::secs(0),
         }
     }
 }

@@ -124,6 +124,8 @@ struct State {
     uploads: Mutex<HashMap<String, UploadSession>>,
     rpm: Mutex<HashMap<(String, u64), u64>>,
     projects: Mutex<HashMap<String, String>>,
+    /// Keys that answer 400 `API_KEY_INVALID` until restored.
+    revoked: Mutex<std::collections::HashSet<String>>,
     seq: std::sync::atomic::AtomicU64,
     connections: std::sync::atomic::AtomicU64,
     record: std::sync::atomic::AtomicBool,
@@ -253,6 +255,16 @@ impl MockGemini {
         self.state
             .record
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes `key` answer like a revoked key (400 `API_KEY_INVALID`) until [`restore`](Self::restore).
+    pub fn revoke(&self, key: &str) {
+        self.state.revoked.lock().insert(key.to_string());
+    }
+
+    /// Undoes [`revoke`](Self::revoke).
+    pub fn restore(&self, key: &str) {
+        self.state.revoked.lock().remove(key);
     }
 
     /// Declares that `key` belongs to `project` (quota and resources are shared per project).
@@ -517,7 +529,7 @@ async fn handle(
 
 fn key_fault(state: &State, key: &str, openai: bool) -> Option<Response<Body>> {
     let k = key;
-    if k.starts_with("invalid-") {
+    if k.starts_with("invalid-") || state.revoked.lock().contains(k) {
         return Some(google_error(400, err_key_invalid(), openai));
     }
     if k.starts_with("leaked-") {

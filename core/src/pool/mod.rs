@@ -841,6 +841,16 @@ impl KeyPool {
         died
     }
 
+    /// Counts an error that surfaced after the response started (no retry possible).
+    pub fn note_error(&self, key_id: &str, class: &'static str) {
+        let mut st = self.state.lock();
+        if let Some(h) = st.keys.get_mut(key_id) {
+            *h.errors.entry(class).or_default() += 1;
+            // The head said success; the stream did not deliver it.
+            h.successes = h.successes.saturating_sub(1);
+        }
+    }
+
     /// Blames `key_id` for a failure another key did not repeat (circuit breaker).
     pub fn blame(&self, cfg: &PoolConfig, key_id: &str) {
         let mut guard = self.state.lock();

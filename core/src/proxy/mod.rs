@@ -1031,6 +1031,21 @@ impl GatewayProxy {
         } else if observed.truncated && ctx.done.error_class.is_none() && !client_gone {
             ctx.done.error_class = Some("truncated_stream".into());
         }
+        // Too late to retry, but it counts against the key.
+        let late: Option<&'static str> = match ctx.done.error_class.as_deref() {
+            Some("midstream_error") => Some("midstream_error"),
+            Some("truncated_stream") => Some("truncated_stream"),
+            Some("stream_interrupted") => Some("stream_interrupted"),
+            _ => None,
+        };
+        if let Some(class) = late {
+            self.shared.pool.note_error(&key.id, class);
+            self.shared
+                .metrics
+                .key_errors
+                .with_label_values(&[&key.id, class])
+                .inc();
+        }
         if client_gone {
             ctx.done.error_class = Some("client_gone".into());
             up.shutdown().await;
