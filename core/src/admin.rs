@@ -256,6 +256,24 @@ impl AdminApp {
         }
     }
 
+    /// The pool's report with each key's weight in force (after presets).
+    fn keys(&self) -> serde_json::Value {
+        let rt = self.shared.runtime.load_full();
+        let keys: Vec<serde_json::Value> = self
+            .shared
+            .pool
+            .report()
+            .into_iter()
+            .map(|k| {
+                let weight = rt.index.index_of(&k.id).map(|i| rt.candidates[i].weight);
+                let mut v = serde_json::to_value(&k).unwrap_or_default();
+                v["weight"] = json!(weight);
+                v
+            })
+            .collect();
+        json!({ "keys": keys, "preset": rt.preset })
+    }
+
     fn presets(&self) -> serde_json::Value {
         let rt = self.shared.runtime.load_full();
         let manual = self.shared.pool.manual_preset();
@@ -328,7 +346,7 @@ impl ServeHttp for AdminApp {
             }
             "/performance" => json_response(200, &self.shared.stats.performance()),
             "/errors" => json_response(200, &self.shared.stats.errors()),
-            "/api/keys" => json_response(200, &json!({"keys": self.shared.pool.report()})),
+            "/api/keys" => json_response(200, &self.keys()),
             _ => json_response(
                 404,
                 &json!({"error": {"code": 404, "message": format!("no admin route {path}"), "status": "NOT_FOUND"}}),

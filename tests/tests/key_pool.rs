@@ -432,3 +432,35 @@ async fn a_midstream_error_passes_through_and_counts_against_the_key() {
     assert_eq!(a["successes"], 0);
     assert_eq!(a["state"], "active", "one error does not disable a key");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_timeouts_are_retried_only_on_routes_that_opt_in() {
+    let h = Harness::start_with(
+        &[("a", "valid-a", 1), ("b", "valid-b", 1)],
+        "  timeouts: { read: 300ms }\npool: { backoff: 10ms, state_file: \"\", retry_read_timeouts: [countTokens] }\n",
+        |_| {},
+    );
+    // generateContent did not opt in: one attempt, then 504.
+    let (s, body) = h
+        .call(
+            "POST",
+            "/v1beta/models/mock-slow-1000:generateContent",
+            CLIENT,
+            Some(gen_body("slow")),
+        )
+        .await;
+    assert_eq!(s, 504, "{body}");
+    assert_eq!(h.mock.requests().len(), 1);
+    // countTokens opted in: retried (1 + max_retries attempts), then 504.
+    h.mock.clear();
+    let (s, _) = h
+        .call(
+            "POST",
+            "/v1beta/models/mock-slow-1000:countTokens",
+            CLIENT,
+            Some(gen_body("slow")),
+        )
+        .await;
+    assert_eq!(s, 504);
+    assert_eq!(h.mock.requests().len(), 3);
+}

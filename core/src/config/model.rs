@@ -350,8 +350,9 @@ pub struct PoolConfig {
     pub breaker_failures: u32,
     /// How long an open breaker rests the key (doubles on each reopening, up to 10 min).
     pub breaker_open_for: ConfigDuration,
-    /// Retry after an upstream read timeout (the body was sent: it may cost twice).
-    pub retry_read_timeouts: bool,
+    /// Actions whose calls are retried after an upstream read timeout (the body was sent, so a
+    /// retry may cost twice): e.g. `[countTokens, embedContent]`, `["*"]` for all; none by default.
+    pub retry_read_timeouts: Vec<String>,
     /// Re-check dead keys (except operator-disabled ones) this often with a models-list call,
     /// which costs no generation quota; `0` (default) = only on `POST /api/keys/{id}/probe`.
     pub probe_interval: ConfigDuration,
@@ -371,7 +372,7 @@ impl Default for PoolConfig {
             model_unavailable_for: ConfigDuration::secs(24 * 3600),
             breaker_failures: 5,
             breaker_open_for: ConfigDuration::secs(30),
-            retry_read_timeouts: false,
+            retry_read_timeouts: Vec::new(),
             probe_interval: ConfigDuration::secs(0),
         }
     }

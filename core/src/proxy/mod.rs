@@ -566,7 +566,11 @@ impl GatewayProxy {
                     let connect_failed =
                         f.class == "upstream_unreachable" && f.message.contains("while connecting");
                     // A read timeout comes after the body was sent: retried only on opt-in.
-                    let timed_out = f.class == "upstream_timeout" && cfg.retry_read_timeouts;
+                    let timed_out = f.class == "upstream_timeout"
+                        && cfg
+                            .retry_read_timeouts
+                            .iter()
+                            .any(|a| a == "*" || a == inbound.route.action.as_str());
                     if (connect_failed || timed_out) && budget.transient {
                         retries += 1;
                         last_transient = true;
