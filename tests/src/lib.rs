@@ -124,6 +124,17 @@ impl Harness {
         json_of(req.send().await.expect("gateway answers")).await
     }
 
+    /// A POST of `body` to `path` with the client token.
+    pub async fn post(&self, path: &str, body: String) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header(CLIENT.0, CLIENT.1)
+            .body(body)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
     /// `generateContent` on gemini-2.5-flash with the client token.
     pub async fn generate(&self, text: &str) -> reqwest::Response {
         self.client

@@ -279,24 +279,12 @@ async fn a_scheduled_preset_applies_inside_its_window_only() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expiring_key_stops_serving_at_its_expiry() {
     let soon = SystemTime::now() + Duration::from_secs(2);
-    let secs = soon.duration_since(UNIX_EPOCH).unwrap().as_secs();
     let h = Harness::start_with(
         &[("a", "valid-a", 1)],
         "pool: { state_file: \"\", keys_file: \"\" }\n",
         |_| {},
     );
-    let rfc = {
-        // Build an RFC 3339 UTC timestamp without a date library.
-        let days = secs / 86_400;
-        let (y, m, d) = civil(days as i64);
-        let t = secs % 86_400;
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            t / 3600,
-            t / 60 % 60,
-            t % 60
-        )
-    };
+    let rfc = gemini_proxy_core::pool::clock::format_rfc3339(soon);
     let (s, r) = post(
         &h,
         "/api/keys",
@@ -311,80 +299,4 @@ async fn an_expiring_key_stops_serving_at_its_expiry() {
         assert_eq!(h.generate("y").await.status(), 200);
         assert_eq!(h.last_key(), "valid-a", "expired key still used");
     }
-}
-
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_validation_probe_revives_a_key_that_works_again() {
-    let h = Harness::start_with(
-        &[("a", "valid-a", 1), ("b", "valid-b", 1)],
-        "pool: { state_file: \"\", keys_file: \"\" }\n",
-        |_| {},
-    );
-    h.mock.revoke("valid-a");
-    for _ in 0..3 {
-        assert_eq!(h.generate("x").await.status(), 200);
-    }
-    let (s, r) = post(&h, "/api/keys/a/probe", json!({})).await;
-    assert_eq!(s, 200);
-    assert_eq!(r["probe"]["verdict"], "key_dead", "{r}");
-    assert_eq!(r["probe"]["revived"], false);
-    h.mock.restore("valid-a");
-    let (s, r) = post(&h, "/api/keys/a/probe", json!({})).await;
-    assert_eq!(s, 200);
-    assert_eq!(r["probe"]["verdict"], "success", "{r}");
-    assert_eq!(r["probe"]["revived"], true);
-    let probe_call = h.mock.requests().last().cloned().unwrap();
-    assert_eq!(probe_call.method, "GET");
-    assert!(
-        probe_call.path.ends_with("/models"),
-        "no generation quota spent"
-    );
-    h.mock.clear();
-    for _ in 0..4 {
-        assert_eq!(h.generate("y").await.status(), 200);
-    }
-    assert!(served_by(&h).iter().any(|k| k == "valid-a"));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn dead_keys_are_rechecked_periodically_when_configured() {
-    let h = Harness::start_with(
-        &[("a", "valid-a", 1), ("b", "valid-b", 1)],
-        "pool: { state_file: \"\", keys_file: \"\", probe_interval: 1s }\n",
-        |_| {},
-    );
-    h.mock.revoke("valid-a");
-    for _ in 0..2 {
-        assert_eq!(h.generate("x").await.status(), 200);
-    }
-    let state = |h: &Harness| {
-        let h = h.admin("/api/keys");
-        async move {
-            let v: Value = client().get(h).send().await.unwrap().json().await.unwrap();
-            v["keys"][0]["state"].as_str().unwrap().to_string()
-        }
-    };
-    assert_eq!(state(&h).await, "disabled");
-    h.mock.restore("valid-a");
-    let mut revived = false;
-    for _ in 0..40 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if state(&h).await == "active" {
-            revived = true;
-            break;
-        }
-    }
-    assert!(revived, "the periodic probe did not revive the key");
 }

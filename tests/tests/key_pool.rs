@@ -143,13 +143,11 @@ async fn an_invalid_key_is_disabled_and_never_tried_again() {
 async fn overloaded_503_is_retried_and_penalises_no_key() {
     let h = Harness::start_with(&[("a", "valid-a", 1), ("b", "valid-b", 1)], FAST, |_| {});
     let r = h
-        .client
-        .post(h.url("/v1beta/models/mock-overloaded:generateContent"))
-        .header(CLIENT.0, CLIENT.1)
-        .body(gen_body("x"))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1beta/models/mock-overloaded:generateContent",
+            gen_body("x"),
+        )
+        .await;
     assert_eq!(r.status(), 503);
     let (_, body) = json_of(r).await;
     assert_eq!(
@@ -260,13 +258,11 @@ async fn a_retried_1_mib_body_is_byte_identical_at_the_mock() {
 async fn an_sse_call_fails_over_before_its_first_byte() {
     let h = Harness::start_with(&[("a", "bare429-a", 1), ("b", "valid-b", 1)], FAST, |_| {});
     let r = h
-        .client
-        .post(h.url("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"))
-        .header(CLIENT.0, CLIENT.1)
-        .body(gen_body("stream"))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            gen_body("stream"),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -417,13 +413,11 @@ async fn a_restart_keeps_dead_keys_dead() {
 async fn a_midstream_error_passes_through_and_counts_against_the_key() {
     let h = Harness::start_with(&[("a", "valid-a", 1)], FAST, |_| {});
     let r = h
-        .client
-        .post(h.url("/v1beta/models/mock-midstream-error:streamGenerateContent?alt=sse"))
-        .header(CLIENT.0, CLIENT.1)
-        .body(gen_body("x"))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1beta/models/mock-midstream-error:streamGenerateContent?alt=sse",
+            gen_body("x"),
+        )
+        .await;
     assert_eq!(r.status(), 200, "the head was already sent");
     let text = r.text().await.unwrap_or_default();
     assert!(text.contains("\"error\""), "{text}");

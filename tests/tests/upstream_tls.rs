@@ -62,13 +62,11 @@ async fn https_upstream_is_verified_sends_sni_speaks_h2_and_reuses_the_connectio
     }
     // A stream over the same connection.
     let r = h
-        .client
-        .post(h.url("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"))
-        .header(CLIENT.0, CLIENT.1)
-        .body(gen_body("stream"))
-        .send()
-        .await
-        .unwrap();
+        .post(
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            gen_body("stream"),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let mut body = Vec::new();
     let mut s = r.bytes_stream();

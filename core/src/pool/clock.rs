@@ -114,6 +114,19 @@ pub fn parse_rfc3339(s: &str) -> Result<SystemTime, String> {
     Ok(UNIX_EPOCH + Duration::new(unix as u64, nanos))
 }
 
+/// `YYYY-MM-DDTHH:MM:SSZ` of `t` (whole seconds, UTC).
+pub fn format_rfc3339(t: SystemTime) -> String {
+    let secs = unix_secs(t) as i64;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 /// Seconds since the epoch (for persisted deadlines).
 pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)

@@ -334,8 +334,8 @@ impl KeyPool {
             .collect()
     }
 
-    /// Counts a request for (project, model) in the current windows (before it is sent).
-    pub fn count_request(&self, project: &Arc<str>, model: Option<&str>) {
+    /// Runs `f` on (project, model)'s usage, rolled to the current windows.
+    fn with_usage(&self, project: &Arc<str>, model: Option<&str>, f: impl FnOnce(&mut Usage)) {
         let now = now_unix();
         let mut st = self.state.lock();
         let u = st
@@ -343,20 +343,20 @@ impl KeyPool {
             .entry((project.clone(), model_key(model).to_string()))
             .or_default();
         u.roll(now);
-        u.minute_requests += 1;
-        u.day_requests += 1;
+        f(u);
+    }
+
+    /// Counts a request for (project, model) in the current windows (before it is sent).
+    pub fn count_request(&self, project: &Arc<str>, model: Option<&str>) {
+        self.with_usage(project, model, |u| {
+            u.minute_requests += 1;
+            u.day_requests += 1;
+        });
     }
 
     /// Adds the tokens a finished call used to (project, model)'s minute.
     pub fn count_tokens(&self, project: &Arc<str>, model: Option<&str>, tokens: u64) {
-        let now = now_unix();
-        let mut st = self.state.lock();
-        let u = st
-            .usage
-            .entry((project.clone(), model_key(model).to_string()))
-            .or_default();
-        u.roll(now);
-        u.minute_tokens += tokens;
+        self.with_usage(project, model, |u| u.minute_tokens += tokens);
     }
 
     /// Unused share (0.0-1.0) of the tightest of `limits` for (project, model) now.
