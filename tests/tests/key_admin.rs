@@ -300,3 +300,67 @@ async fn an_expiring_key_stops_serving_at_its_expiry() {
         assert_eq!(h.last_key(), "valid-a", "expired key still used");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validation_probe_revives_a_key_that_works_again() {
+    let h = Harness::start_with(
+        &[("a", "valid-a", 1), ("b", "valid-b", 1)],
+        "pool: { state_file: \"\", keys_file: \"\" }\n",
+        |_| {},
+    );
+    h.mock.revoke("valid-a");
+    for _ in 0..3 {
+        assert_eq!(h.generate("x").await.status(), 200);
+    }
+    let (s, r) = post(&h, "/api/keys/a/probe", json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(r["probe"]["verdict"], "key_dead", "{r}");
+    assert_eq!(r["probe"]["revived"], false);
+    h.mock.restore("valid-a");
+    let (s, r) = post(&h, "/api/keys/a/probe", json!({})).await;
+    assert_eq!(s, 200);
+    assert_eq!(r["probe"]["verdict"], "success", "{r}");
+    assert_eq!(r["probe"]["revived"], true);
+    let probe_call = h.mock.requests().last().cloned().unwrap();
+    assert_eq!(probe_call.method, "GET");
+    assert!(
+        probe_call.path.ends_with("/models"),
+        "no generation quota spent"
+    );
+    h.mock.clear();
+    for _ in 0..4 {
+        assert_eq!(h.generate("y").await.status(), 200);
+    }
+    assert!(served_by(&h).iter().any(|k| k == "valid-a"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_keys_are_rechecked_periodically_when_configured() {
+    let h = Harness::start_with(
+        &[("a", "valid-a", 1), ("b", "valid-b", 1)],
+        "pool: { state_file: \"\", keys_file: \"\", probe_interval: 1s }\n",
+        |_| {},
+    );
+    h.mock.revoke("valid-a");
+    for _ in 0..2 {
+        assert_eq!(h.generate("x").await.status(), 200);
+    }
+    let state = |h: &Harness| {
+        let h = h.admin("/api/keys");
+        async move {
+            let v: Value = client().get(h).send().await.unwrap().json().await.unwrap();
+            v["keys"][0]["state"].as_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(state(&h).await, "disabled");
+    h.mock.restore("valid-a");
+    let mut revived = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if state(&h).await == "active" {
+            revived = true;
+            break;
+        }
+    }
+    assert!(revived, "the periodic probe did not revive the key");
+}
