@@ -4,6 +4,7 @@
 //! adds them all to a registry.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod key_select;
 pub mod request_log;
 
@@ -11,6 +12,7 @@ use gemini_proxy_sdk::Registry;
 
 /// Registers every built-in stage.
 pub fn register_builtins(registry: &mut Registry) {
+    registry.register::<auth::Auth>();
     registry.register::<key_select::KeySelect>();
     registry.register::<request_log::RequestLog>();
 }

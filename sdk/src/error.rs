@@ -86,6 +86,8 @@ pub struct Rejection {
     pub retry_after: Option<Duration>,
     /// Extra response headers (name, value).
     pub headers: Vec<(String, String)>,
+    /// A short machine-readable cause (`expired`, `bad_signature`, ...), for metrics and audit.
+    pub reason: Option<&'static str>,
 }
 
 impl Rejection {
@@ -100,7 +102,19 @@ impl Rejection {
             message: message.into(),
             retry_after: None,
             headers: Vec::new(),
+            reason: None,
         }
+    }
+
+    /// Names the cause for metrics and audit (`auth_failures_total{reason}`).
+    ///
+    /// ```
+    /// let r = gemini_proxy_sdk::Rejection::new(401, "token expired").reason("expired");
+    /// assert_eq!(r.reason, Some("expired"));
+    /// ```
+    pub fn reason(mut self, reason: &'static str) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     /// Adds a `Retry-After`.

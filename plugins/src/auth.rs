@@ -1,0 +1,705 @@
+//! `auth`: JWT authentication and model permissions.
+//!
+//! The token arrives where real clients put their credential (`Authorization: Bearer`,
+//! `x-goog-api-key`, `?key=`; the gateway has already lifted it out of the request). Each
+//! verification key pins its algorithm, so `alg: none` and HS/RS confusion fail; `exp` is
+//! required, `nbf` honoured, both with a small leeway; `iss`/`aud` are checked when configured;
+//! several keys can be active at once, chosen by the token's `kid`, so the signing secret can
+//! rotate without logging anyone out. Revoked token ids (`jti`) are refused.
+//!
+//! Claims: `sub` (required), `role` (`user` or `admin`), `models` (globs the caller may use),
+//! `limits` (per-user rate limits, read by the `rate_limit` stage), `jti`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gemini_proxy_sdk::{
+    Admission, BuildEnv, Identity, Phases, Plugin, PluginError, PluginFactory, Rejection,
+    RequestContext, Role,
+};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+/// One verification key.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyKey {
+    /// Matched against the token header's `kid`.
+    pub kid: String,
+    /// `HS256`, `HS384`, `HS512`, `RS256`, `ES256` or `EdDSA`.
+    pub algorithm: String,
+    /// Shared secret (HS*).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// PEM public key (RS256, ES256, EdDSA), inline or a file path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+}
+
+/// Config of the `auth` stage (the gateway fills it from the top-level `auth:` section).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthStageConfig {
+    /// The default HMAC secret (tokens without `kid`).
+    #[serde(default)]
+    pub jwt_secret: Option<String>,
+    /// Its algorithm: `HS256` (default), `HS384`, `HS512`.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// More keys, chosen by `kid`.
+    #[serde(default)]
+    pub keys: Vec<VerifyKey>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`, seconds (default 30).
+    #[serde(default)]
+    pub leeway_seconds: Option<u64>,
+    /// File of revoked token ids (kept by the admin API).
+    #[serde(default)]
+    pub revocations_file: Option<String>,
+}
+
+/// Per-user limits a token may carry.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+pub struct TokenLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent_streams: Option<u64>,
+}
+
+/// The claims the gateway reads and writes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TokenLimits>,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// Why a token was refused (`auth_failures_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Malformed,
+    UnknownKey,
+    AlgorithmNotAllowed,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongIssuer,
+    WrongAudience,
+    Revoked,
+    BadRole,
+}
+
+impl AuthError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed => "malformed",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::AlgorithmNotAllowed => "algorithm",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::WrongIssuer => "issuer",
+            AuthError::WrongAudience => "audience",
+            AuthError::Revoked => "revoked",
+            AuthError::BadRole => "bad_role",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing credential: send a gateway token",
+            AuthError::Malformed => "the credential is not a valid token",
+            AuthError::UnknownKey => "the token's key id is not known",
+            AuthError::AlgorithmNotAllowed => "the token's algorithm is not allowed for its key",
+            AuthError::BadSignature => "the token's signature is invalid",
+            AuthError::Expired => "the token has expired",
+            AuthError::NotYetValid => "the token is not valid yet",
+            AuthError::WrongIssuer => "the token's issuer is not accepted",
+            AuthError::WrongAudience => "the token's audience is not accepted",
+            AuthError::Revoked => "the token has been revoked",
+            AuthError::BadRole => "the token's role is not user or admin",
+        }
+    }
+}
+
+fn parse_alg(s: &str) -> Result<Algorithm, String> {
+    Ok(match s {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "ES256" => Algorithm::ES256,
+        "EdDSA" => Algorithm::EdDSA,
+        other => {
+            return Err(format!(
+                "algorithm `{other}` is not one of HS256 HS384 HS512 RS256 ES256 EdDSA"
+            ));
+        }
+    })
+}
+
+struct Key {
+    alg: Algorithm,
+    decoding: DecodingKey,
+}
+
+/// Revoked token ids, shared by every stage and the admin API that use the same file.
+#[derive(Default)]
+pub struct Revocations {
+    ids: RwLock<BTreeSet<String>>,
+    file: Option<PathBuf>,
+}
+
+static REVOCATIONS: LazyLock<parking_lot::Mutex<HashMap<PathBuf, Arc<Revocations>>>> =
+    LazyLock::new(Default::default);
+
+impl Revocations {
+    /// The list kept in `file` (one per file per process; loaded on first use).
+    pub fn for_file(file: Option<&Path>) -> Arc<Revocations> {
+        let Some(file) = file else {
+            return Arc::new(Revocations::default());
+        };
+        REVOCATIONS
+            .lock()
+            .entry(file.to_path_buf())
+            .or_insert_with(|| {
+                let ids = std::fs::read(file)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<BTreeSet<String>>(&b).ok())
+                    .unwrap_or_default();
+                Arc::new(Revocations {
+                    ids: RwLock::new(ids),
+                    file: Some(file.to_path_buf()),
+                })
+            })
+            .clone()
+    }
+
+    pub fn contains(&self, jti: &str) -> bool {
+        self.ids.read().contains(jti)
+    }
+
+    /// Revokes `jti` and writes the file (mode 0600).
+    pub fn revoke(&self, jti: &str) -> std::io::Result<()> {
+        let bytes = {
+            let mut ids = self.ids.write();
+            ids.insert(jti.to_string());
+            serde_json::to_vec_pretty(&*ids).map_err(std::io::Error::other)?
+        };
+        if let Some(f) = &self.file {
+            write_private(f, &bytes)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Verifies gateway tokens. Built once per config load.
+pub struct Verifier {
+    default: Option<Key>,
+    by_kid: HashMap<String, Key>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway: u64,
+    revocations: Arc<Revocations>,
+}
+
+impl Verifier {
+    /// Builds a verifier; paths in the config are relative to `dir`.
+    pub fn new(c: &AuthStageConfig, dir: &Path) -> Result<Verifier, String> {
+        let default = match &c.jwt_secret {
+            Some(secret) => {
+                let alg = parse_alg(c.algorithm.as_deref().unwrap_or("HS256"))?;
+                if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+                    return Err(
+                        "algorithm: jwt_secret is an HMAC secret: use HS256, HS384 or HS512".into(),
+                    );
+                }
+                Some(Key {
+                    alg,
+                    decoding: DecodingKey::from_secret(secret.as_bytes()),
+                })
+            }
+            None => None,
+        };
+        let mut by_kid = HashMap::new();
+        for (i, k) in c.keys.iter().enumerate() {
+            let alg = parse_alg(&k.algorithm).map_err(|e| format!("keys[{i}].{e}"))?;
+            let decoding = match alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                    let s = k
+                        .secret
+                        .as_ref()
+                        .ok_or_else(|| format!("keys[{i}]: an HS key needs `secret`"))?;
+                    DecodingKey::from_secret(s.as_bytes())
+                }
+                _ => {
+                    let pem = k
+                        .public_key
+                        .as_ref()
+                        .ok_or_else(|| format!("keys[{i}]: this algorithm needs `public_key`"))?;
+                    let pem = if pem.contains("-----BEGIN") {
+                        pem.clone().into_bytes()
+                    } else {
+                        std::fs::read(dir.join(pem))
+                            .map_err(|e| format!("keys[{i}].public_key: cannot read {pem}: {e}"))?
+                    };
+                    match alg {
+                        Algorithm::RS256 => DecodingKey::from_rsa_pem(&pem),
+                        Algorithm::ES256 => DecodingKey::from_ec_pem(&pem),
+                        _ => DecodingKey::from_ed_pem(&pem),
+                    }
+                    .map_err(|e| format!("keys[{i}].public_key: not a usable PEM key: {e}"))?
+                }
+            };
+            if by_kid
+                .insert(k.kid.clone(), Key { alg, decoding })
+                .is_some()
+            {
+                return Err(format!("keys[{i}].kid: `{}` is listed twice", k.kid));
+            }
+        }
+        if default.is_none() && by_kid.is_empty() {
+            return Err("no verification key: set auth.jwt_secret (or auth.keys)".into());
+        }
+        let revocations =
+            Revocations::for_file(c.revocations_file.as_ref().map(|f| dir.join(f)).as_deref());
+        Ok(Verifier {
+            default,
+            by_kid,
+            issuer: c.issuer.clone(),
+            audience: c.audience.clone(),
+            leeway: c.leeway_seconds.unwrap_or(30),
+            revocations,
+        })
+    }
+
+    /// The revocation list this verifier consults.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// Verifies a token and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let key = match &header.kid {
+            Some(kid) => self.by_kid.get(kid).ok_or(AuthError::UnknownKey)?,
+            None => self.default.as_ref().ok_or(AuthError::UnknownKey)?,
+        };
+        // The key decides the algorithm, never the token.
+        if header.alg != key.alg {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        let mut v = Validation::new(key.alg);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        v.set_required_spec_claims(&required);
+        match &self.issuer {
+            Some(i) => v.set_issuer(&[i]),
+            None => v.iss = None,
+        }
+        match &self.audience {
+            Some(a) => v.set_audience(&[a]),
+            None => v.validate_aud = false,
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => AuthError::NotYetValid,
+                K::InvalidIssuer => AuthError::WrongIssuer,
+                K::InvalidAudience => AuthError::WrongAudience,
+                K::InvalidSignature => AuthError::BadSignature,
+                K::InvalidAlgorithm => AuthError::AlgorithmNotAllowed,
+                K::MissingRequiredClaim(c) if c == "iss" => AuthError::WrongIssuer,
+                K::MissingRequiredClaim(c) if c == "aud" => AuthError::WrongAudience,
+                _ => AuthError::Malformed,
+            }
+        })?;
+        let claims = data.claims;
+        if let Some(jti) = &claims.jti
+            && self.revocations.contains(jti)
+        {
+            return Err(AuthError::Revoked);
+        }
+        if !matches!(claims.role.as_deref(), None | Some("user") | Some("admin")) {
+            return Err(AuthError::BadRole);
+        }
+        Ok(claims)
+    }
+}
+
+/// Signs a token with an HMAC secret. `kid` is set when given (rotation).
+pub fn sign(
+    secret: &str,
+    algorithm: &str,
+    kid: Option<&str>,
+    claims: &Claims,
+) -> Result<String, String> {
+    let alg = parse_alg(algorithm)?;
+    if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        return Err("only HMAC tokens can be signed with a secret".into());
+    }
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Claims for a new token: `sub`, role, lifetime, allowed models, a fresh `jti`.
+pub fn new_claims(sub: &str, role: Role, ttl: Duration, models: Vec<String>) -> Claims {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Claims {
+        sub: sub.to_string(),
+        role: Some(role.as_str().to_string()),
+        models,
+        limits: None,
+        exp: now + ttl.as_secs(),
+        nbf: Some(now),
+        iat: Some(now),
+        iss: None,
+        aud: None,
+        jti: Some(format!("{:032x}", rand_u128())),
+    }
+}
+
+fn rand_u128() -> u128 {
+    // Token ids need uniqueness, not secrecy: time and a process counter mixed by a hash.
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(t);
+    h.write_u64(n);
+    (u128::from(h.finish()) << 64) | (t ^ u128::from(n))
+}
+
+/// The `auth` stage.
+pub struct Auth {
+    verifier: Verifier,
+}
+
+impl Auth {
+    fn admit_sync(&self, cx: &mut RequestContext) -> Result<(), Rejection> {
+        let token = cx.credential.as_ref().map(|c| c.value()).unwrap_or("");
+        let claims = self.verifier.verify(token).map_err(|e| {
+            Rejection::new(401, e.message())
+                .reason(e.reason())
+                .header("www-authenticate", "Bearer")
+        })?;
+        let role = if claims.role.as_deref() == Some("admin") {
+            Role::Admin
+        } else {
+            Role::User
+        };
+        if !claims.models.is_empty() {
+            let model = cx.request.model.as_deref();
+            let allowed = match model {
+                Some(m) => claims.models.iter().any(|g| glob(g, m)),
+                // Calls without a model (files, lists) are allowed to any caller.
+                None => true,
+            };
+            if !allowed {
+                return Err(Rejection::new(
+                    403,
+                    format!(
+                        "model `{}` is not allowed for this token",
+                        model.unwrap_or("")
+                    ),
+                )
+                .reason("model_not_allowed"));
+            }
+        }
+        let mut id = Identity::new(claims.sub.clone(), role);
+        id.claims = serde_json::to_value(&claims).unwrap_or_default();
+        cx.identity = Some(id);
+        Ok(())
+    }
+}
+
+/// `*` matches any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[gemini_proxy_sdk::async_trait]
+impl Plugin for Auth {
+    fn name(&self) -> &str {
+        "auth"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::ADMIT
+    }
+
+    async fn on_admit(&self, cx: &mut RequestContext) -> Result<Admission, PluginError> {
+        Ok(match self.admit_sync(cx) {
+            Ok(()) => Admission::Continue,
+            Err(r) => Admission::Reject(r),
+        })
+    }
+}
+
+impl PluginFactory for Auth {
+    const KIND: &'static str = "auth";
+    type Config = AuthStageConfig;
+
+    fn build(config: AuthStageConfig, env: &BuildEnv) -> Result<Arc<dyn Plugin>, PluginError> {
+        let verifier = Verifier::new(&config, &env.config_dir).map_err(PluginError::new)?;
+        Ok(Arc::new(Auth { verifier }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "Sup3r-secret-for-tests-only-0123456789!";
+
+    fn verifier(extra: serde_json::Value) -> Verifier {
+        let mut v = serde_json::json!({ "jwt_secret": SECRET });
+        if let serde_json::Value::Object(m) = extra {
+            for (k, x) in m {
+                v[k] = x;
+            }
+        }
+        let c: AuthStageConfig = serde_json::from_value(v).unwrap();
+        Verifier::new(&c, Path::new(".")).unwrap()
+    }
+
+    fn token(claims: &Claims) -> String {
+        sign(SECRET, "HS256", None, claims).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn accepts_a_good_token_and_refuses_every_bad_one() {
+        let v = verifier(serde_json::json!({}));
+        let good = new_claims("alice", Role::User, Duration::from_secs(60), vec![]);
+        assert_eq!(v.verify(&token(&good)).unwrap().sub, "alice");
+        let mut expired = good.clone();
+        expired.exp = now() - 120;
+        assert_eq!(v.verify(&token(&expired)), Err(AuthError::Expired));
+        let mut early = good.clone();
+        early.nbf = Some(now() + 3600);
+        assert_eq!(v.verify(&token(&early)), Err(AuthError::NotYetValid));
+        let forged = sign("another-secret", "HS256", None, &good).unwrap();
+        assert_eq!(v.verify(&forged), Err(AuthError::BadSignature));
+        assert_eq!(v.verify("not.a.token"), Err(AuthError::Malformed));
+        assert_eq!(v.verify(""), Err(AuthError::Missing));
+        // alg none: header {"alg":"none"} with no signature.
+        use base64_like::b64;
+        let none = format!(
+            "{}.{}.",
+            b64(br#"{"alg":"none","typ":"JWT"}"#),
+            b64(serde_json::to_string(&good).unwrap().as_bytes())
+        );
+        assert!(v.verify(&none).is_err());
+        // HS384 token for an HS256 key: the key pins its algorithm.
+        let hs384 = sign(SECRET, "HS384", None, &good).unwrap();
+        assert_eq!(v.verify(&hs384), Err(AuthError::AlgorithmNotAllowed));
+        let mut bad_role = good.clone();
+        bad_role.role = Some("root".into());
+        assert_eq!(v.verify(&token(&bad_role)), Err(AuthError::BadRole));
+    }
+
+    #[test]
+    fn checks_issuer_audience_and_revocation() {
+        let dir = tempfile_dir();
+        let v = verifier(serde_json::json!({
+            "issuer": "gw", "audience": "apps",
+            "revocations_file": dir.join("revoked.json").display().to_string()
+        }));
+        let mut c = new_claims("bob", Role::Admin, Duration::from_secs(60), vec![]);
+        c.aud = Some("apps".into());
+        assert_eq!(
+            v.verify(&token(&c)),
+            Err(AuthError::WrongIssuer),
+            "missing iss"
+        );
+        c.iss = Some("elsewhere".into());
+        assert_eq!(v.verify(&token(&c)), Err(AuthError::WrongIssuer));
+        c.iss = Some("gw".into());
+        c.aud = Some("others".into());
+        assert_eq!(v.verify(&token(&c)), Err(AuthError::WrongAudience));
+        c.aud = None;
+        assert_eq!(
+            v.verify(&token(&c)),
+            Err(AuthError::WrongAudience),
+            "missing aud"
+        );
+        c.aud = Some("apps".into());
+        assert!(v.verify(&token(&c)).is_ok());
+        v.revocations().revoke(c.jti.as_deref().unwrap()).unwrap();
+        assert_eq!(v.verify(&token(&c)), Err(AuthError::Revoked));
+        // Another verifier on the same file sees it (restart).
+        let again = Revocations::for_file(Some(&dir.join("revoked.json")));
+        assert!(again.contains(c.jti.as_deref().unwrap()));
+        let saved = std::fs::read_to_string(dir.join("revoked.json")).unwrap();
+        assert!(saved.contains(c.jti.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn rotates_secrets_by_kid() {
+        let v = verifier(serde_json::json!({"keys": [
+            {"kid": "2026-11", "algorithm": "HS512", "secret": "new-secret-0123456789abcdef-XYZ!"}
+        ]}));
+        let c = new_claims("carol", Role::User, Duration::from_secs(60), vec![]);
+        let old = token(&c);
+        let new = sign(
+            "new-secret-0123456789abcdef-XYZ!",
+            "HS512",
+            Some("2026-11"),
+            &c,
+        )
+        .unwrap();
+        assert!(
+            v.verify(&old).is_ok(),
+            "tokens signed before the rotation still work"
+        );
+        assert!(v.verify(&new).is_ok());
+        let unknown = sign("x", "HS512", Some("nope"), &c).unwrap();
+        assert_eq!(v.verify(&unknown), Err(AuthError::UnknownKey));
+    }
+
+    #[test]
+    fn public_keys_verify_and_hs_rs_confusion_fails() {
+        let kp = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
+        let public = kp.public_key_pem();
+        let v = verifier(serde_json::json!({"keys": [
+            {"kid": "ec", "algorithm": "ES256", "public_key": public}
+        ]}));
+        let c = new_claims("dave", Role::User, Duration::from_secs(60), vec![]);
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some("ec".into());
+        let enc = EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap();
+        let good = jsonwebtoken::encode(&h, &c, &enc).unwrap();
+        assert_eq!(v.verify(&good).unwrap().sub, "dave");
+        // The classic confusion: HMAC-sign with the public key as the secret.
+        let forged = sign(&public, "HS256", Some("ec"), &c).unwrap();
+        assert_eq!(v.verify(&forged), Err(AuthError::AlgorithmNotAllowed));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("gemini-2.5-*", "gemini-2.5-flash"));
+        assert!(glob("*flash*", "gemini-2.5-flash-lite"));
+        assert!(!glob("gemini-2.5-*", "gemini-2.0-flash"));
+        assert!(glob("exact", "exact") && !glob("exact", "exactly"));
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gp-auth-test-{}", rand_u128()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    mod base64_like {
+        /// URL-safe base64 without padding (enough for a forged test token).
+        pub fn b64(data: &[u8]) -> String {
+            const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in data.chunks(3) {
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
+                let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+                for i in 0..=chunk.len() {
+                    out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+}
