@@ -1,9 +1,13 @@
 //! The admin listener (`metrics.prometheus_port`): `/health`, `/metrics`, `/performance`,
 //! `/errors`, `/api/keys`.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use gemini_proxy_sdk::Role;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
@@ -13,11 +17,145 @@ use crate::runtime::Shared;
 
 pub struct AdminApp {
     shared: Arc<Shared>,
+    /// Failed logins per client IP: (failures, first failure, locked until).
+    logins: parking_lot::Mutex<HashMap<IpAddr, LoginFailures>>,
 }
+
+#[derive(Clone, Copy)]
+struct LoginFailures {
+    count: u32,
+    since: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// Failed logins from one IP within `LOGIN_WINDOW` before it is locked out for `LOCKOUT`.
+const MAX_LOGIN_FAILURES: u32 = 5;
+const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+const LOCKOUT: Duration = Duration::from_secs(15 * 60);
 
 impl AdminApp {
     pub fn new(shared: Arc<Shared>) -> AdminApp {
-        AdminApp { shared }
+        AdminApp {
+            shared,
+            logins: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `/api/*` needs a token with `role: admin` when auth is enabled.
+    fn guard(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let rt = self.shared.runtime.load_full();
+        let verifier = rt.auth.as_ref()?;
+        let token = session
+            .req_header()
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .unwrap_or("");
+        let fail = |status: u16, reason: &'static str, msg: &str| {
+            self.shared
+                .metrics
+                .auth_failures
+                .with_label_values(&[reason])
+                .inc();
+            tracing::info!(target: "gemini_proxy::security", reason, client_ip = ?client_ip(session), "admin API call refused");
+            Some(error(status, msg))
+        };
+        match verifier.verify(token) {
+            Ok(c) if c.role.as_deref() == Some("admin") => None,
+            Ok(_) => fail(
+                403,
+                "not_admin",
+                "the admin API needs a token with role admin",
+            ),
+            Err(e) => fail(401, e.reason(), e.message()),
+        }
+    }
+
+    /// `POST /auth/login {"password": "..."}` → an admin token.
+    async fn login(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let rt = self.shared.runtime.load_full();
+        let ip = client_ip(session).unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let now = Instant::now();
+        if let Some(f) = self.logins.lock().get(&ip)
+            && let Some(until) = f.locked_until
+            && until > now
+        {
+            let wait = (until - now).as_secs().max(1);
+            let mut r = error(429, format!("too many failed logins; try again in {wait}s"));
+            r.headers_mut().insert(
+                "retry-after",
+                http::HeaderValue::from_str(&wait.to_string()).expect("digits"),
+            );
+            return r;
+        }
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        #[derive(serde::Deserialize)]
+        struct Login {
+            password: String,
+        }
+        let Ok(login) = serde_json::from_slice::<Login>(&body) else {
+            return error(400, "expected {\"password\": \"...\"}");
+        };
+        let a = &rt.config.auth;
+        let Some(secret) = a.jwt_secret.as_deref().filter(|_| a.enabled) else {
+            return error(503, "admin login needs auth.enabled and auth.jwt_secret");
+        };
+        let ok = match (&a.admin_password_hash, &a.admin_password) {
+            (Some(hash), _) => verify_hash(hash, &login.password),
+            (None, Some(pw)) => constant_time_eq(pw, &login.password),
+            (None, None) => return error(503, "no admin password is configured"),
+        };
+        if !ok {
+            let count = {
+                let mut logins = self.logins.lock();
+                let f = logins.entry(ip).or_insert(LoginFailures {
+                    count: 0,
+                    since: now,
+                    locked_until: None,
+                });
+                if now.duration_since(f.since) > LOGIN_WINDOW {
+                    *f = LoginFailures {
+                        count: 0,
+                        since: now,
+                        locked_until: None,
+                    };
+                }
+                f.count += 1;
+                if f.count >= MAX_LOGIN_FAILURES {
+                    f.locked_until = Some(now + LOCKOUT);
+                    tracing::warn!(target: "gemini_proxy::security", client_ip = %ip, "admin login locked out after repeated failures");
+                }
+                f.count
+            };
+            self.shared
+                .metrics
+                .auth_failures
+                .with_label_values(&["bad_password"])
+                .inc();
+            // Slow down guessing: 100 ms, doubling, at most 1.6 s.
+            tokio::time::sleep(Duration::from_millis(100 << count.min(5).saturating_sub(1))).await;
+            return error(401, "wrong password");
+        }
+        self.logins.lock().remove(&ip);
+        let ttl = a.token_ttl.0;
+        let claims = gemini_proxy_plugins::auth::new_claims("admin", Role::Admin, ttl, vec![]);
+        match sign_claims(&rt, secret, claims) {
+            Ok(token) => {
+                tracing::info!(target: "gemini_proxy::security", client_ip = %ip, "admin logged in");
+                json_response(
+                    200,
+                    &json!({"token": token, "token_type": "Bearer", "expires_in": ttl.as_secs()}),
+                )
+            }
+            Err(e) => error(500, e),
+        }
     }
 
     fn health(&self) -> serde_json::Value {
@@ -106,9 +244,11 @@ impl AdminApp {
             }
             ("POST", ["api", "keys", id, "probe"]) => Mutation::Probe(id.to_string()),
             ("POST", ["api", "weights", "apply"]) => Mutation::Preset,
+            ("POST", ["api", "tokens"]) => Mutation::IssueToken,
+            ("POST", ["api", "tokens", "revoke"]) => Mutation::RevokeToken,
             _ => return None,
         };
-        if !loopback {
+        if !loopback && rt.auth.is_none() {
             return Some(error(
                 403,
                 "admin changes are served on a loopback admin listener only until admin authentication is configured",
@@ -123,6 +263,8 @@ impl AdminApp {
             Mutation::Remove(id) => self.remove_key(&id).await,
             Mutation::State(id, action) => self.key_state(&id, &action),
             Mutation::Preset => self.apply_preset(&body).await,
+            Mutation::IssueToken => self.issue_token(&body),
+            Mutation::RevokeToken => self.revoke_token(&body),
             Mutation::Probe(id) => match crate::probe::probe(&self.shared, &id).await {
                 Some(r) => json_response(200, &json!({ "probe": r })),
                 None => error(404, format!("no key `{id}`")),
@@ -203,6 +345,79 @@ impl AdminApp {
                 self.shared.pool.set_overlay(before);
                 error(400, e)
             }
+        }
+    }
+
+    fn issue_token(&self, body: &[u8]) -> Response<Vec<u8>> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Issue {
+            sub: String,
+            #[serde(default)]
+            role: Option<String>,
+            #[serde(default)]
+            ttl: Option<crate::config::ConfigDuration>,
+            #[serde(default)]
+            models: Vec<String>,
+            #[serde(default)]
+            limits: Option<gemini_proxy_plugins::auth::TokenLimits>,
+        }
+        let rt = self.shared.runtime.load_full();
+        let Some(secret) = rt
+            .config
+            .auth
+            .jwt_secret
+            .as_deref()
+            .filter(|_| rt.auth.is_some())
+        else {
+            return error(503, "issuing tokens needs auth.enabled and auth.jwt_secret");
+        };
+        let req: Issue = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => return error(400, format!("bad token request: {e}")),
+        };
+        let role = match req.role.as_deref() {
+            None | Some("user") => Role::User,
+            Some("admin") => Role::Admin,
+            Some(other) => return error(400, format!("role `{other}` is not user or admin")),
+        };
+        if req.sub.trim().is_empty() {
+            return error(400, "sub is empty");
+        }
+        let ttl = req.ttl.map_or(rt.config.auth.token_ttl.0, |d| d.0);
+        let mut claims = gemini_proxy_plugins::auth::new_claims(&req.sub, role, ttl, req.models);
+        claims.limits = req.limits;
+        let jti = claims.jti.clone();
+        match sign_claims(&rt, secret, claims) {
+            Ok(token) => {
+                tracing::info!(target: "gemini_proxy::security", sub = %req.sub, role = role.as_str(), jti = ?jti, "token issued");
+                json_response(
+                    201,
+                    &json!({"token": token, "token_type": "Bearer", "expires_in": ttl.as_secs(), "jti": jti}),
+                )
+            }
+            Err(e) => error(500, e),
+        }
+    }
+
+    fn revoke_token(&self, body: &[u8]) -> Response<Vec<u8>> {
+        #[derive(serde::Deserialize)]
+        struct Revoke {
+            jti: String,
+        }
+        let rt = self.shared.runtime.load_full();
+        let Some(verifier) = &rt.auth else {
+            return error(503, "auth is not enabled");
+        };
+        let Ok(r) = serde_json::from_slice::<Revoke>(body) else {
+            return error(400, "expected {\"jti\": \"...\"}");
+        };
+        match verifier.revocations().revoke(&r.jti) {
+            Ok(()) => {
+                tracing::info!(target: "gemini_proxy::security", jti = %r.jti, "token revoked");
+                json_response(200, &json!({"revoked": r.jti}))
+            }
+            Err(e) => error(500, format!("cannot write the revocation file: {e}")),
         }
     }
 
@@ -300,6 +515,47 @@ impl AdminApp {
     }
 }
 
+fn client_ip(session: &ServerSession) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    // Comparing digests keeps the time independent of where the strings differ and of length.
+    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    x.ct_eq(&y).into()
+}
+
+fn verify_hash(hash: &str, password: &str) -> bool {
+    use argon2::PasswordVerifier;
+    argon2::PasswordHash::new(hash).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+/// Signs with the gateway's HMAC secret, adding the configured issuer and audience.
+fn sign_claims(
+    rt: &crate::runtime::Runtime,
+    secret: &str,
+    mut claims: gemini_proxy_plugins::auth::Claims,
+) -> Result<String, String> {
+    let a = &rt.config.auth;
+    claims.iss = a.issuer.clone();
+    claims.aud = a.audience.clone();
+    gemini_proxy_plugins::auth::sign(
+        secret,
+        a.algorithm.as_deref().unwrap_or("HS256"),
+        None,
+        &claims,
+    )
+}
+
 fn weights_of(rt: &crate::runtime::Runtime) -> serde_json::Value {
     rt.candidates
         .iter()
@@ -314,6 +570,8 @@ enum Mutation {
     State(String, String),
     Preset,
     Probe(String),
+    IssueToken,
+    RevokeToken,
 }
 
 #[async_trait]
@@ -322,6 +580,14 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let path = req.uri.path().to_string();
         let method = req.method.clone();
+        if method == http::Method::POST && path == "/auth/login" {
+            return self.login(session).await;
+        }
+        if path.starts_with("/api/")
+            && let Some(r) = self.guard(session)
+        {
+            return r;
+        }
         if let Some(r) = self.mutate(session, &method, &path).await {
             return r;
         }

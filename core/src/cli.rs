@@ -30,6 +30,109 @@ pub enum Command {
     Check(CheckArgs),
     /// Run only the mock Gemini upstream (for local development and benchmarks).
     Mock(MockArgs),
+    /// Print a signed gateway token (uses auth.jwt_secret or JWT_SECRET from the config).
+    Token(TokenArgs),
+    /// Print the Argon2 hash of a password read from stdin (for auth.admin_password_hash).
+    HashPassword,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TokenArgs {
+    /// Config file.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Subject: the user or service the token is for.
+    #[arg(long)]
+    pub sub: String,
+    /// `user` or `admin`.
+    #[arg(long, default_value = "user")]
+    pub role: String,
+    /// Lifetime (e.g. 1h, 30d).
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// Models the token may use (globs, comma-separated); default any.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+}
+
+/// `token`: prints a token, or an error; returns the exit code.
+pub fn run_token(a: &TokenArgs) -> i32 {
+    let loaded = match config::load_file(&a.config, &config::process_env) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let auth = &loaded.config.auth;
+    let Some(secret) = auth.jwt_secret.as_deref() else {
+        eprintln!(
+            "error: {}: auth.jwt_secret: not set (nor JWT_SECRET)",
+            a.config.display()
+        );
+        return 2;
+    };
+    let role = match a.role.as_str() {
+        "user" => gemini_proxy_sdk::Role::User,
+        "admin" => gemini_proxy_sdk::Role::Admin,
+        other => {
+            eprintln!("error: --role `{other}` is not user or admin");
+            return 2;
+        }
+    };
+    let ttl = match config::parse_duration(&a.ttl) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            eprintln!("error: --ttl must be above 0");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("error: --ttl: {e}");
+            return 2;
+        }
+    };
+    let mut claims = gemini_proxy_plugins::auth::new_claims(&a.sub, role, ttl, a.models.clone());
+    claims.iss = auth.issuer.clone();
+    claims.aud = auth.audience.clone();
+    match gemini_proxy_plugins::auth::sign(
+        secret,
+        auth.algorithm.as_deref().unwrap_or("HS256"),
+        None,
+        &claims,
+    ) {
+        Ok(t) => {
+            println!("{t}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}
+
+/// `hash-password`: reads one line from stdin, prints its Argon2id hash.
+pub fn run_hash_password() -> i32 {
+    use argon2::PasswordHasher;
+    let mut line = String::new();
+    if std::io::stdin().read_line(&mut line).is_err() || line.trim_end().is_empty() {
+        eprintln!("error: give the password on stdin");
+        return 2;
+    }
+    let salt = argon2::password_hash::SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .expect("16 bytes make a salt");
+    match argon2::Argon2::default()
+        .hash_password(line.trim_end_matches(['\n', '\r']).as_bytes(), &salt)
+    {
+        Ok(h) => {
+            println!("{h}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            2
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]

@@ -26,11 +26,6 @@ fn serve(args: ServeArgs) -> i32 {
     for w in &loaded.warnings {
         tracing::warn!(migration = %w, "config migrated; run `gemini-proxy check --migrate` to upgrade the file");
     }
-    if c.auth.enabled {
-        tracing::warn!(
-            "auth.enabled is set, but JWT authentication is not implemented in this version: calls are not authenticated"
-        );
-    }
     let shared = match Shared::new(&loaded, gemini_proxy_core::builtin_registry()) {
         Ok(s) => s,
         Err(e) => {
@@ -126,6 +121,8 @@ fn main() {
         Some(Command::Demo(a)) => demo(a),
         Some(Command::Check(a)) => cli::run_check(&a),
         Some(Command::Mock(a)) => mock(a),
+        Some(Command::Token(a)) => cli::run_token(&a),
+        Some(Command::HashPassword) => cli::run_hash_password(),
     };
     std::process::exit(code);
 }

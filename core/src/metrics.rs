@@ -86,6 +86,8 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     /// Keys found dead, by reason.
     pub keys_disabled: IntCounterVec,
+    /// Refused credentials (proxy and admin listeners), by reason.
+    pub auth_failures: IntCounterVec,
     /// 1 for the key's current state (`active`, `cooling_down`, `half_open`, `disabled`).
     pub key_state: IntGaugeVec,
     pub key_cooldown_seconds: IntGaugeVec,
@@ -197,6 +199,11 @@ impl Metrics {
             "Keys the pool found dead, by reason",
             &["reason"],
         );
+        let auth_failures = counter(
+            "auth_failures_total",
+            "Calls refused for their credential or permissions, by reason",
+            &["reason"],
+        );
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -232,6 +239,7 @@ impl Metrics {
             key_enabled,
             retries,
             keys_disabled,
+            auth_failures,
             key_state,
             key_cooldown_seconds,
             key_in_flight,

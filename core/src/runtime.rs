@@ -119,6 +119,49 @@ pub struct Runtime {
     pub preset: Option<String>,
     /// The config this runtime was built from (admin changes rebuild from it).
     pub source: LoadedConfig,
+    /// Token verification (when `auth.enabled`), shared with the admin API.
+    pub auth: Option<Arc<gemini_proxy_plugins::auth::Verifier>>,
+}
+
+/// With `auth.enabled`, the pipeline starts with the `auth` stage (configured from the top-level
+/// `auth:` section) unless it already names one; a bare `auth` entry gets that config too.
+fn with_auth_stage(mut entries: Vec<serde_yaml::Value>, c: &Config) -> Vec<serde_yaml::Value> {
+    use serde_yaml::{Mapping, Value};
+    let from_config = || serde_yaml::to_value(c.auth.stage_config()).unwrap_or(Value::Null);
+    let kind = |e: &Value| match e {
+        Value::String(k) => Some(k.clone()),
+        Value::Mapping(m) if m.len() == 1 => m.keys().next()?.as_str().map(str::to_string),
+        _ => None,
+    };
+    match entries
+        .iter()
+        .position(|e| kind(e).as_deref() == Some("auth"))
+    {
+        Some(i) => {
+            let mut cfg = match from_config() {
+                Value::Mapping(m) => m,
+                _ => Mapping::new(),
+            };
+            // Fields written on the entry (when:, failure_mode:, overrides) win.
+            if let Value::Mapping(m) = &entries[i]
+                && let Some(Value::Mapping(own)) = m.values().next()
+            {
+                for (k, v) in own {
+                    cfg.insert(k.clone(), v.clone());
+                }
+            }
+            let mut entry = Mapping::new();
+            entry.insert(Value::String("auth".into()), Value::Mapping(cfg));
+            entries[i] = Value::Mapping(entry);
+        }
+        None if c.auth.enabled => {
+            let mut entry = Mapping::new();
+            entry.insert(Value::String("auth".into()), from_config());
+            entries.insert(0, Value::Mapping(entry));
+        }
+        None => {}
+    }
+    entries
 }
 
 /// `pool.keys_file` of a config, resolved against its directory.
@@ -161,7 +204,19 @@ impl Runtime {
             .unwrap_or_else(|| "(inline)".into());
         let c = &loaded.config;
         let env = BuildEnv::new(loaded.config_dir());
-        let entries = c.pipeline.clone().unwrap_or_else(default_pipeline);
+        let entries = with_auth_stage(c.pipeline.clone().unwrap_or_else(default_pipeline), c);
+        // The admin API verifies tokens with the same keys as the `auth` stage.
+        let auth = if c.auth.enabled {
+            let stage: gemini_proxy_plugins::auth::AuthStageConfig =
+                serde_json::from_value(c.auth.stage_config())
+                    .map_err(|e| ConfigError::new(&file, "auth", e.to_string()))?;
+            Some(Arc::new(
+                gemini_proxy_plugins::auth::Verifier::new(&stage, &loaded.config_dir())
+                    .map_err(|m| ConfigError::new(&file, "auth", m))?,
+            ))
+        } else {
+            None
+        };
         let pipeline = Pipeline::build(&entries, registry, &env, &file)?;
         // Keys from the file, with the admin API's additions and removals.
         let overlay = pool.overlay();
@@ -283,6 +338,7 @@ impl Runtime {
                 .then(|| loaded.config_dir().join(&c.pool.state_file)),
             preset,
             source: loaded.clone(),
+            auth,
         })
     }
 

@@ -20,7 +20,12 @@ fn check(path: &Path, scratch: &Path) {
             text = text.replace(&line, &format!("{indent}{k}: {}", p.display()));
         }
     }
-    let env = |k: &str| (k == "GEMINI_API_KEY").then(|| "AIzaFromEnvironment".to_string());
+    let env = |k: &str| match k {
+        "GEMINI_API_KEY" => Some("AIzaFromEnvironment".to_string()),
+        "JWT_SECRET" => Some("Env-Secret-For-Shipped-Config-Tests-0123!".to_string()),
+        "ADMIN_PASSWORD" => Some("Adm1n-Password-From-Env!".to_string()),
+        _ => None,
+    };
     let loaded =
         load_str(&text, &path.display().to_string(), &env).unwrap_or_else(|e| panic!("{e}"));
     let rt = Runtime::build(

@@ -377,6 +377,27 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
             );
         }
     }
+    if c.auth.enabled && c.auth.jwt_secret.is_none() && c.auth.keys.is_empty() {
+        return err(
+            "auth.jwt_secret".into(),
+            "required when auth is enabled (set it here or in JWT_SECRET, or list auth.keys)"
+                .into(),
+        );
+    }
+    let loopback = |h: &str| {
+        h == "localhost"
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    };
+    if !c.auth.enabled && !loopback(&c.server.host) && !c.auth.allow_unauthenticated {
+        return err(
+            "auth.enabled".into(),
+            format!(
+                "is false while the proxy listens on {} (not loopback): anyone who reaches it spends your keys; enable auth, bind to 127.0.0.1, or set auth.allow_unauthenticated: true for development",
+                c.server.host
+            ),
+        );
+    }
     for (name, weights) in &c.presets {
         if !valid_id(name) {
             return err(

@@ -252,14 +252,71 @@ impl Default for TimeoutsConfig {
     }
 }
 
-#[derive(Clone, Deserialize, Serialize, PartialEq, Default)]
+#[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub enabled: bool,
+    /// HMAC secret of gateway tokens (`JWT_SECRET` overrides).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<String>,
+    /// `HS256` (default), `HS384` or `HS512` for `jwt_secret`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// More verification keys by `kid` (rotation, RS256/ES256/EdDSA public keys).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<gemini_proxy_plugins::auth::VerifyKey>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`.
+    pub leeway: ConfigDuration,
+    /// Revoked token ids (next to the config file; mode 0600).
+    pub revocations_file: String,
+    /// Lifetime of tokens the gateway issues (login, `POST /api/tokens`).
+    pub token_ttl: ConfigDuration,
+    /// Admin password for `POST /auth/login` (`ADMIN_PASSWORD` overrides).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_password: Option<String>,
+    /// Argon2 hash of the admin password (`gemini-proxy hash-password`); preferred.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_password_hash: Option<String>,
+    /// Allows `enabled: false` on a non-loopback listener (development only).
+    pub allow_unauthenticated: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            enabled: false,
+            jwt_secret: None,
+            algorithm: None,
+            keys: Vec::new(),
+            issuer: None,
+            audience: None,
+            leeway: ConfigDuration::secs(30),
+            revocations_file: "data/revoked-tokens.json".into(),
+            token_ttl: ConfigDuration::secs(3600),
+            admin_password: None,
+            admin_password_hash: None,
+            allow_unauthenticated: false,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// The `auth` stage's config as JSON (paths stay relative to the config file).
+    pub fn stage_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "jwt_secret": self.jwt_secret,
+            "algorithm": self.algorithm,
+            "keys": self.keys,
+            "issuer": self.issuer,
+            "audience": self.audience,
+            "leeway_seconds": self.leeway.0.as_secs(),
+            "revocations_file": (!self.revocations_file.is_empty()).then_some(&self.revocations_file),
+        })
+    }
 }
 
 impl std::fmt::Debug for AuthConfig {
@@ -274,6 +331,9 @@ impl std::fmt::Debug for AuthConfig {
                 "admin_password",
                 &self.admin_password.as_ref().map(|_| "<redacted>"),
             )
+            .field("keys", &self.keys.len())
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
             .finish()
     }
 }

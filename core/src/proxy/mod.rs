@@ -87,7 +87,7 @@ impl Failure {
     fn rejected(r: Rejection) -> Failure {
         Failure {
             status: r.status,
-            class: "rejected",
+            class: r.reason.unwrap_or("rejected"),
             message: r.message,
             retry_after: r.retry_after,
             headers: r.headers,
@@ -379,7 +379,17 @@ impl GatewayProxy {
 
         match rt.pipeline.admit(cx).await {
             Ok(None) => {}
-            Ok(Some(rejection)) => return Err(Failure::rejected(rejection)),
+            Ok(Some(rejection)) => {
+                if matches!(rejection.status, 401 | 403) {
+                    self.shared
+                        .metrics
+                        .auth_failures
+                        .with_label_values(&[rejection.reason.unwrap_or("other")])
+                        .inc();
+                    tracing::info!(target: "gemini_proxy::security", request_id = %ctx.request_id, status = rejection.status, reason = rejection.reason.unwrap_or("other"), client_ip = ?ctx.cx.as_ref().and_then(|c| c.request.client_ip), "call refused");
+                }
+                return Err(Failure::rejected(rejection));
+            }
             Err(stage) => return Err(Failure::stage(&ctx.request_id, stage).unread()),
         }
 
