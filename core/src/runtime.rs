@@ -121,6 +121,8 @@ pub struct Runtime {
     pub source: LoadedConfig,
     /// Token verification (when `auth.enabled`), shared with the admin API.
     pub auth: Option<Arc<gemini_proxy_plugins::auth::Verifier>>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<crate::proxy::Cidr>,
 }
 
 /// With `auth.enabled`, the pipeline starts with the `auth` stage (configured from the top-level
@@ -339,6 +341,12 @@ impl Runtime {
             preset,
             source: loaded.clone(),
             auth,
+            trusted_proxies: c
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|t| crate::proxy::Cidr::parse(t).ok())
+                .collect(),
         })
     }
 

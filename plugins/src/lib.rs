@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod key_select;
+pub mod rate_limit;
 pub mod request_log;
 
 use gemini_proxy_sdk::Registry;
@@ -14,6 +15,7 @@ use gemini_proxy_sdk::Registry;
 pub fn register_builtins(registry: &mut Registry) {
     registry.register::<auth::Auth>();
     registry.register::<key_select::KeySelect>();
+    registry.register::<rate_limit::RateLimit>();
     registry.register::<request_log::RequestLog>();
 }
 

@@ -377,6 +377,11 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
             );
         }
     }
+    for (i, t) in c.server.trusted_proxies.iter().enumerate() {
+        if let Err(m) = crate::proxy::Cidr::parse(t) {
+            return err(format!("server.trusted_proxies[{i}]"), m);
+        }
+    }
     if c.auth.enabled && c.auth.jwt_secret.is_none() && c.auth.keys.is_empty() {
         return err(
             "auth.jwt_secret".into(),

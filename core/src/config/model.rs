@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// `development` or `production` (production refuses weak security at startup).
     pub mode: ServerMode,
+    /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding the client IP.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +80,7 @@ impl Default for ServerConfig {
             grace_period: ConfigDuration::secs(30),
             public_url: None,
             mode: ServerMode::Development,
+            trusted_proxies: Vec::new(),
         }
     }
 }

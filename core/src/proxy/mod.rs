@@ -24,7 +24,7 @@ use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::{ProxyHttp, Session};
 
 pub use errors::{ErrorStyle, error_body};
-pub use inbound::{Inbound, sanitize_headers, split_key_param};
+pub use inbound::{Cidr, Inbound, client_ip, sanitize_headers, split_key_param};
 pub use observer::{BodyFormat, Observed, Observer};
 
 use crate::pipeline::StageFailure;
@@ -367,10 +367,11 @@ impl GatewayProxy {
             RequestView::new(ctx.request_id.clone(), method.clone(), inbound.path.clone());
         view.query = inbound.query.clone();
         view.headers = inbound.headers.clone();
-        view.client_ip = session
+        let peer = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        view.client_ip = client_ip(peer, &session.req_header().headers, &rt.trusted_proxies);
         view.body_size = inbound.content_length;
         ctx.done.streamed = inbound.route.stream;
         let cx = ctx

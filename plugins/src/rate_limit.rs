@@ -1,0 +1,353 @@
+//! `rate_limit`: requests and tokens per minute per client IP and per user, and concurrent
+//! streams per user. Exact under concurrency: every decision is a sliding 60-second log under one
+//! lock per key, so 200 simultaneous calls against a limit of 50 let exactly 50 through.
+//!
+//! Tokens are estimated before the call (request bytes / 4) and corrected from the upstream's
+//! `usageMetadata` when it ends. A user's token may carry its own `limits` claim
+//! (`{"rpm": .., "tpm": .., "concurrent_streams": ..}`), which overrides the configured ones.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gemini_proxy_sdk::{
+    Admission, BuildEnv, CompletedRequest, Phases, Plugin, PluginError, PluginFactory, Rejection,
+    RequestContext,
+};
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Limits for one kind of caller; absent = unlimited.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub concurrent_streams: Option<u64>,
+}
+
+/// Config of the `rate_limit` stage.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Per client IP (after the gateway's trusted-proxy handling).
+    #[serde(default)]
+    pub per_ip: Limits,
+    /// Per authenticated user (`sub`); a token's `limits` claim overrides it.
+    #[serde(default)]
+    pub per_user: Limits,
+}
+
+/// One caller's recent calls: (when, tokens) and streams open now.
+#[derive(Default)]
+struct Log {
+    entries: VecDeque<(Instant, u64, u64)>,
+    next_id: u64,
+    streams: u64,
+}
+
+impl Log {
+    fn prune(&mut self, now: Instant) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) >= WINDOW)
+        {
+            self.entries.pop_front();
+        }
+    }
+
+    /// When the oldest entry leaves the window.
+    fn retry_after(&self, now: Instant) -> Duration {
+        self.entries
+            .front()
+            .map(|(t, _, _)| WINDOW.saturating_sub(now.duration_since(*t)))
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_secs(1))
+    }
+}
+
+/// What admission left in the call's extensions, to correct tokens and close streams later.
+struct Ticket {
+    entries: Vec<(String, u64)>,
+    estimate: u64,
+    streams: Vec<String>,
+}
+
+/// The `rate_limit` stage.
+pub struct RateLimit {
+    config: RateLimitConfig,
+    logs: Mutex<HashMap<String, Log>>,
+}
+
+fn limits_from_claims(cx: &RequestContext) -> Option<Limits> {
+    let l = cx.identity.as_ref()?.claims.get("limits")?;
+    serde_json::from_value(l.clone()).ok()
+}
+
+impl RateLimit {
+    fn check(&self, cx: &mut RequestContext) -> Result<(), Rejection> {
+        let now = Instant::now();
+        let estimate = cx.request.body_size.unwrap_or(0) / 4 + 1;
+        let mut scopes: Vec<(String, Limits, &'static str)> = Vec::new();
+        if let Some(ip) = cx.request.client_ip {
+            scopes.push((format!("ip:{ip}"), self.config.per_ip, "client IP"));
+        }
+        if let Some(id) = &cx.identity {
+            let limits = limits_from_claims(cx).unwrap_or(self.config.per_user);
+            scopes.push((format!("user:{}", id.subject), limits, "user"));
+        }
+        let stream = cx.request.stream;
+        let mut logs = self.logs.lock();
+        // Decide for every scope before recording anything, so a refusal costs no quota.
+        for (key, limits, what) in &scopes {
+            let log = logs.entry(key.clone()).or_default();
+            log.prune(now);
+            if let Some(rpm) = limits.rpm
+                && log.entries.len() as u64 >= rpm
+            {
+                return Err(Rejection::new(
+                    429,
+                    format!("rate limit: more than {rpm} requests a minute for this {what}"),
+                )
+                .retry_after(log.retry_after(now))
+                .reason("rpm"));
+            }
+            if let Some(tpm) = limits.tpm {
+                let used: u64 = log.entries.iter().map(|(_, t, _)| *t).sum();
+                if used + estimate > tpm {
+                    return Err(Rejection::new(
+                        429,
+                        format!("rate limit: more than {tpm} tokens a minute for this {what}"),
+                    )
+                    .retry_after(log.retry_after(now))
+                    .reason("tpm"));
+                }
+            }
+            if stream
+                && let Some(max) = limits.concurrent_streams
+                && log.streams >= max
+            {
+                return Err(Rejection::new(
+                    429,
+                    format!("rate limit: {max} streams already open for this {what}"),
+                )
+                .retry_after(Duration::from_secs(1))
+                .reason("streams"));
+            }
+        }
+        let mut ticket = Ticket {
+            entries: Vec::new(),
+            estimate,
+            streams: Vec::new(),
+        };
+        for (key, limits, _) in &scopes {
+            let log = logs.entry(key.clone()).or_default();
+            log.next_id += 1;
+            let id = log.next_id;
+            log.entries.push_back((now, estimate, id));
+            ticket.entries.push((key.clone(), id));
+            if stream && limits.concurrent_streams.is_some() {
+                log.streams += 1;
+                ticket.streams.push(key.clone());
+            }
+        }
+        drop(logs);
+        cx.extensions.insert(ticket);
+        Ok(())
+    }
+}
+
+#[gemini_proxy_sdk::async_trait]
+impl Plugin for RateLimit {
+    fn name(&self) -> &str {
+        "rate_limit"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases::ADMIT | Phases::COMPLETE
+    }
+
+    async fn on_admit(&self, cx: &mut RequestContext) -> Result<Admission, PluginError> {
+        Ok(match self.check(cx) {
+            Ok(()) => Admission::Continue,
+            Err(r) => Admission::Reject(r),
+        })
+    }
+
+    fn on_complete(&self, cx: &RequestContext, done: &CompletedRequest) {
+        let Some(t) = cx.extensions.get::<Ticket>() else {
+            return;
+        };
+        let actual = done
+            .usage
+            .map(|u| u.prompt_tokens + u.candidates_tokens + u.thoughts_tokens);
+        let mut logs = self.logs.lock();
+        for (key, id) in &t.entries {
+            if let Some(log) = logs.get_mut(key)
+                && let Some(e) = log.entries.iter_mut().find(|(_, _, i)| i == id)
+            {
+                // Replace the estimate with what the upstream counted (a failed call: the estimate stays).
+                if let Some(a) = actual {
+                    e.1 = a;
+                } else {
+                    e.1 = t.estimate;
+                }
+            }
+        }
+        for key in &t.streams {
+            if let Some(log) = logs.get_mut(key) {
+                log.streams = log.streams.saturating_sub(1);
+            }
+        }
+        // Forget idle callers so the map does not grow without bound.
+        if logs.len() > 100_000 {
+            let now = Instant::now();
+            logs.retain(|_, l| {
+                l.prune(now);
+                !l.entries.is_empty() || l.streams > 0
+            });
+        }
+    }
+}
+
+impl PluginFactory for RateLimit {
+    const KIND: &'static str = "rate_limit";
+    type Config = RateLimitConfig;
+
+    fn build(config: RateLimitConfig, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, PluginError> {
+        for (what, l) in [("per_ip", config.per_ip), ("per_user", config.per_user)] {
+            if [l.rpm, l.tpm, l.concurrent_streams].contains(&Some(0)) {
+                return Err(PluginError::new(format!(
+                    "{what}: a limit of 0 would refuse every call; leave it out for no limit"
+                )));
+            }
+        }
+        Ok(Arc::new(RateLimit {
+            config,
+            logs: Mutex::new(HashMap::new()),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gemini_proxy_sdk::{Identity, Role, testing};
+
+    fn stage(v: serde_json::Value) -> Arc<dyn Plugin> {
+        crate::builtin_registry()
+            .build("rate_limit", v, &BuildEnv::default())
+            .unwrap()
+    }
+
+    fn admit(p: &dyn Plugin, cx: &mut RequestContext) -> Admission {
+        testing::block_on(p.on_admit(cx)).unwrap()
+    }
+
+    fn call(ip: &str, user: Option<&str>) -> RequestContext {
+        let mut cx = testing::request("POST", "/v1beta/models/m:generateContent");
+        cx.request.client_ip = Some(ip.parse().unwrap());
+        cx.request.body_size = Some(400);
+        cx.identity = user.map(|u| Identity::new(u, Role::User));
+        cx
+    }
+
+    #[test]
+    fn counts_requests_per_ip_and_per_user() {
+        let p = stage(serde_json::json!({"per_ip": {"rpm": 3}, "per_user": {"rpm": 2}}));
+        assert!(matches!(
+            admit(&*p, &mut call("10.0.0.1", Some("a"))),
+            Admission::Continue
+        ));
+        assert!(matches!(
+            admit(&*p, &mut call("10.0.0.2", Some("a"))),
+            Admission::Continue
+        ));
+        match admit(&*p, &mut call("10.0.0.3", Some("a"))) {
+            Admission::Reject(r) => {
+                assert_eq!(r.status, 429);
+                assert_eq!(r.reason, Some("rpm"));
+                let after = r.retry_after.unwrap();
+                assert!(
+                    after > Duration::from_secs(58) && after <= WINDOW,
+                    "{after:?}"
+                );
+            }
+            _ => panic!("user a is over 2/min"),
+        }
+        for _ in 0..3 {
+            assert!(matches!(
+                admit(&*p, &mut call("10.0.0.9", None)),
+                Admission::Continue
+            ));
+        }
+        assert!(matches!(
+            admit(&*p, &mut call("10.0.0.9", None)),
+            Admission::Reject(_)
+        ));
+    }
+
+    #[test]
+    fn token_limits_use_estimates_then_actual_usage_and_claims_override() {
+        let p = stage(serde_json::json!({"per_user": {"tpm": 1000}}));
+        let mut cx = call("10.0.0.1", Some("a"));
+        cx.request.body_size = Some(3600); // ~900 tokens
+        assert!(matches!(admit(&*p, &mut cx), Admission::Continue));
+        let mut next = call("10.0.0.1", Some("a"));
+        assert!(
+            matches!(admit(&*p, &mut next), Admission::Reject(_)),
+            "estimate counts"
+        );
+        // The call really used 100 tokens.
+        let mut done = CompletedRequest::default();
+        done.usage = Some(gemini_proxy_sdk::Usage {
+            prompt_tokens: 60,
+            candidates_tokens: 40,
+            ..Default::default()
+        });
+        p.on_complete(&cx, &done);
+        assert!(matches!(
+            admit(&*p, &mut call("10.0.0.1", Some("a"))),
+            Admission::Continue
+        ));
+        // A token's own limits win.
+        let mut vip = call("10.0.0.1", Some("vip"));
+        vip.identity.as_mut().unwrap().claims = serde_json::json!({"limits": {"tpm": 1_000_000}});
+        vip.request.body_size = Some(400_000);
+        assert!(matches!(admit(&*p, &mut vip), Admission::Continue));
+    }
+
+    #[test]
+    fn concurrent_streams_are_capped_and_released() {
+        let p = stage(serde_json::json!({"per_user": {"concurrent_streams": 1}}));
+        let stream = || {
+            let mut cx = testing::request("POST", "/v1beta/models/m:streamGenerateContent?alt=sse");
+            cx.identity = Some(Identity::new("s", Role::User));
+            cx
+        };
+        let mut first = stream();
+        assert!(matches!(admit(&*p, &mut first), Admission::Continue));
+        assert!(matches!(admit(&*p, &mut stream()), Admission::Reject(_)));
+        p.on_complete(&first, &CompletedRequest::default());
+        assert!(matches!(admit(&*p, &mut stream()), Admission::Continue));
+    }
+
+    #[test]
+    fn zero_limits_are_config_errors() {
+        let e = crate::builtin_registry()
+            .build(
+                "rate_limit",
+                serde_json::json!({"per_ip": {"rpm": 0}}),
+                &BuildEnv::default(),
+            )
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("per_ip"), "{e}");
+    }
+}
