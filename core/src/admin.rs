@@ -599,6 +599,10 @@ impl ServeHttp for AdminApp {
         }
         match path.as_str() {
             "/api/weights/presets" => json_response(200, &self.presets()),
+            "/api/security" => {
+                let rt = self.shared.runtime.load_full();
+                json_response(200, &json!(crate::security::assess(&rt.source)))
+            }
             "/health" | "/healthz" => json_response(200, &self.health()),
             "/metrics" => {
                 self.shared.metrics.publish_pool(&self.shared.pool.report());

@@ -263,22 +263,39 @@ pub fn run_check(args: &CheckArgs) -> i32 {
                     eprintln!("migrated: {w}");
                 }
             }
+            let security = crate::security::assess(&loaded);
+            let production = loaded.config.server.mode == config::ServerMode::Production;
+            // In production mode the gateway would refuse to start: so does the check.
+            let code = if production && security.blocks_production {
+                1
+            } else {
+                0
+            };
             match (built, args.format) {
                 (Ok(_), OutputFormat::Text) => {
                     if !args.migrate {
                         for w in &loaded.warnings {
                             println!("warning: {w}");
                         }
-                        println!("{}: ok", args.config.display());
+                        print!("{}", security.text());
+                        if code == 0 {
+                            println!("{}: ok", args.config.display());
+                        } else {
+                            println!(
+                                "{}: production mode would refuse to start (critical finding or score under {})",
+                                args.config.display(),
+                                security.min_score
+                            );
+                        }
                     }
-                    0
+                    code
                 }
                 (Ok(_), OutputFormat::Json) => {
                     println!(
                         "{}",
-                        serde_json::json!({"file": args.config.display().to_string(), "ok": true, "warnings": loaded.warnings})
+                        serde_json::json!({"file": args.config.display().to_string(), "ok": code == 0, "warnings": loaded.warnings, "security": security})
                     );
-                    0
+                    code
                 }
                 (Err(e), OutputFormat::Text) => {
                     eprintln!("error: {e}");

@@ -13,6 +13,7 @@ pub mod probe;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod stats;
 

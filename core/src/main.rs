@@ -26,6 +26,20 @@ fn serve(args: ServeArgs) -> i32 {
     for w in &loaded.warnings {
         tracing::warn!(migration = %w, "config migrated; run `gemini-proxy check --migrate` to upgrade the file");
     }
+    let security = gemini_proxy_core::security::assess(&loaded);
+    for f in &security.findings {
+        tracing::warn!(target: "gemini_proxy::security", id = f.id, severity = ?f.severity, cwe = f.cwe, fix = f.fix, "{}", f.title);
+    }
+    if c.server.mode == gemini_proxy_core::config::ServerMode::Production
+        && security.blocks_production
+    {
+        eprintln!(
+            "error: production mode refuses to start (critical finding or score under {}):\n{}",
+            security.min_score,
+            security.text()
+        );
+        return 2;
+    }
     let shared = match Shared::new(&loaded, gemini_proxy_core::builtin_registry()) {
         Ok(s) => s,
         Err(e) => {

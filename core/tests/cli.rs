@@ -89,3 +89,119 @@ fn check_reports_file_path_and_problem() {
         "serve refuses an invalid config"
     );
 }
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_reports_security_findings_and_production_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let weak = write(
+        dir.path(),
+        "weak.yaml",
+        "server: { host: 0.0.0.0, port: 18999, mode: production }\ngemini: { api_keys: [ { id: a, key: your-gemini-api-key } ] }\nauth: { enabled: true, jwt_secret: short, admin_password: admin }\n",
+    );
+    let out = bin()
+        .args(["check", "--format", "json", "--config"])
+        .arg(&weak)
+        .env_remove("JWT_SECRET")
+        .env_remove("ADMIN_PASSWORD")
+        .env_remove("GEMINI_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = v["security"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "jwt-secret-weak",
+        "admin-password-weak",
+        "api-key-placeholder",
+        "tls-required-in-production",
+    ] {
+        assert!(ids.contains(&id), "{id} missing: {ids:?}");
+    }
+    assert!(v["security"]["score"].as_u64().unwrap() < 70);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("\"short\"") && !text.contains("admin\""),
+        "secrets in the report"
+    );
+    // serve refuses to start in production with this config.
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&weak)
+        .env_remove("JWT_SECRET")
+        .env_remove("ADMIN_PASSWORD")
+        .env_remove("GEMINI_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("production mode refuses to start"));
+}
+
+#[test]
+fn token_command_prints_a_token_the_gateway_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "gw.yaml",
+        "server: { host: 127.0.0.1, port: 18998 }\ngemini: { api_keys: [ { id: a, key: AIzaKeyForTokenTest } ] }\nauth: { enabled: true, jwt_secret: \"Cli-Test-Secret-0123456789-abcdef!\", issuer: gw }\n",
+    );
+    let out = bin()
+        .args([
+            "token",
+            "--sub",
+            "ci-bot",
+            "--role",
+            "admin",
+            "--ttl",
+            "10m",
+            "--models",
+            "gemini-2.5-*,gemma-*",
+            "--config",
+        ])
+        .arg(&cfg)
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let stage: gemini_proxy_plugins::auth::AuthStageConfig = serde_json::from_value(
+        serde_json::json!({"jwt_secret": "Cli-Test-Secret-0123456789-abcdef!", "issuer": "gw"}),
+    )
+    .unwrap();
+    let v = gemini_proxy_plugins::auth::Verifier::new(&stage, dir.path()).unwrap();
+    let claims = v.verify(&token).unwrap();
+    assert_eq!(claims.sub, "ci-bot");
+    assert_eq!(claims.role.as_deref(), Some("admin"));
+    assert_eq!(claims.models, vec!["gemini-2.5-*", "gemma-*"]);
+    assert!(claims.exp - claims.iat.unwrap() == 600);
+    // hash-password prints an Argon2 hash.
+    use std::io::Write;
+    let mut child = bin()
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Another-Long-Passw0rd\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("$argon2id$"));
+}

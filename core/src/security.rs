@@ -1,0 +1,480 @@
+//! Startup security validation: findings with a severity, a CWE id and a fix, and a 0-100 score.
+//! Run at `serve` (production mode refuses to start on a critical finding or a low score), by
+//! `gemini-proxy check`, and at `GET /api/security`.
+
+use serde::Serialize;
+
+use crate::config::{LoadedConfig, ServerMode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    fn penalty(self) -> u32 {
+        match self {
+            Severity::Low => 5,
+            Severity::Medium => 10,
+            Severity::High => 20,
+            Severity::Critical => 40,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    /// Stable id, e.g. `jwt-secret-weak`.
+    pub id: &'static str,
+    pub severity: Severity,
+    /// `CWE-521` ...
+    pub cwe: &'static str,
+    /// What is wrong (never the secret itself).
+    pub title: String,
+    /// What to do.
+    pub fix: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    /// 100 minus the findings' penalties (critical 40, high 20, medium 10, low 5), at least 0.
+    pub score: u32,
+    pub findings: Vec<Finding>,
+    /// True if `server.mode: production` would refuse to start with this config.
+    pub blocks_production: bool,
+    pub min_score: u32,
+}
+
+/// The lowest score production mode accepts.
+pub const MIN_PRODUCTION_SCORE: u32 = 70;
+
+/// Passwords too common to allow (a short list of the most used ones and their patterns).
+const COMMON_PASSWORDS: &[&str] = &[
+    "password",
+    "password1",
+    "password123",
+    "123456789012",
+    "qwertyuiop",
+    "admin",
+    "admin123",
+    "administrator",
+    "letmein",
+    "welcome",
+    "changeme",
+    "iloveyou",
+    "123456",
+    "12345678",
+    "qwerty123",
+    "passw0rd",
+    "p@ssw0rd",
+    "p@ssword",
+    "adminadmin",
+    "rootroot",
+    "secret",
+    "gemini",
+    "gemini-proxy",
+    "default",
+    "test",
+    "example",
+];
+
+/// Key values that are examples, not keys.
+fn is_placeholder_key(k: &str) -> bool {
+    let l = k.trim().to_ascii_lowercase();
+    l.is_empty()
+        || l.contains("your")
+        || l.contains("example")
+        || l.contains("placeholder")
+        || l.contains("changeme")
+        || l.contains("xxxx")
+        || l == "..."
+        || l.starts_with("<")
+        || l == "aizasy..."
+}
+
+fn loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn strong_secret(s: &str) -> bool {
+    s.chars().count() >= 32
+        && s.chars().any(|c| c.is_ascii_uppercase())
+        && s.chars().any(|c| c.is_ascii_lowercase())
+        && s.chars().any(|c| c.is_ascii_digit())
+        && s.chars().any(|c| !c.is_ascii_alphanumeric())
+}
+
+/// Whether the file itself (not the environment) holds `path` as a non-empty value.
+fn in_file(loaded: &LoadedConfig, path: &[&str]) -> bool {
+    let mut v = &loaded.migrated;
+    for p in path {
+        match v.get(*p) {
+            Some(next) => v = next,
+            None => return false,
+        }
+    }
+    v.as_str().is_some_and(|s| !s.trim().is_empty())
+}
+
+/// Runs every check on a loaded config.
+pub fn assess(loaded: &LoadedConfig) -> Report {
+    let c = &loaded.config;
+    let mut f: Vec<Finding> = Vec::new();
+    let mut add = |id, severity, cwe, title: String, fix| {
+        f.push(Finding {
+            id,
+            severity,
+            cwe,
+            title,
+            fix,
+        })
+    };
+    let public = !loopback(&c.server.host);
+    let production = c.server.mode == ServerMode::Production;
+
+    // Authentication.
+    if !c.auth.enabled {
+        add(
+            "auth-disabled",
+            if public {
+                Severity::Critical
+            } else {
+                Severity::Medium
+            },
+            "CWE-306",
+            format!(
+                "authentication is disabled (proxy listener on {})",
+                c.server.host
+            ),
+            "set auth.enabled: true with a strong auth.jwt_secret (JWT_SECRET)",
+        );
+    }
+    if c.auth.enabled {
+        match c.auth.jwt_secret.as_deref() {
+            Some(s) if !strong_secret(s) => add(
+                "jwt-secret-weak",
+                Severity::Critical,
+                "CWE-326",
+                "the JWT secret is weak: it needs 32+ characters with upper and lower case letters, digits and special characters".into(),
+                "generate one: openssl rand -base64 48 (then add a special character), put it in JWT_SECRET",
+            ),
+            Some(_) => {}
+            None if c.auth.keys.is_empty() => add(
+                "jwt-secret-missing",
+                Severity::Critical,
+                "CWE-306",
+                "auth is enabled without a JWT secret".into(),
+                "set JWT_SECRET",
+            ),
+            None => {}
+        }
+        if c.auth.admin_password_hash.is_none() {
+            match c.auth.admin_password.as_deref() {
+                Some(p)
+                    if p.chars().count() < 12
+                        || COMMON_PASSWORDS.iter().any(|w| {
+                            p.to_ascii_lowercase().contains(w) && p.len() < w.len() + 4
+                        }) =>
+                {
+                    add(
+                        "admin-password-weak",
+                        Severity::High,
+                        "CWE-521",
+                        "the admin password is shorter than 12 characters or a common password"
+                            .into(),
+                        "use a long random password, or store an Argon2 hash in auth.admin_password_hash (gemini-proxy hash-password)",
+                    )
+                }
+                Some(_) => {}
+                None => add(
+                    "admin-login-unconfigured",
+                    Severity::Low,
+                    "CWE-306",
+                    "no admin password: POST /auth/login is unavailable".into(),
+                    "set ADMIN_PASSWORD or auth.admin_password_hash to use the admin login",
+                ),
+            }
+        }
+    }
+    // Keys.
+    for k in &c.gemini.api_keys {
+        if is_placeholder_key(&k.key) {
+            add(
+                "api-key-placeholder",
+                Severity::Critical,
+                "CWE-798",
+                format!("key `{}` is an example value, not a Gemini API key", k.id),
+                "put the real key in GEMINI_API_KEY or the config, or remove the entry",
+            );
+        }
+    }
+    // Transport.
+    if production && public && !c.server.tls.enabled {
+        add(
+            "tls-required-in-production",
+            Severity::Critical,
+            "CWE-319",
+            "production mode on a non-loopback listener without TLS".into(),
+            "enable server.tls (cert files or ACME), or terminate TLS in front and bind to loopback",
+        );
+    } else if public && !c.server.tls.enabled {
+        add(
+            "public-bind-without-tls",
+            Severity::High,
+            "CWE-319",
+            format!(
+                "the proxy listens on {} without TLS: tokens travel in clear text",
+                c.server.host
+            ),
+            "enable server.tls or bind to 127.0.0.1 behind a TLS proxy",
+        );
+    }
+    if c.gemini.base_url.starts_with("http://") {
+        let host = crate::config::UpstreamTarget::parse(&c.gemini.base_url)
+            .map(|t| t.host)
+            .unwrap_or_default();
+        if !loopback(&host) {
+            add(
+                "upstream-cleartext",
+                Severity::High,
+                "CWE-319",
+                "the upstream is reached over plain HTTP: API keys travel in clear text".into(),
+                "use https:// for gemini.base_url",
+            );
+        }
+    }
+    if c.metrics.enabled && !loopback(&c.metrics.host) {
+        add(
+            "admin-listener-public",
+            if c.auth.enabled {
+                Severity::Medium
+            } else {
+                Severity::High
+            },
+            "CWE-668",
+            format!(
+                "the admin listener (metrics, admin API) listens on {}",
+                c.metrics.host
+            ),
+            "bind metrics.host to 127.0.0.1 and scrape through a private network",
+        );
+    }
+    // The file.
+    let secrets_in_file = in_file(loaded, &["auth", "jwt_secret"])
+        || in_file(loaded, &["auth", "admin_password"])
+        || loaded
+            .migrated
+            .get("gemini")
+            .and_then(|g| g.get("api_keys"))
+            .and_then(|k| k.as_sequence())
+            .is_some_and(|ks| {
+                ks.iter().any(|k| {
+                    k.get("key")
+                        .and_then(|v| v.as_str())
+                        .is_some_and(|s| !is_placeholder_key(s))
+                })
+            });
+    if secrets_in_file {
+        add(
+            "secrets-in-file",
+            Severity::Medium,
+            "CWE-312",
+            "secrets are written in the config file rather than the environment".into(),
+            "move them to JWT_SECRET, ADMIN_PASSWORD and GEMINI_API_KEY",
+        );
+        #[cfg(unix)]
+        if let Some(p) = &loaded.path
+            && let Ok(meta) = std::fs::metadata(p)
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                add(
+                    "config-readable-by-others",
+                    Severity::High,
+                    "CWE-732",
+                    format!(
+                        "{} holds secrets and is readable by other users (mode {:o})",
+                        p.display(),
+                        meta.permissions().mode() & 0o777
+                    ),
+                    "chmod 600 the config file",
+                );
+            }
+        }
+    }
+    f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(b.id)));
+    let penalty: u32 = f.iter().map(|x| x.severity.penalty()).sum();
+    let score = 100u32.saturating_sub(penalty);
+    let blocks = f.iter().any(|x| x.severity == Severity::Critical) || score < MIN_PRODUCTION_SCORE;
+    Report {
+        score,
+        findings: f,
+        blocks_production: blocks,
+        min_score: MIN_PRODUCTION_SCORE,
+    }
+}
+
+impl Report {
+    /// Human-readable lines for the terminal and the log.
+    pub fn text(&self) -> String {
+        let mut out = format!("security score {}/100\n", self.score);
+        for f in &self.findings {
+            out.push_str(&format!(
+                "  [{:?}] {} ({}): {}\n      fix: {}\n",
+                f.severity, f.id, f.cwe, f.title, f.fix
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    const STRONG: &str = "Str0ng-secret-with-enough-length-and-symbols!";
+
+    fn report(yaml: &str) -> Report {
+        assess(&load_str(yaml, "(test)", &|_| None).expect("config"))
+    }
+
+    fn ids(r: &Report) -> Vec<&'static str> {
+        r.findings.iter().map(|f| f.id).collect()
+    }
+
+    fn base(server: &str, auth: &str) -> String {
+        format!(
+            "server: {server}\ngemini: {{ base_url: \"https://generativelanguage.googleapis.com\", api_keys: [ {{ id: a, key: AIzaRealLookingKey123 }} ] }}\nauth: {auth}\n"
+        )
+    }
+
+    #[test]
+    fn each_check_fires_on_a_config_made_to_trip_it() {
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                base("{ host: 127.0.0.1 }", "{ enabled: false }"),
+                "auth-disabled",
+                "CWE-306",
+            ),
+            (
+                base(
+                    "{ host: 127.0.0.1 }",
+                    "{ enabled: true, jwt_secret: short }",
+                ),
+                "jwt-secret-weak",
+                "CWE-326",
+            ),
+            (
+                base(
+                    "{ host: 127.0.0.1 }",
+                    &format!(
+                        "{{ enabled: true, jwt_secret: \"{STRONG}\", admin_password: password123 }}"
+                    ),
+                ),
+                "admin-password-weak",
+                "CWE-521",
+            ),
+            (
+                format!(
+                    "server: {{ host: 127.0.0.1 }}\ngemini: {{ api_keys: [ {{ id: a, key: your-gemini-api-key }} ] }}\nauth: {{ enabled: true, jwt_secret: \"{STRONG}\" }}\n"
+                ),
+                "api-key-placeholder",
+                "CWE-798",
+            ),
+            (
+                base(
+                    "{ host: 0.0.0.0, mode: production }",
+                    &format!("{{ enabled: true, jwt_secret: \"{STRONG}\" }}"),
+                ),
+                "tls-required-in-production",
+                "CWE-319",
+            ),
+            (
+                base(
+                    "{ host: 0.0.0.0 }",
+                    &format!("{{ enabled: true, jwt_secret: \"{STRONG}\" }}"),
+                ),
+                "public-bind-without-tls",
+                "CWE-319",
+            ),
+            (
+                base(
+                    "{ host: 127.0.0.1 }",
+                    &format!(
+                        "{{ enabled: true, jwt_secret: \"{STRONG}\" }}\nmetrics: {{ host: 0.0.0.0 }}"
+                    ),
+                ),
+                "admin-listener-public",
+                "CWE-668",
+            ),
+            (
+                base(
+                    "{ host: 127.0.0.1 }",
+                    &format!("{{ enabled: true, jwt_secret: \"{STRONG}\" }}"),
+                ),
+                "secrets-in-file",
+                "CWE-312",
+            ),
+        ];
+        for (yaml, id, cwe) in cases {
+            let r = report(&yaml);
+            let f = r
+                .findings
+                .iter()
+                .find(|f| f.id == id)
+                .unwrap_or_else(|| panic!("{id} did not fire: {:?}\n{yaml}", ids(&r)));
+            assert_eq!(f.cwe, cwe);
+            assert!(!r.text().contains(STRONG), "a secret in the report");
+        }
+    }
+
+    #[test]
+    fn the_secure_template_with_secrets_from_the_environment_is_clean() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/proxy.yaml.secure");
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        for f in ["cert.pem", "key.pem"] {
+            let p = dir.path().join(f);
+            std::fs::write(&p, "pem").unwrap();
+            text = text.replace(
+                &format!("/etc/gemini-proxy/tls/{f}"),
+                &p.display().to_string(),
+            );
+        }
+        let env = |k: &str| match k {
+            "GEMINI_API_KEY" => Some("AIzaSyRealLookingKeyFromEnvironment".to_string()),
+            "JWT_SECRET" => Some(STRONG.to_string()),
+            "ADMIN_PASSWORD" => Some("Tr1cky-Long-Admin-Pass".to_string()),
+            _ => None,
+        };
+        let loaded = load_str(&text, "proxy.yaml.secure", &env).unwrap();
+        let r = assess(&loaded);
+        assert!(r.findings.is_empty(), "{}", r.text());
+        assert_eq!(r.score, 100);
+        assert!(!r.blocks_production);
+    }
+
+    #[test]
+    fn production_is_blocked_by_a_critical_finding_or_a_low_score() {
+        let r = report(&base(
+            "{ host: 0.0.0.0, mode: production }",
+            &format!("{{ enabled: true, jwt_secret: \"{STRONG}\" }}"),
+        ));
+        assert!(r.blocks_production);
+        let ok = report(&base(
+            "{ host: 127.0.0.1 }",
+            &format!("{{ enabled: true, jwt_secret: \"{STRONG}\" }}"),
+        ));
+        assert!(!ok.blocks_production, "{}", ok.text());
+        assert!(ok.score >= MIN_PRODUCTION_SCORE);
+    }
+}
