@@ -8,6 +8,7 @@ pub mod auth;
 pub mod key_select;
 pub mod rate_limit;
 pub mod request_log;
+pub mod security_score;
 
 use gemini_proxy_sdk::Registry;
 
@@ -16,6 +17,7 @@ pub fn register_builtins(registry: &mut Registry) {
     registry.register::<auth::Auth>();
     registry.register::<key_select::KeySelect>();
     registry.register::<rate_limit::RateLimit>();
+    registry.register::<security_score::SecurityScore>();
     registry.register::<request_log::RequestLog>();
 }
 

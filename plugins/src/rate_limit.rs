@@ -72,6 +72,13 @@ impl Log {
     }
 }
 
+/// The caller's tightest remaining share of a limit after this call was admitted (0.0-1.0),
+/// left in the call's extensions for later stages (the `security_score` stage reads it).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub remaining_share: f64,
+}
+
 /// What admission left in the call's extensions, to correct tokens and close streams later.
 struct Ticket {
     entries: Vec<(String, u64)>,
@@ -146,11 +153,19 @@ impl RateLimit {
             estimate,
             streams: Vec::new(),
         };
+        let mut remaining: f64 = 1.0;
         for (key, limits, _) in &scopes {
             let log = logs.entry(key.clone()).or_default();
             log.next_id += 1;
             let id = log.next_id;
             log.entries.push_back((now, estimate, id));
+            if let Some(rpm) = limits.rpm {
+                remaining = remaining.min(1.0 - log.entries.len() as f64 / rpm as f64);
+            }
+            if let Some(tpm) = limits.tpm {
+                let used: u64 = log.entries.iter().map(|(_, t, _)| *t).sum();
+                remaining = remaining.min(1.0 - used as f64 / tpm as f64);
+            }
             ticket.entries.push((key.clone(), id));
             if stream && limits.concurrent_streams.is_some() {
                 log.streams += 1;
@@ -159,6 +174,9 @@ impl RateLimit {
         }
         drop(logs);
         cx.extensions.insert(ticket);
+        cx.extensions.insert(Budget {
+            remaining_share: remaining.max(0.0),
+        });
         Ok(())
     }
 }
