@@ -66,6 +66,61 @@ pub struct ServerConfig {
     /// Proxies (CIDRs) whose `X-Forwarded-For` is believed when finding the client IP.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub trusted_proxies: Vec<String>,
+    /// Largest total size of the request line and headers; larger gets 431.
+    pub max_header_bytes: u64,
+    /// Browser clients: which origins may call the proxy (none by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
+}
+
+/// CORS for browser clients.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), or `*` for any.
+    pub allowed_origins: Vec<String>,
+    /// Request headers browsers may send (besides the CORS-safelisted ones).
+    #[serde(default = "cors_headers")]
+    pub allowed_headers: Vec<String>,
+    /// How long browsers may cache a preflight answer.
+    #[serde(default = "cors_max_age")]
+    pub max_age: ConfigDuration,
+}
+
+fn cors_headers() -> Vec<String> {
+    [
+        "authorization",
+        "content-type",
+        "x-goog-api-key",
+        "x-goog-api-client",
+        "x-goog-upload-protocol",
+        "x-goog-upload-command",
+        "x-goog-upload-offset",
+        "x-goog-upload-header-content-length",
+        "x-goog-upload-header-content-type",
+        "x-request-id",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn cors_max_age() -> ConfigDuration {
+    ConfigDuration::secs(600)
+}
+
+impl CorsConfig {
+    /// The `Access-Control-Allow-Origin` value for `origin`, if it is allowed.
+    pub fn allow(&self, origin: &str) -> Option<String> {
+        if self.allowed_origins.iter().any(|o| o == "*") {
+            Some("*".into())
+        } else {
+            self.allowed_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
+                .then(|| origin.to_string())
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -81,6 +136,8 @@ impl Default for ServerConfig {
             public_url: None,
             mode: ServerMode::Development,
             trusted_proxies: Vec::new(),
+            max_header_bytes: 64 * 1024,
+            cors: None,
         }
     }
 }

@@ -367,3 +367,48 @@ mod client_ip_tests {
         );
     }
 }
+
+/// Dot segments, encoded separators or double encoding: never part of a Gemini API path, and the
+/// classic ways to make a path mean something else further along. Refused before routing.
+pub fn path_is_suspicious(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2f")
+        || lower.contains("%5c")
+        || lower.contains("%25")
+        || lower.contains('\\')
+    {
+        return true;
+    }
+    let decoded = percent_decode_str(&lower).decode_utf8_lossy();
+    decoded.split('/').any(|seg| seg == ".." || seg == ".") || decoded.contains("//")
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::path_is_suspicious;
+
+    #[test]
+    fn flags_traversal_and_encoding_tricks_only() {
+        for bad in [
+            "/v1beta/../api/keys",
+            "/..%2fapi",
+            "/%2e%2e/api",
+            "/v1beta/models/..%252f",
+            "//api/keys",
+            "/v1beta/./models",
+            "/v1beta/models\\..",
+        ] {
+            assert!(path_is_suspicious(bad), "{bad}");
+        }
+        for good in [
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            "/v1beta/models/gemini-2.5-flash%3AstreamGenerateContent",
+            "/upload/v1beta/files",
+            "/v1beta/openai/chat/completions",
+            "/v1beta/files/abc-123",
+            "/v1beta/models/gemini-2.5-flash-preview-09-2025",
+        ] {
+            assert!(!path_is_suspicious(good), "{good}");
+        }
+    }
+}

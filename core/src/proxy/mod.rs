@@ -311,6 +311,44 @@ impl GatewayProxy {
         format!("{scheme}://{host}")
     }
 
+    /// Answers a CORS preflight (no credential needed: browsers send none on preflight).
+    async fn preflight(
+        &self,
+        session: &mut Session,
+        ctx: &mut CallState,
+        cors: &crate::config::CorsConfig,
+    ) -> Result<(), Failure> {
+        let origin = session
+            .req_header()
+            .headers
+            .get("origin")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let Some(allow) = cors.allow(origin) else {
+            return Err(Failure::new(403, "cors_origin", "origin not allowed").unread());
+        };
+        let mut resp = ResponseHeader::build(204, Some(6))
+            .map_err(|_| Failure::new(500, "internal", "response"))?;
+        let _ = resp.insert_header("access-control-allow-origin", allow);
+        let _ = resp.insert_header(
+            "access-control-allow-methods",
+            "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        );
+        let _ = resp.insert_header(
+            "access-control-allow-headers",
+            cors.allowed_headers.join(", "),
+        );
+        let _ = resp.insert_header(
+            "access-control-max-age",
+            cors.max_age.0.as_secs().to_string(),
+        );
+        let _ = resp.insert_header("vary", "Origin");
+        let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
+        ctx.done.status = 204;
+        let _ = session.write_response_header(Box::new(resp), true).await;
+        Ok(())
+    }
+
     async fn write_failure(&self, session: &mut Session, ctx: &mut CallState, f: Failure) {
         ctx.done.status = f.status;
         ctx.done.error_class = Some(f.class.to_string());
@@ -329,6 +367,7 @@ impl GatewayProxy {
         let _ = resp.insert_header("content-type", "application/json; charset=UTF-8");
         let _ = resp.insert_header("content-length", body.len().to_string());
         let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
+        cors_headers(&ctx.runtime, session, &mut resp);
         if let Some(after) = f.retry_after {
             let _ = resp.insert_header(
                 "retry-after",
@@ -352,6 +391,37 @@ impl GatewayProxy {
         let rt = ctx.runtime.clone();
         let req = session.req_header();
         let method = req.method.clone();
+        let header_bytes: u64 = req
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
+            .sum::<u64>()
+            + req.uri.to_string().len() as u64;
+        if header_bytes > rt.config.server.max_header_bytes {
+            return Err(Failure::new(
+                431,
+                "headers_too_large",
+                format!(
+                    "request headers are larger than {} bytes",
+                    rt.config.server.max_header_bytes
+                ),
+            )
+            .unread());
+        }
+        if let Some(cors) = &rt.config.server.cors
+            && method == http::Method::OPTIONS
+            && req.headers.contains_key("access-control-request-method")
+        {
+            return self.preflight(session, ctx, cors).await;
+        }
+        if inbound::path_is_suspicious(req.uri.path()) {
+            return Err(Failure::new(
+                400,
+                "bad_path",
+                "the path contains dot segments or encoded separators",
+            )
+            .unread());
+        }
         let Some(inbound) = Inbound::parse(method.as_str(), &req.uri, &req.headers) else {
             return Err(Failure::new(
                 404,
@@ -683,6 +753,7 @@ impl GatewayProxy {
             let _ = out.append_header(name.clone(), value.clone());
         }
         let _ = out.insert_header("x-request-id", ctx.request_id.as_str());
+        cors_headers(rt, session, &mut out);
         match error_body {
             Some(b) => {
                 let _ = out.insert_header("content-length", b.len().to_string());
@@ -1105,6 +1176,27 @@ fn no_key_failure(gate: &crate::pool::Gate, model: Option<&str>) -> Failure {
         f
     } else {
         Failure::new(503, "no_key", "no upstream key is available")
+    }
+}
+
+/// Adds `Access-Control-Allow-Origin` when the request's origin is allowed.
+fn cors_headers(rt: &Runtime, session: &Session, out: &mut ResponseHeader) {
+    let Some(cors) = &rt.config.server.cors else {
+        return;
+    };
+    if let Some(allow) = session
+        .req_header()
+        .headers
+        .get("origin")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|o| cors.allow(o))
+    {
+        let _ = out.insert_header("access-control-allow-origin", allow);
+        let _ = out.insert_header(
+            "access-control-expose-headers",
+            "x-request-id, x-goog-upload-url, x-goog-upload-status, retry-after",
+        );
+        let _ = out.append_header("vary", "Origin");
     }
 }
 
