@@ -41,10 +41,13 @@ impl AdminApp {
         }
     }
 
-    /// `/api/*` needs a token with `role: admin` when auth is enabled.
-    fn guard(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+    /// `/api/*` needs a token with `role: admin` when auth is enabled. Returns who called
+    /// (`None` without auth).
+    fn guard(&self, session: &ServerSession) -> Result<Option<String>, Box<Response<Vec<u8>>>> {
         let rt = self.shared.runtime.load_full();
-        let verifier = rt.auth.as_ref()?;
+        let Some(verifier) = rt.auth.as_ref() else {
+            return Ok(None);
+        };
         let token = session
             .req_header()
             .headers
@@ -62,10 +65,10 @@ impl AdminApp {
                 .with_label_values(&[reason])
                 .inc();
             tracing::info!(target: "gemini_proxy::security", reason, client_ip = ?client_ip(session), "admin API call refused");
-            Some(error(status, msg))
+            Err(Box::new(error(status, msg)))
         };
         match verifier.verify(token) {
-            Ok(c) if c.role.as_deref() == Some("admin") => None,
+            Ok(c) if c.role.as_deref() == Some("admin") => Ok(Some(c.sub)),
             Ok(_) => fail(
                 403,
                 "not_admin",
@@ -219,6 +222,137 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<
 }
 
 impl AdminApp {
+    /// `GET /api/config`, `PUT /api/config`, `GET /api/config/history`,
+    /// `POST /api/config/rollback`.
+    async fn config_api(
+        &self,
+        session: &mut ServerSession,
+        method: &http::Method,
+        path: &str,
+        caller: Option<&str>,
+    ) -> Option<Response<Vec<u8>>> {
+        let rt = self.shared.runtime.load_full();
+        match (method.as_str(), path) {
+            ("GET", "/api/config") => Some(json_response(
+                200,
+                &json!({
+                    "version": self.shared.history.versions().last().map(|v| v.version),
+                    "file": self.shared.config_path.as_ref().map(|p| p.display().to_string()),
+                    "config": crate::config_history::redacted(&rt.config),
+                }),
+            )),
+            ("GET", "/api/config/history") => Some(json_response(
+                200,
+                &json!({ "versions": self.shared.history.versions() }),
+            )),
+            ("PUT", "/api/config") => {
+                if rt.auth.is_none() && !self.loopback(&rt) {
+                    return Some(error(
+                        403,
+                        "config changes need admin auth or a loopback admin listener",
+                    ));
+                }
+                let body = match read_body(session).await {
+                    Ok(b) => b,
+                    Err(r) => return Some(r),
+                };
+                let Ok(text) = String::from_utf8(body) else {
+                    return Some(error(400, "the config must be UTF-8 YAML or JSON"));
+                };
+                Some(self.apply_config_text(&text, "api", caller).await)
+            }
+            ("POST", "/api/config/rollback") => {
+                if rt.auth.is_none() && !self.loopback(&rt) {
+                    return Some(error(
+                        403,
+                        "config changes need admin auth or a loopback admin listener",
+                    ));
+                }
+                let body = match read_body(session).await {
+                    Ok(b) => b,
+                    Err(r) => return Some(r),
+                };
+                #[derive(serde::Deserialize)]
+                struct Rollback {
+                    version: u64,
+                }
+                let Ok(r) = serde_json::from_slice::<Rollback>(&body) else {
+                    return Some(error(400, "expected {\"version\": N}"));
+                };
+                let Some(text) = self.shared.history.text_of(r.version) else {
+                    return Some(error(404, format!("version {} is not kept", r.version)));
+                };
+                Some(self.apply_config_text(&text, "rollback", caller).await)
+            }
+            _ => None,
+        }
+    }
+
+    fn loopback(&self, rt: &crate::runtime::Runtime) -> bool {
+        rt.config
+            .metrics
+            .host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(rt.config.metrics.host == "localhost")
+    }
+
+    /// Validates `text` as a whole config, writes it over the config file and reloads.
+    async fn apply_config_text(
+        &self,
+        text: &str,
+        source: &str,
+        caller: Option<&str>,
+    ) -> Response<Vec<u8>> {
+        let Some(path) = self.shared.config_path.clone() else {
+            return error(409, "the gateway was started without a config file");
+        };
+        // Validate and build before touching the file: a bad config changes nothing.
+        let file = path.display().to_string();
+        let loaded = match crate::config::load_str(text, &file, &crate::config::process_env) {
+            Ok(mut l) => {
+                l.path = Some(path.clone());
+                l
+            }
+            Err(e) => return error(400, e),
+        };
+        let check = {
+            let loaded = loaded.clone();
+            tokio::task::spawn_blocking(move || {
+                crate::runtime::Runtime::build(
+                    &loaded,
+                    &crate::builtin_registry(),
+                    None,
+                    &crate::pool::KeyPool::default(),
+                )
+                .map(|_| ())
+            })
+            .await
+        };
+        match check {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return error(400, e),
+            Err(e) => return error(500, format!("validation task failed: {e}")),
+        }
+        if let Err(e) = crate::pool::write_private(&path, text.as_bytes()) {
+            return error(500, format!("cannot write {}: {e}", path.display()));
+        }
+        match crate::reload::reload_as(&self.shared, true, source, caller).await {
+            crate::reload::ReloadOutcome::Applied { generation } => json_response(
+                200,
+                &json!({
+                    "applied": true,
+                    "config_generation": generation,
+                    "version": self.shared.history.versions().last(),
+                }),
+            ),
+            crate::reload::ReloadOutcome::Unchanged => {
+                json_response(200, &json!({"applied": false}))
+            }
+            crate::reload::ReloadOutcome::Failed(m) => error(400, m),
+        }
+    }
+
     /// Key and preset changes. Until JWT admin auth exists (issue 4) they are served only when
     /// the admin listener is bound to loopback.
     async fn mutate(
@@ -583,8 +717,17 @@ impl ServeHttp for AdminApp {
         if method == http::Method::POST && path == "/auth/login" {
             return self.login(session).await;
         }
-        if path.starts_with("/api/")
-            && let Some(r) = self.guard(session)
+        let caller = if path.starts_with("/api/") {
+            match self.guard(session) {
+                Ok(c) => c,
+                Err(r) => return *r,
+            }
+        } else {
+            None
+        };
+        if let Some(r) = self
+            .config_api(session, &method, &path, caller.as_deref())
+            .await
         {
             return r;
         }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod config_history;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;

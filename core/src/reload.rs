@@ -23,6 +23,16 @@ pub enum ReloadOutcome {
 
 /// Reloads from the config file. `force` reloads even if the file bytes are unchanged.
 pub async fn reload(shared: &Arc<Shared>, force: bool) -> ReloadOutcome {
+    reload_as(shared, force, "file", None).await
+}
+
+/// Like [`reload`], recording the change in the history as made by `source` (and `by`).
+pub async fn reload_as(
+    shared: &Arc<Shared>,
+    force: bool,
+    source: &str,
+    by: Option<&str>,
+) -> ReloadOutcome {
     let Some(path) = shared.config_path.clone() else {
         return ReloadOutcome::Failed("the gateway was started without a config file".into());
     };
@@ -51,6 +61,12 @@ pub async fn reload(shared: &Arc<Shared>, force: bool) -> ReloadOutcome {
                 tracing::warn!(migration = %w, "config migrated on reload");
             }
             let generation = rt.generation;
+            shared.history.record(
+                &String::from_utf8_lossy(&bytes),
+                &serde_json::to_value(&loaded.config).unwrap_or_default(),
+                source,
+                by,
+            );
             shared.runtime.store(Arc::new(rt));
             shared.adopt_pool();
             *shared.source_hash.lock() = loaded.source_hash;

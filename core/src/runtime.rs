@@ -370,6 +370,8 @@ pub struct Shared {
     pub reload_lock: tokio::sync::Mutex<()>,
     /// Key health, cooldowns and breakers (survive reloads and, through the state file, restarts).
     pub pool: Arc<crate::pool::KeyPool>,
+    /// Every applied config, versioned.
+    pub history: crate::config_history::History,
 }
 
 impl Shared {
@@ -393,7 +395,24 @@ impl Shared {
             source_hash: parking_lot::Mutex::new(loaded.source_hash),
             reload_lock: tokio::sync::Mutex::new(()),
             pool,
+            history: crate::config_history::History::new(
+                loaded
+                    .path
+                    .as_deref()
+                    .and_then(crate::config_history::History::dir_for),
+            ),
         };
+        let text = loaded
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_else(|| crate::config::migrated_yaml(loaded));
+        shared.history.record(
+            &text,
+            &serde_json::to_value(&loaded.config).unwrap_or_default(),
+            "startup",
+            None,
+        );
         shared.adopt_pool();
         shared.pool.spawn_writer(Duration::from_millis(200));
         shared.publish_gauges();

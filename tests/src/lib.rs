@@ -156,6 +156,18 @@ impl Harness {
         r.text().await.expect("admin body")
     }
 
+    /// An admin GET with a Bearer token, as JSON.
+    pub async fn admin_json_with(&self, path: &str, token: &str) -> serde_json::Value {
+        let r = self
+            .client
+            .get(self.admin(path))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .expect("admin answers");
+        r.json().await.expect("admin JSON")
+    }
+
     pub async fn admin_json(&self, path: &str) -> serde_json::Value {
         serde_json::from_str(&self.admin_text(path).await).expect("admin JSON")
     }

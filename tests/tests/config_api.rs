@@ -1,0 +1,130 @@
+//! The admin config API: read (redacted), replace (validated, hot), history, rollback.
+
+use gemini_proxy_tests::*;
+use serde_json::{Value, json};
+
+const SECRET: &str = "Config-API-test-secret-0123456789-abcdef!";
+const PASSWORD: &str = "Config-Api-Admin-Pass-1";
+
+async fn admin_token(h: &Harness) -> String {
+    let r = h
+        .client
+        .post(h.admin("/auth/login"))
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let (_, v) = json_of(r).await;
+    v["token"].as_str().unwrap().to_string()
+}
+
+async fn req(
+    h: &Harness,
+    m: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<String>,
+) -> (u16, Value) {
+    let mut r = h
+        .client
+        .request(m, h.admin(path))
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(b) = body {
+        r = r.body(b);
+    }
+    json_of(r.send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_is_read_redacted_replaced_versioned_and_rolled_back() {
+    let auth = format!(
+        "auth: {{ enabled: true, jwt_secret: \"{SECRET}\", admin_password: \"{PASSWORD}\" }}\npool: {{ state_file: \"\", keys_file: \"\" }}\n"
+    );
+    let h = Harness::start_with(&[("a", "valid-SECRETKEY-a", 1)], &auth, |_| {});
+    let r = h.client.get(h.admin("/api/config")).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the config API needs an admin token");
+    let t = admin_token(&h).await;
+    let (s, cfg) = req(&h, reqwest::Method::GET, "/api/config", &t, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(cfg["version"], 1);
+    assert_eq!(cfg["config"]["gemini"]["api_keys"][0]["key"], "<redacted>");
+    let text = cfg.to_string();
+    for secret in ["valid-SECRETKEY-a", SECRET, PASSWORD] {
+        assert!(!text.contains(secret), "secret in GET /api/config");
+    }
+
+    // Replace: a second key and a preset.
+    let original = h.config_text();
+    let new = original.replace(
+        "    - { id: a, key: valid-SECRETKEY-a, weight: 1 }\n",
+        "    - { id: a, key: valid-SECRETKEY-a, weight: 1 }\n    - { id: b, key: valid-b, weight: 5 }\n",
+    );
+    assert_ne!(new, original);
+    let (s, r) = req(
+        &h,
+        reqwest::Method::PUT,
+        "/api/config",
+        &t,
+        Some(new.clone()),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["version"]["version"], 2);
+    assert_eq!(r["version"]["by"], "admin");
+    assert_eq!(r["version"]["source"], "api");
+    assert_eq!(h.config_text(), new, "written to the file");
+    let keys = h.admin_json_with("/api/keys", &t).await;
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 2);
+
+    // An invalid config is refused with its field path, and nothing changes.
+    let bad = new.replace("weight: 5", "weight: -5");
+    let (s, r) = req(&h, reqwest::Method::PUT, "/api/config", &t, Some(bad)).await;
+    assert_eq!(s, 400);
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("weight"),
+        "{r}"
+    );
+    assert_eq!(h.config_text(), new);
+
+    let (s, hist) = req(&h, reqwest::Method::GET, "/api/config/history", &t, None).await;
+    assert_eq!(s, 200);
+    let versions = hist["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2);
+    assert!(
+        versions[1]["changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "gemini.api_keys"),
+        "{hist}"
+    );
+    assert!(
+        !hist.to_string().contains("valid-b"),
+        "no values in the history"
+    );
+
+    // Roll back to version 1.
+    let (s, r) = req(
+        &h,
+        reqwest::Method::POST,
+        "/api/config/rollback",
+        &t,
+        Some(json!({"version": 1}).to_string()),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["version"]["version"], 3);
+    assert_eq!(r["version"]["source"], "rollback");
+    assert_eq!(h.config_text(), original);
+    let keys = h.admin_json_with("/api/keys", &t).await;
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1);
+    let (s, _) = req(
+        &h,
+        reqwest::Method::POST,
+        "/api/config/rollback",
+        &t,
+        Some(json!({"version": 99}).to_string()),
+    )
+    .await;
+    assert_eq!(s, 404);
+}
