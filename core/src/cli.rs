@@ -191,8 +191,8 @@ pub struct CheckArgs {
 /// Targets whose debug/trace output dumps raw headers (credentials): capped at `info` whatever
 /// `RUST_LOG` asks for, so no level setting can put a key in the log.
 pub const SECRET_BEARING_TARGETS: &[&str] = &[
-    "pingora_core::protocols",
-    "pingora_core::connectors",
+    // All of pingora_core: its app layer traces whole request heads (Authorization included).
+    "pingora_core",
     "pingora_proxy",
     "h2",
     "hyper",

@@ -80,8 +80,98 @@ async fn no_secret_in_any_output() {
                 .unwrap(),
         );
     }
+    // The same with auth, rate limits and risk scoring on: tokens, the JWT secret and the admin
+    // password must not show up either.
+    let jwt_secret = "JWTSECRET-Aa1!-long-enough-for-the-checks-0123";
+    let admin_password = "ADMINPASSWORD-Aa1!-long";
+    let authed = Harness::start_with(
+        &[("three", "valid-SECRETPOOLKEY-3", 1)],
+        &format!(
+            "auth: {{ enabled: true, jwt_secret: \"{jwt_secret}\", admin_password: \"{admin_password}\" }}\npool: {{ state_file: \"\", keys_file: \"\" }}\npipeline:\n  - request_log\n  - rate_limit: {{ per_ip: {{ rpm: 1000 }} }}\n  - security_score\n  - key_select\n"
+        ),
+        |_| {},
+    );
+    let token = gemini_proxy_plugins::auth::sign(
+        jwt_secret,
+        "HS256",
+        None,
+        &gemini_proxy_plugins::auth::new_claims(
+            "secret-test",
+            gemini_proxy_sdk::Role::User,
+            std::time::Duration::from_secs(60),
+            vec![],
+        ),
+    )
+    .unwrap();
+    let mut tokens = vec![token.clone()];
+    for (name, value) in [
+        ("x-goog-api-key", token.clone()),
+        ("authorization", format!("Bearer {token}")),
+        ("x-goog-api-key", format!("{token}tampered")),
+    ] {
+        let r = authed
+            .client
+            .post(authed.url(&format!(
+                "/v1beta/models/gemini-2.5-flash:generateContent?key={token}"
+            )))
+            .header(name, value)
+            .body(gen_body("hi"))
+            .send()
+            .await
+            .unwrap();
+        bodies.push_str(&format!("{:?}", r.headers()));
+        bodies.push_str(&r.text().await.unwrap_or_default());
+    }
+    for pw in ["wrong-password-guess", admin_password] {
+        let r = authed
+            .client
+            .post(authed.admin("/auth/login"))
+            .json(&serde_json::json!({ "password": pw }))
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        if let Some(t) = v["token"].as_str() {
+            tokens.push(t.to_string());
+        }
+    }
+    let admin = tokens.last().unwrap().clone();
+    for p in [
+        "/api/keys",
+        "/api/config",
+        "/api/security",
+        "/api/config/history",
+        "/metrics",
+    ] {
+        bodies.push_str(
+            &authed
+                .client
+                .get(authed.admin(p))
+                .header("authorization", format!("Bearer {admin}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
     std::thread::sleep(std::time::Duration::from_millis(200));
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
+    for secret in [jwt_secret, admin_password, "SECRETPOOLKEY-3"] {
+        assert!(!logs.contains(secret), "secret {secret} in logs");
+        assert!(!bodies.contains(secret), "secret {secret} in responses");
+    }
+    for t in &tokens {
+        if let Some(i) = logs.find(t.as_str()) {
+            let line_start = logs[..i].rfind('\n').map_or(0, |n| n + 1);
+            let line_end = logs[i..].find('\n').map_or(logs.len(), |n| i + n);
+            panic!(
+                "a token in the logs: {}",
+                &logs[line_start..line_end.min(line_start + 600)]
+            );
+        }
+    }
     assert!(
         logs.contains("request_id"),
         "the capture saw the request log"
