@@ -1213,49 +1213,6 @@ pub fn fuzz_inbound(data: &[u8]) {
     }
 }
 
-#[cfg(test)]
-mod fuzz_tests {
-    /// Bounded pseudo-random and mutated inputs through every pre-routing parser (the stable
-    /// stand-in for `fuzz/`'s cargo-fuzz target; `scripts/fuzz`).
-    #[test]
-    fn fuzz_inbound_never_panics() {
-        let seeds: &[&[u8]] = &[
-            b"/v1beta/models/gemini-2.5-flash:generateContent?key=abc&alt=sse\nx-goog-api-key: t\nx-forwarded-for: 1.2.3.4, 10.0.0.2",
-            b"/upload/v1beta/files?upload_id=u1&upload_protocol=resumable\nauthorization: Bearer x",
-            b"http://generativelanguage.googleapis.com/v1beta/openai/chat/completions\ncontent-length: 99999999999999999999",
-            b"/v1beta/files/abc:download?%%%\nx-forwarded-for: ::1, garbage, 999.1.1.1",
-        ];
-        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        const ALPHABET: &[u8] = b"/:?&=%.,;\\\n -_aZ09\x00\xff\xc3\xa9[]@#";
-        for i in 0..20_000 {
-            let mut input = seeds[i % seeds.len()].to_vec();
-            for _ in 0..(next() % 8) {
-                let r = next();
-                let pos = (r as usize >> 8) % (input.len() + 1);
-                match r % 4 {
-                    0 => input.insert(pos, ALPHABET[(r >> 40) as usize % ALPHABET.len()]),
-                    1 if pos < input.len() => {
-                        input.remove(pos);
-                    }
-                    2 if pos < input.len() => input[pos] = (r >> 32) as u8,
-                    _ => {
-                        let chunk: Vec<u8> = input[pos..].iter().take(16).copied().collect();
-                        input.splice(pos..pos, chunk);
-                    }
-                }
-            }
-            super::fuzz_inbound(&input);
-        }
-    }
-}
-
 /// Adds `Access-Control-Allow-Origin` when the request's origin is allowed.
 fn cors_headers(rt: &Runtime, session: &Session, out: &mut ResponseHeader) {
     let Some(cors) = &rt.config.server.cors else {
@@ -1558,6 +1515,49 @@ impl ProxyHttp for GatewayProxy {
             ctx.runtime.pipeline.complete(cx, &ctx.done);
         } else if ctx.done.status == 404 {
             tracing::debug!(request_id = %ctx.request_id, path = %session.req_header().uri.path(), "no route");
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_tests {
+    /// Bounded pseudo-random and mutated inputs through every pre-routing parser (the stable
+    /// stand-in for `fuzz/`'s cargo-fuzz target; `scripts/fuzz`).
+    #[test]
+    fn fuzz_inbound_never_panics() {
+        let seeds: &[&[u8]] = &[
+            b"/v1beta/models/gemini-2.5-flash:generateContent?key=abc&alt=sse\nx-goog-api-key: t\nx-forwarded-for: 1.2.3.4, 10.0.0.2",
+            b"/upload/v1beta/files?upload_id=u1&upload_protocol=resumable\nauthorization: Bearer x",
+            b"http://generativelanguage.googleapis.com/v1beta/openai/chat/completions\ncontent-length: 99999999999999999999",
+            b"/v1beta/files/abc:download?%%%\nx-forwarded-for: ::1, garbage, 999.1.1.1",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        const ALPHABET: &[u8] = b"/:?&=%.,;\\\n -_aZ09\x00\xff\xc3\xa9[]@#";
+        for i in 0..20_000 {
+            let mut input = seeds[i % seeds.len()].to_vec();
+            for _ in 0..(next() % 8) {
+                let r = next();
+                let pos = (r as usize >> 8) % (input.len() + 1);
+                match r % 4 {
+                    0 => input.insert(pos, ALPHABET[(r >> 40) as usize % ALPHABET.len()]),
+                    1 if pos < input.len() => {
+                        input.remove(pos);
+                    }
+                    2 if pos < input.len() => input[pos] = (r >> 32) as u8,
+                    _ => {
+                        let chunk: Vec<u8> = input[pos..].iter().take(16).copied().collect();
+                        input.splice(pos..pos, chunk);
+                    }
+                }
+            }
+            super::fuzz_inbound(&input);
         }
     }
 }
