@@ -1,6 +1,7 @@
 //! `rate_limit`: requests and tokens per minute per client IP and per user, and concurrent
-//! streams per user. Exact under concurrency: every decision is a sliding 60-second log under one
-//! lock per key, so 200 simultaneous calls against a limit of 50 let exactly 50 through.
+//! streams per user. Exact under concurrency: every decision is taken under one lock over a
+//! 60-second window of one-second buckets, so 200 simultaneous calls against a limit of 50 let
+//! exactly 50 through, and no 60-second window ever holds more than the limit.
 //!
 //! Tokens are estimated before the call (request bytes / 4) and corrected from the upstream's
 //! `usageMetadata` when it ends. A user's token may carry its own `limits` claim
@@ -43,32 +44,57 @@ pub struct RateLimitConfig {
     pub per_user: Limits,
 }
 
-/// One caller's recent calls: (when, tokens) and streams open now.
+/// One caller's last minute in one-second buckets (requests, tokens), and streams open now.
+/// Memory and time per call stay constant whatever the limit or the traffic; a call counts for
+/// 60 to 61 seconds (whole buckets), so no 60-second window ever exceeds the limit.
 #[derive(Default)]
 struct Log {
-    entries: VecDeque<(Instant, u64, u64)>,
-    next_id: u64,
+    /// (second since `epoch`, requests, tokens), oldest first, at most 61 entries.
+    buckets: VecDeque<(u64, u64, u64)>,
+    requests: u64,
+    tokens: u64,
     streams: u64,
 }
 
 impl Log {
-    fn prune(&mut self, now: Instant) {
-        while self
-            .entries
-            .front()
-            .is_some_and(|(t, _, _)| now.duration_since(*t) >= WINDOW)
-        {
-            self.entries.pop_front();
+    fn prune(&mut self, sec: u64) {
+        while let Some(&(s, r, t)) = self.buckets.front() {
+            if s + WINDOW.as_secs() > sec {
+                break;
+            }
+            self.requests -= r;
+            self.tokens -= t;
+            self.buckets.pop_front();
         }
     }
 
-    /// When the oldest entry leaves the window.
-    fn retry_after(&self, now: Instant) -> Duration {
-        self.entries
+    fn add(&mut self, sec: u64, tokens: u64) {
+        match self.buckets.back_mut() {
+            Some(b) if b.0 == sec => {
+                b.1 += 1;
+                b.2 += tokens;
+            }
+            _ => self.buckets.push_back((sec, 1, tokens)),
+        }
+        self.requests += 1;
+        self.tokens += tokens;
+    }
+
+    /// Moves `delta` tokens in the bucket of second `sec`, if it is still counted.
+    fn correct(&mut self, sec: u64, from: u64, to: u64) {
+        if let Some(b) = self.buckets.iter_mut().find(|b| b.0 == sec) {
+            b.2 = b.2 - from.min(b.2) + to;
+            self.tokens = self.tokens - from.min(self.tokens) + to;
+        }
+    }
+
+    /// When the oldest counted bucket leaves the window.
+    fn retry_after(&self, sec: u64) -> Duration {
+        let secs = self
+            .buckets
             .front()
-            .map(|(t, _, _)| WINDOW.saturating_sub(now.duration_since(*t)))
-            .unwrap_or(Duration::from_secs(1))
-            .max(Duration::from_secs(1))
+            .map_or(1, |(s, _, _)| (s + WINDOW.as_secs()).saturating_sub(sec));
+        Duration::from_secs(secs.max(1))
     }
 }
 
@@ -81,7 +107,9 @@ pub struct Budget {
 
 /// What admission left in the call's extensions, to correct tokens and close streams later.
 struct Ticket {
-    entries: Vec<(String, u64)>,
+    /// Keys counted, and the second the call was counted in.
+    keys: Vec<String>,
+    sec: u64,
     estimate: u64,
     streams: Vec<String>,
 }
@@ -90,6 +118,7 @@ struct Ticket {
 pub struct RateLimit {
     config: RateLimitConfig,
     logs: Mutex<HashMap<String, Log>>,
+    epoch: Instant,
 }
 
 fn limits_from_claims(cx: &RequestContext) -> Option<Limits> {
@@ -99,7 +128,7 @@ fn limits_from_claims(cx: &RequestContext) -> Option<Limits> {
 
 impl RateLimit {
     fn check(&self, cx: &mut RequestContext) -> Result<(), Rejection> {
-        let now = Instant::now();
+        let sec = self.epoch.elapsed().as_secs();
         let estimate = cx.request.body_size.unwrap_or(0) / 4 + 1;
         let mut scopes: Vec<(String, Limits, &'static str)> = Vec::new();
         if let Some(ip) = cx.request.client_ip {
@@ -114,27 +143,26 @@ impl RateLimit {
         // Decide for every scope before recording anything, so a refusal costs no quota.
         for (key, limits, what) in &scopes {
             let log = logs.entry(key.clone()).or_default();
-            log.prune(now);
+            log.prune(sec);
             if let Some(rpm) = limits.rpm
-                && log.entries.len() as u64 >= rpm
+                && log.requests >= rpm
             {
                 return Err(Rejection::new(
                     429,
                     format!("rate limit: more than {rpm} requests a minute for this {what}"),
                 )
-                .retry_after(log.retry_after(now))
+                .retry_after(log.retry_after(sec))
                 .reason("rpm"));
             }
-            if let Some(tpm) = limits.tpm {
-                let used: u64 = log.entries.iter().map(|(_, t, _)| *t).sum();
-                if used + estimate > tpm {
-                    return Err(Rejection::new(
-                        429,
-                        format!("rate limit: more than {tpm} tokens a minute for this {what}"),
-                    )
-                    .retry_after(log.retry_after(now))
-                    .reason("tpm"));
-                }
+            if let Some(tpm) = limits.tpm
+                && log.tokens + estimate > tpm
+            {
+                return Err(Rejection::new(
+                    429,
+                    format!("rate limit: more than {tpm} tokens a minute for this {what}"),
+                )
+                .retry_after(log.retry_after(sec))
+                .reason("tpm"));
             }
             if stream
                 && let Some(max) = limits.concurrent_streams
@@ -149,24 +177,22 @@ impl RateLimit {
             }
         }
         let mut ticket = Ticket {
-            entries: Vec::new(),
+            keys: Vec::new(),
+            sec,
             estimate,
             streams: Vec::new(),
         };
         let mut remaining: f64 = 1.0;
         for (key, limits, _) in &scopes {
             let log = logs.entry(key.clone()).or_default();
-            log.next_id += 1;
-            let id = log.next_id;
-            log.entries.push_back((now, estimate, id));
+            log.add(sec, estimate);
             if let Some(rpm) = limits.rpm {
-                remaining = remaining.min(1.0 - log.entries.len() as f64 / rpm as f64);
+                remaining = remaining.min(1.0 - log.requests as f64 / rpm as f64);
             }
             if let Some(tpm) = limits.tpm {
-                let used: u64 = log.entries.iter().map(|(_, t, _)| *t).sum();
-                remaining = remaining.min(1.0 - used as f64 / tpm as f64);
+                remaining = remaining.min(1.0 - log.tokens as f64 / tpm as f64);
             }
-            ticket.entries.push((key.clone(), id));
+            ticket.keys.push(key.clone());
             if stream && limits.concurrent_streams.is_some() {
                 log.streams += 1;
                 ticket.streams.push(key.clone());
@@ -206,15 +232,11 @@ impl Plugin for RateLimit {
             .usage
             .map(|u| u.prompt_tokens + u.candidates_tokens + u.thoughts_tokens);
         let mut logs = self.logs.lock();
-        for (key, id) in &t.entries {
-            if let Some(log) = logs.get_mut(key)
-                && let Some(e) = log.entries.iter_mut().find(|(_, _, i)| i == id)
-            {
-                // Replace the estimate with what the upstream counted (a failed call: the estimate stays).
-                if let Some(a) = actual {
-                    e.1 = a;
-                } else {
-                    e.1 = t.estimate;
+        // Replace the estimate with what the upstream counted (a failed call: the estimate stays).
+        if let Some(a) = actual {
+            for key in &t.keys {
+                if let Some(log) = logs.get_mut(key) {
+                    log.correct(t.sec, t.estimate, a);
                 }
             }
         }
@@ -225,10 +247,10 @@ impl Plugin for RateLimit {
         }
         // Forget idle callers so the map does not grow without bound.
         if logs.len() > 100_000 {
-            let now = Instant::now();
+            let sec = self.epoch.elapsed().as_secs();
             logs.retain(|_, l| {
-                l.prune(now);
-                !l.entries.is_empty() || l.streams > 0
+                l.prune(sec);
+                !l.buckets.is_empty() || l.streams > 0
             });
         }
     }
@@ -249,6 +271,7 @@ impl PluginFactory for RateLimit {
         Ok(Arc::new(RateLimit {
             config,
             logs: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
         }))
     }
 }

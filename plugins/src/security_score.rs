@@ -64,7 +64,10 @@ impl Default for SecurityScoreConfig {
 
 #[derive(Default)]
 struct IpHistory {
-    calls: VecDeque<Instant>,
+    /// (second, calls) for the last 10 seconds: constant memory however busy the IP is.
+    calls: VecDeque<(u64, u32)>,
+    calls_total: u32,
+    last_seen: u64,
     auth_failures: VecDeque<Instant>,
 }
 
@@ -72,6 +75,7 @@ struct IpHistory {
 pub struct SecurityScore {
     config: SecurityScoreConfig,
     ips: Mutex<HashMap<IpAddr, IpHistory>>,
+    epoch: Instant,
 }
 
 /// Path tricks that have no business in a Gemini API call.
@@ -140,13 +144,14 @@ impl SecurityScore {
         let now = Instant::now();
         let (failures, calls) = match cx.request.client_ip {
             Some(ip) => {
+                let sec = self.epoch.elapsed().as_secs();
                 let mut ips = self.ips.lock();
                 let h = ips.entry(ip).or_default();
-                while h
-                    .calls
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(10))
-                {
+                while let Some(&(s, n)) = h.calls.front() {
+                    if s + 10 > sec {
+                        break;
+                    }
+                    h.calls_total -= n;
                     h.calls.pop_front();
                 }
                 while h
@@ -156,8 +161,13 @@ impl SecurityScore {
                 {
                     h.auth_failures.pop_front();
                 }
-                h.calls.push_back(now);
-                (h.auth_failures.len(), h.calls.len())
+                match h.calls.back_mut() {
+                    Some(b) if b.0 == sec => b.1 += 1,
+                    _ => h.calls.push_back((sec, 1)),
+                }
+                h.calls_total += 1;
+                h.last_seen = sec;
+                (h.auth_failures.len(), h.calls_total as usize)
             }
             None => (0, 0),
         };
@@ -213,13 +223,8 @@ impl Plugin for SecurityScore {
         }
         let mut ips = self.ips.lock();
         if ips.len() > 100_000 {
-            let now = Instant::now();
-            ips.retain(|_, h| {
-                h.calls
-                    .back()
-                    .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(300))
-                    || !h.auth_failures.is_empty()
-            });
+            let sec = self.epoch.elapsed().as_secs();
+            ips.retain(|_, h| sec < h.last_seen + 300 || !h.auth_failures.is_empty());
         }
     }
 }
@@ -237,6 +242,7 @@ impl PluginFactory for SecurityScore {
         Ok(Arc::new(SecurityScore {
             config,
             ips: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
         }))
     }
 }
