@@ -242,6 +242,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Verifies gateway tokens. Built once per config load.
 pub struct Verifier {
+    /// Tokens already verified, with their claims: a hit skips the signature check (the
+    /// token bytes are compared in full; expiry, not-before and revocation are checked on
+    /// every call).
+    cache: parking_lot::Mutex<HashMap<String, Claims>>,
     default: Option<Key>,
     by_kid: HashMap<String, Key>,
     issuer: Option<String>,
@@ -311,6 +315,7 @@ impl Verifier {
         let revocations =
             Revocations::for_file(c.revocations_file.as_ref().map(|f| dir.join(f)).as_deref());
         Ok(Verifier {
+            cache: parking_lot::Mutex::new(HashMap::new()),
             default,
             by_kid,
             issuer: c.issuer.clone(),
@@ -331,6 +336,36 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
+        let cached = self.cache.lock().get(token).cloned();
+        if let Some(claims) = cached {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if claims.exp + self.leeway <= now {
+                self.cache.lock().remove(token);
+                return Err(AuthError::Expired);
+            }
+            if claims.nbf.is_some_and(|n| n > now + self.leeway) {
+                return Err(AuthError::NotYetValid);
+            }
+            if let Some(jti) = &claims.jti
+                && self.revocations.contains(jti)
+            {
+                return Err(AuthError::Revoked);
+            }
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token)?;
+        let mut cache = self.cache.lock();
+        if cache.len() >= TOKEN_CACHE {
+            cache.clear();
+        }
+        cache.insert(token.to_string(), claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Claims, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let key = match &header.kid {
             Some(kid) => self.by_kid.get(kid).ok_or(AuthError::UnknownKey)?,
@@ -385,6 +420,9 @@ impl Verifier {
         Ok(claims)
     }
 }
+
+/// Verified tokens remembered per verifier (the cache starts over when full).
+const TOKEN_CACHE: usize = 10_000;
 
 /// Signs a token with an HMAC secret. `kid` is set when given (rotation).
 pub fn sign(
@@ -626,6 +664,21 @@ mod tests {
         assert!(again.contains(c.jti.as_deref().unwrap()));
         let saved = std::fs::read_to_string(dir.join("revoked.json")).unwrap();
         assert!(saved.contains(c.jti.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn cached_tokens_still_expire() {
+        let v = verifier(serde_json::json!({"leeway_seconds": 0}));
+        let mut c = new_claims("eve", Role::User, Duration::from_secs(2), vec![]);
+        c.exp = now() + 1;
+        let t = token(&c);
+        assert!(v.verify(&t).is_ok());
+        assert!(v.verify(&t).is_ok(), "from the cache");
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(v.verify(&t), Err(AuthError::Expired));
+        // A different token that only shares a prefix is not a hit.
+        let other = format!("{}x", &t[..t.len() - 1]);
+        assert!(v.verify(&other).is_err());
     }
 
     #[test]
