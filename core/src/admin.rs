@@ -246,13 +246,7 @@ impl AdminApp {
                 &json!({ "versions": self.shared.history.versions() }),
             )),
             ("PUT", "/api/config") => {
-                if rt.auth.is_none() && !self.loopback(&rt) {
-                    return Some(error(
-                        403,
-                        "config changes need admin auth or a loopback admin listener",
-                    ));
-                }
-                let body = match read_body(session).await {
+                let body = match self.change_body(session, &rt).await {
                     Ok(b) => b,
                     Err(r) => return Some(r),
                 };
@@ -262,13 +256,7 @@ impl AdminApp {
                 Some(self.apply_config_text(&text, "api", caller).await)
             }
             ("POST", "/api/config/rollback") => {
-                if rt.auth.is_none() && !self.loopback(&rt) {
-                    return Some(error(
-                        403,
-                        "config changes need admin auth or a loopback admin listener",
-                    ));
-                }
-                let body = match read_body(session).await {
+                let body = match self.change_body(session, &rt).await {
                     Ok(b) => b,
                     Err(r) => return Some(r),
                 };
@@ -286,6 +274,22 @@ impl AdminApp {
             }
             _ => None,
         }
+    }
+
+    /// The body of a config change, if the caller may make one (admin auth, or without auth a
+    /// loopback admin listener).
+    async fn change_body(
+        &self,
+        session: &mut ServerSession,
+        rt: &crate::runtime::Runtime,
+    ) -> Result<Vec<u8>, Response<Vec<u8>>> {
+        if rt.auth.is_none() && !self.loopback(rt) {
+            return Err(error(
+                403,
+                "config changes need admin auth or a loopback admin listener",
+            ));
+        }
+        read_body(session).await
     }
 
     fn loopback(&self, rt: &crate::runtime::Runtime) -> bool {

@@ -213,31 +213,10 @@ impl Revocations {
             serde_json::to_vec_pretty(&*ids).map_err(std::io::Error::other)?
         };
         if let Some(f) = &self.file {
-            write_private(f, &bytes)?;
+            gemini_proxy_sdk::write_private(f, &bytes)?;
         }
         Ok(())
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 /// Verifies gateway tokens. Built once per config load.

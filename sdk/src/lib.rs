@@ -73,6 +73,7 @@
 
 mod error;
 mod extensions;
+mod files;
 mod plugin;
 mod registry;
 mod request;
@@ -84,6 +85,7 @@ pub mod testing;
 
 pub use error::{FailureMode, PluginError, Rejection};
 pub use extensions::Extensions;
+pub use files::write_private;
 pub use plugin::{Admission, Phases, Plugin};
 pub use registry::{BuildEnv, BuildError, PluginFactory, Registry};
 pub use request::{

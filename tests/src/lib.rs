@@ -156,6 +156,16 @@ impl Harness {
         r.text().await.expect("admin body")
     }
 
+    /// `POST /auth/login` with `password` on the admin listener.
+    pub async fn login(&self, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.admin("/auth/login"))
+            .json(&serde_json::json!({ "password": password }))
+            .send()
+            .await
+            .expect("admin answers")
+    }
+
     /// An admin GET with a Bearer token, as JSON.
     pub async fn admin_json_with(&self, path: &str, token: &str) -> serde_json::Value {
         let r = self

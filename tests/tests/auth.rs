@@ -292,13 +292,7 @@ async fn repeated_failed_logins_lock_the_ip_out() {
         .await;
         assert_eq!(s, 401);
     }
-    let r = h
-        .client
-        .post(h.admin("/auth/login"))
-        .json(&json!({"password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let r = h.login(PASSWORD).await;
     assert_eq!(
         r.status(),
         429,

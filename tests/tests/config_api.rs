@@ -7,14 +7,7 @@ const SECRET: &str = "Config-API-test-secret-0123456789-abcdef!";
 const PASSWORD: &str = "Config-Api-Admin-Pass-1";
 
 async fn admin_token(h: &Harness) -> String {
-    let r = h
-        .client
-        .post(h.admin("/auth/login"))
-        .json(&json!({"password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    let (_, v) = json_of(r).await;
+    let (_, v) = json_of(h.login(PASSWORD).await).await;
     v["token"].as_str().unwrap().to_string()
 }
 
