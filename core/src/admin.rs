@@ -65,6 +65,12 @@ impl AdminApp {
                 .with_label_values(&[reason])
                 .inc();
             tracing::info!(target: "gemini_proxy::security", reason, client_ip = ?client_ip(session), "admin API call refused");
+            self.shared.audit(crate::audit::security_event(
+                &format!("admin API refused: {reason}"),
+                "Blocked",
+                client_ip(session).map(|ip| ip.to_string()),
+                json!({"path": session.req_header().uri.path()}),
+            ));
             Err(Box::new(error(status, msg)))
         };
         match verifier.verify(token) {
@@ -134,6 +140,12 @@ impl AdminApp {
                 if f.count >= MAX_LOGIN_FAILURES {
                     f.locked_until = Some(now + LOCKOUT);
                     tracing::warn!(target: "gemini_proxy::security", client_ip = %ip, "admin login locked out after repeated failures");
+                    self.shared.audit(crate::audit::security_event(
+                        "admin login lockout",
+                        "Blocked",
+                        Some(ip.to_string()),
+                        json!({"failures": f.count, "lockout_s": LOCKOUT.as_secs()}),
+                    ));
                 }
                 f.count
             };
@@ -142,6 +154,12 @@ impl AdminApp {
                 .auth_failures
                 .with_label_values(&["bad_password"])
                 .inc();
+            self.shared.audit(crate::audit::security_event(
+                "admin login failed",
+                "Failure",
+                Some(ip.to_string()),
+                json!({"failures": count}),
+            ));
             // Slow down guessing: 100 ms, doubling, at most 1.6 s.
             tokio::time::sleep(Duration::from_millis(100 << count.min(5).saturating_sub(1))).await;
             return error(401, "wrong password");
@@ -753,6 +771,16 @@ impl ServeHttp for AdminApp {
             "/health" | "/healthz" => json_response(200, &self.health()),
             "/metrics" => {
                 self.shared.metrics.publish_pool(&self.shared.pool.report());
+                if let Some(a) = &self.shared.audit {
+                    self.shared
+                        .metrics
+                        .audit_dropped
+                        .set(a.dropped.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                    self.shared
+                        .metrics
+                        .audit_written
+                        .set(a.written.load(std::sync::atomic::Ordering::Relaxed) as i64);
+                }
                 let body = self.shared.metrics.render();
                 Response::builder()
                     .status(200)

@@ -3,6 +3,7 @@
 //! embedded mock Gemini upstream used by the demo, the tests and the benchmarks.
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod config_history;

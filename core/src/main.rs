@@ -59,6 +59,9 @@ fn serve(args: ServeArgs) -> i32 {
             if let Err(e) = shared_for_exit.pool.save() {
                 tracing::warn!(error = %e, "cannot write the pool state file");
             }
+            if let Some(a) = &shared_for_exit.audit {
+                a.close();
+            }
             0
         }
         Err(e) => {

@@ -88,6 +88,9 @@ pub struct Metrics {
     pub keys_disabled: IntCounterVec,
     /// Refused credentials (proxy and admin listeners), by reason.
     pub auth_failures: IntCounterVec,
+    /// Audit events dropped because the queue was full (a counter, set from the sink).
+    pub audit_dropped: IntGauge,
+    pub audit_written: IntGauge,
     /// 1 for the key's current state (`active`, `cooling_down`, `half_open`, `disabled`).
     pub key_state: IntGaugeVec,
     pub key_cooldown_seconds: IntGaugeVec,
@@ -204,6 +207,19 @@ impl Metrics {
             "Calls refused for their credential or permissions, by reason",
             &["reason"],
         );
+        let audit_dropped = IntGauge::new(
+            "audit_dropped_total",
+            "Audit events dropped because the writer's queue was full",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(audit_dropped.clone()))
+            .expect("unique metric");
+        let audit_written =
+            IntGauge::new("audit_events_written_total", "Audit events written").expect("valid");
+        registry
+            .register(Box::new(audit_written.clone()))
+            .expect("unique metric");
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -240,6 +256,8 @@ impl Metrics {
             retries,
             keys_disabled,
             auth_failures,
+            audit_dropped,
+            audit_written,
             key_state,
             key_cooldown_seconds,
             key_in_flight,

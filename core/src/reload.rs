@@ -61,12 +61,13 @@ pub async fn reload_as(
                 tracing::warn!(migration = %w, "config migrated on reload");
             }
             let generation = rt.generation;
-            shared.history.record(
+            let v = shared.history.record(
                 &String::from_utf8_lossy(&bytes),
                 &serde_json::to_value(&loaded.config).unwrap_or_default(),
                 source,
                 by,
             );
+            shared.audit(crate::audit::config_event(&v));
             shared.runtime.store(Arc::new(rt));
             shared.adopt_pool();
             *shared.source_hash.lock() = loaded.source_hash;

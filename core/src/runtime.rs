@@ -372,6 +372,8 @@ pub struct Shared {
     pub pool: Arc<crate::pool::KeyPool>,
     /// Every applied config, versioned.
     pub history: crate::config_history::History,
+    /// The audit writer (started once; `audit:` changes need a restart).
+    pub audit: Option<Arc<crate::audit::AuditSink>>,
 }
 
 impl Shared {
@@ -395,6 +397,7 @@ impl Shared {
             source_hash: parking_lot::Mutex::new(loaded.source_hash),
             reload_lock: tokio::sync::Mutex::new(()),
             pool,
+            audit: crate::audit::AuditSink::start(&loaded.config.audit, &loaded.config_dir()),
             history: crate::config_history::History::new(
                 loaded
                     .path
@@ -407,16 +410,24 @@ impl Shared {
             .as_ref()
             .and_then(|p| std::fs::read_to_string(p).ok())
             .unwrap_or_else(|| crate::config::migrated_yaml(loaded));
-        shared.history.record(
+        let v = shared.history.record(
             &text,
             &serde_json::to_value(&loaded.config).unwrap_or_default(),
             "startup",
             None,
         );
+        shared.audit(crate::audit::config_event(&v));
         shared.adopt_pool();
         shared.pool.spawn_writer(Duration::from_millis(200));
         shared.publish_gauges();
         Ok(Arc::new(shared))
+    }
+
+    /// Queues an audit event (never waits).
+    pub fn audit(&self, e: crate::audit::AuditEvent) {
+        if let Some(a) = &self.audit {
+            a.record(e);
+        }
     }
 
     /// Tells the pool about the active runtime's keys and state file.

@@ -204,6 +204,9 @@ impl RunningGateway {
             if let Err(e) = self.shared.pool.save() {
                 tracing::warn!(error = %e, "cannot write the pool state file");
             }
+            if let Some(a) = &self.shared.audit {
+                a.close();
+            }
         }
     }
 }

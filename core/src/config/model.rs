@@ -24,6 +24,8 @@ pub struct Config {
     pub logging: LoggingConfig,
     #[serde(default)]
     pub pool: PoolConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Named weight presets: preset → key id → weight. Keys a preset does not name keep
     /// their configured weight.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -548,6 +550,47 @@ impl PresetWindow {
             minute >= from && minute < to
         } else {
             minute >= from || minute < to
+        }
+    }
+}
+
+/// The audit trail (README "Audit log").
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    /// JSON-lines file (relative paths: next to the config file).
+    pub log_path: String,
+    /// Rotate when the file passes this size (it is also rotated each UTC day).
+    pub rotate_bytes: u64,
+    /// Events waiting for the writer at most.
+    pub queue: usize,
+    /// When the queue is full: `drop` (count in audit_dropped_total) or `block` (wait up to
+    /// `block_timeout`, then drop).
+    pub on_full: AuditFull,
+    pub block_timeout: ConfigDuration,
+    /// The writer flushes at least this often: the most a crash can lose.
+    pub flush_interval: ConfigDuration,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditFull {
+    #[default]
+    Drop,
+    Block,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            log_path: "logs/audit.log".into(),
+            rotate_bytes: 100 * 1024 * 1024,
+            queue: 65_536,
+            on_full: AuditFull::Drop,
+            block_timeout: ConfigDuration(std::time::Duration::from_millis(50)),
+            flush_interval: ConfigDuration::secs(1),
         }
     }
 }

@@ -459,6 +459,17 @@ impl GatewayProxy {
                         .inc();
                     tracing::info!(target: "gemini_proxy::security", request_id = %ctx.request_id, status = rejection.status, reason = rejection.reason.unwrap_or("other"), client_ip = ?ctx.cx.as_ref().and_then(|c| c.request.client_ip), "call refused");
                 }
+                if matches!(rejection.status, 401 | 403 | 429) {
+                    self.shared.audit(crate::audit::security_event(
+                        &format!("request refused: {}", rejection.reason.unwrap_or("other")),
+                        "Blocked",
+                        ctx.cx
+                            .as_ref()
+                            .and_then(|c| c.request.client_ip)
+                            .map(|ip| ip.to_string()),
+                        serde_json::json!({"request_id": ctx.request_id, "status": rejection.status}),
+                    ));
+                }
                 return Err(Failure::rejected(rejection));
             }
             Err(stage) => return Err(Failure::stage(&ctx.request_id, stage).unread()),
@@ -955,6 +966,12 @@ impl GatewayProxy {
                 .with_label_values(&[reason.as_str()])
                 .inc();
             tracing::warn!(target: "gemini_proxy::security", request_id = %ctx.request_id, key_id = %key.id, reason = reason.as_str(), "upstream key disabled: it will not be used until an operator re-enables it");
+            self.shared.audit(crate::audit::security_event(
+                "key disabled",
+                "Applied",
+                None,
+                serde_json::json!({"key_id": &*key.id, "reason": reason.as_str(), "request_id": ctx.request_id}),
+            ));
         }
         if verdict == Verdict::GatewayBug {
             tracing::error!(request_id = %ctx.request_id, key_id = %key.id, status, "upstream refused the gateway's credential handling (gateway bug?)");
@@ -1515,6 +1532,19 @@ impl ProxyHttp for GatewayProxy {
             ctx.runtime.pipeline.complete(cx, &ctx.done);
         } else if ctx.done.status == 404 {
             tracing::debug!(request_id = %ctx.request_id, path = %session.req_header().uri.path(), "no route");
+        }
+        if let Some(audit) = &self.shared.audit {
+            // The path without its query: `?key=` may hold a credential.
+            let e = crate::audit::call_event(
+                &ctx.request_id,
+                &method,
+                session.req_header().uri.path(),
+                ctx.cx.as_ref(),
+                &ctx.done,
+                ctx.api,
+                ctx.model.as_deref(),
+            );
+            audit.record_async(e).await;
         }
     }
 }

@@ -1,0 +1,421 @@
+//! The audit trail: one record per proxied call, config change and security event, written as
+//! JSON lines to `audit.log_path` (the product brief's shape) by a background thread fed through
+//! one bounded channel. The proxy never waits on disk: a full queue drops (counted in
+//! `audit_dropped_total`) or, with `on_full: block`, waits up to `block_timeout` first. The file
+//! is flushed every `flush_interval` (so a crash loses at most that much) and at shutdown, and
+//! rotated by size or UTC day. (The DuckDB sink of issue 5 joins the same writer.)
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::{AuditConfig, AuditFull};
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    pub timestamp: String,
+    /// `ApiCall`, `ConfigChange`, `SecurityEvent`.
+    pub event_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<String>,
+    pub action: String,
+    /// `Success`, `Failure`, `Blocked`, `Applied` ...
+    pub result: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<f64>,
+    /// Everything else, flattened into the line.
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, Value>,
+}
+
+fn now_rfc3339_ms() -> String {
+    let now = SystemTime::now();
+    let ms = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_millis())
+        .unwrap_or(0);
+    let s = crate::pool::clock::format_rfc3339(now);
+    format!("{}.{ms:03}Z", s.trim_end_matches('Z'))
+}
+
+impl AuditEvent {
+    pub fn new(event_type: &'static str, action: impl Into<String>, result: &'static str) -> Self {
+        AuditEvent {
+            timestamp: now_rfc3339_ms(),
+            event_type,
+            source_ip: None,
+            action: action.into(),
+            result,
+            duration_ms: None,
+            fields: serde_json::Map::new(),
+        }
+    }
+
+    pub fn field(mut self, k: &str, v: impl Into<Value>) -> Self {
+        let v = v.into();
+        if !v.is_null() {
+            self.fields.insert(k.to_string(), v);
+        }
+        self
+    }
+}
+
+enum Msg {
+    Event(Box<AuditEvent>),
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The running audit writer.
+pub struct AuditSink {
+    tx: Mutex<Option<SyncSender<Msg>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    pub dropped: AtomicU64,
+    pub written: Arc<AtomicU64>,
+    on_full: AuditFull,
+    block_timeout: Duration,
+}
+
+struct Writer {
+    path: PathBuf,
+    rotate_bytes: u64,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    size: u64,
+    day: String,
+    /// Rotations so far: keeps names unique when several happen within one millisecond.
+    rotations: u64,
+}
+
+impl Writer {
+    fn open(&mut self) -> std::io::Result<()> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let f = opts.open(&self.path)?;
+        self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        self.file = Some(std::io::BufWriter::with_capacity(256 * 1024, f));
+        self.day = now_rfc3339_ms()[..10].to_string();
+        Ok(())
+    }
+
+    fn rotate_if_due(&mut self, today: &str) -> std::io::Result<()> {
+        if self.size < self.rotate_bytes && today == self.day {
+            return Ok(());
+        }
+        if let Some(mut f) = self.file.take() {
+            f.flush()?;
+        }
+        if self.size > 0 {
+            let stamp = now_rfc3339_ms().replace(':', "-");
+            self.rotations += 1;
+            let rotated = self
+                .path
+                .with_extension(format!("log.{stamp}.{}", self.rotations));
+            std::fs::rename(&self.path, rotated)?;
+        }
+        self.open()
+    }
+
+    fn write(&mut self, e: &AuditEvent) -> std::io::Result<()> {
+        let today = &e.timestamp[..10];
+        if self.file.is_none() {
+            self.open()?;
+        }
+        self.rotate_if_due(today)?;
+        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(&line)?;
+        }
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        if let Some(f) = self.file.as_mut()
+            && let Err(e) = f.flush()
+        {
+            tracing::warn!(error = %e, "audit log flush failed");
+        }
+    }
+}
+
+fn run(rx: Receiver<Msg>, mut w: Writer, flush_every: Duration, written: Arc<AtomicU64>) {
+    let mut dirty = false;
+    loop {
+        match rx.recv_timeout(flush_every) {
+            Ok(Msg::Event(e)) => {
+                if let Err(err) = w.write(&e) {
+                    tracing::warn!(error = %err, "audit log write failed");
+                } else {
+                    written.fetch_add(1, Ordering::Relaxed);
+                    dirty = true;
+                }
+            }
+            Ok(Msg::Flush(done)) => {
+                w.flush();
+                dirty = false;
+                let _ = done.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if dirty {
+                    w.flush();
+                    dirty = false;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                w.flush();
+                return;
+            }
+        }
+    }
+}
+
+impl AuditSink {
+    /// Starts the writer for `cfg` (paths relative to `dir`); `None` when auditing is off.
+    pub fn start(cfg: &AuditConfig, dir: &std::path::Path) -> Option<Arc<AuditSink>> {
+        if !cfg.enabled {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue.max(1));
+        let writer = Writer {
+            path: dir.join(&cfg.log_path),
+            rotate_bytes: cfg.rotate_bytes.max(1024),
+            file: None,
+            size: 0,
+            day: String::new(),
+            rotations: 0,
+        };
+        let written = Arc::new(AtomicU64::new(0));
+        let w2 = written.clone();
+        let every = cfg.flush_interval.0.max(Duration::from_millis(10));
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || run(rx, writer, every, w2))
+            .ok()?;
+        Some(Arc::new(AuditSink {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            dropped: AtomicU64::new(0),
+            written,
+            on_full: cfg.on_full,
+            block_timeout: cfg.block_timeout.0,
+        }))
+    }
+
+    /// Queues an event without waiting (the `block` policy waits in [`record_async`]).
+    pub fn record(&self, e: AuditEvent) {
+        let Some(tx) = self.tx.lock().clone() else {
+            return;
+        };
+        if let Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) =
+            tx.try_send(Msg::Event(Box::new(e)))
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues an event; with `on_full: block`, retries for up to `block_timeout` first.
+    pub async fn record_async(&self, e: AuditEvent) {
+        let Some(tx) = self.tx.lock().clone() else {
+            return;
+        };
+        let mut msg = Msg::Event(Box::new(e));
+        let deadline = std::time::Instant::now() + self.block_timeout;
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => return,
+                Err(TrySendError::Full(m))
+                    if self.on_full == AuditFull::Block && std::time::Instant::now() < deadline =>
+                {
+                    msg = m;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(_) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes out everything queued so far (waits for the writer).
+    pub fn flush(&self) {
+        let Some(tx) = self.tx.lock().clone() else {
+            return;
+        };
+        let (done, wait) = std::sync::mpsc::channel();
+        if tx.send(Msg::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        }
+    }
+
+    /// Stops the writer after it has written and flushed everything queued.
+    pub fn close(&self) {
+        self.tx.lock().take();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `ApiCall` line of a finished call.
+#[allow(clippy::too_many_arguments)]
+pub fn call_event(
+    request_id: &str,
+    method: &str,
+    path: &str,
+    cx: Option<&gemini_proxy_sdk::RequestContext>,
+    done: &gemini_proxy_sdk::CompletedRequest,
+    api: &str,
+    model: Option<&str>,
+) -> AuditEvent {
+    let result = if done.status < 400 && done.error_class.is_none() {
+        "Success"
+    } else {
+        "Failure"
+    };
+    let usage = done.usage.unwrap_or_default();
+    let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
+    let mut e = AuditEvent::new("ApiCall", format!("{method} {path}"), result)
+        .field("request_id", request_id)
+        .field("api", api)
+        .field("model", model)
+        .field("stream", done.streamed)
+        .field("key_id", done.key_id.clone())
+        .field("project", done.project.clone())
+        .field("status", done.status)
+        .field(
+            "upstream_status",
+            (done.upstream_status > 0).then_some(done.upstream_status),
+        )
+        .field("error_class", done.error_class.clone())
+        .field("attempts", done.attempts)
+        .field("upstream_ms", ms(done.upstream_latency))
+        .field("ttfb_ms", ms(done.time_to_first_byte))
+        .field("prompt_tokens", usage.prompt_tokens)
+        .field("candidates_tokens", usage.candidates_tokens)
+        .field("thoughts_tokens", usage.thoughts_tokens)
+        .field("cached_tokens", usage.cached_tokens)
+        .field("total_tokens", usage.total_tokens)
+        .field("request_bytes", done.request_bytes)
+        .field("response_bytes", done.response_bytes)
+        .field("truncated", done.truncated);
+    e.duration_ms = ms(Some(done.total_latency));
+    if let Some(cx) = cx {
+        e.source_ip = cx.request.client_ip.map(|ip| ip.to_string());
+        if let Some(id) = &cx.identity {
+            e = e
+                .field("user", id.subject.clone())
+                .field("role", id.role.as_str());
+        }
+        e = e.field("risk_score", cx.risk_score);
+    }
+    e
+}
+
+/// A `SecurityEvent` line.
+pub fn security_event(
+    action: &str,
+    result: &'static str,
+    source_ip: Option<String>,
+    detail: Value,
+) -> AuditEvent {
+    let mut e = AuditEvent::new("SecurityEvent", action, result).field("detail", detail);
+    e.source_ip = source_ip;
+    e
+}
+
+/// A `ConfigChange` line.
+pub fn config_event(v: &crate::config_history::Version) -> AuditEvent {
+    AuditEvent::new("ConfigChange", format!("config {}", v.source), "Applied")
+        .field("version", v.version)
+        .field("by", v.by.clone())
+        .field("sha256", v.sha256.clone())
+        .field("changed", json!(v.changed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dir: &std::path::Path, rotate: u64) -> (AuditConfig, PathBuf) {
+        let c = AuditConfig {
+            log_path: "logs/audit.log".into(),
+            rotate_bytes: rotate,
+            flush_interval: crate::config::ConfigDuration(Duration::from_millis(50)),
+            ..AuditConfig::default()
+        };
+        (c, dir.join("logs/audit.log"))
+    }
+
+    #[test]
+    fn writes_lines_flushes_within_the_interval_and_closes_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, path) = cfg(dir.path(), 1 << 30);
+        let sink = AuditSink::start(&c, dir.path()).unwrap();
+        sink.record(AuditEvent::new("ApiCall", "GET /v1/models", "Success").field("status", 200));
+        // No shutdown: a crash now would keep what the flush interval wrote.
+        std::thread::sleep(Duration::from_millis(300));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(v["event_type"], "ApiCall");
+        assert_eq!(v["action"], "GET /v1/models");
+        assert_eq!(v["result"], "Success");
+        assert_eq!(v["status"], 200);
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        for _ in 0..100 {
+            sink.record(AuditEvent::new("ApiCall", "x", "Success"));
+        }
+        sink.close();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 101);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+    }
+
+    #[test]
+    fn rotates_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, path) = cfg(dir.path(), 2048);
+        let sink = AuditSink::start(&c, dir.path()).unwrap();
+        for i in 0..100 {
+            sink.record(AuditEvent::new("ApiCall", format!("call {i}"), "Success"));
+        }
+        sink.close();
+        let logs: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(logs.len() > 1, "{logs:?}");
+        let total: usize = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| {
+                std::fs::read_to_string(e.unwrap().path())
+                    .unwrap()
+                    .lines()
+                    .count()
+            })
+            .sum();
+        assert_eq!(total, 100, "nothing lost across rotations");
+    }
+}
