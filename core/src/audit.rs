@@ -18,9 +18,80 @@ use serde_json::{Value, json};
 
 use crate::config::{AuditConfig, AuditFull};
 
-/// One line of the audit log.
+/// One line of the audit log: calls are typed (cheap to build on the hot path; serialized by
+/// the writer thread), the rarer config changes and security events carry free fields.
+#[derive(Debug, Clone)]
+pub enum AuditEvent {
+    Call(Box<CallAudit>),
+    Other(Box<GenericEvent>),
+}
+
+impl AuditEvent {
+    fn day(&self) -> String {
+        match self {
+            AuditEvent::Call(c) => rfc3339_ms(c.at)[..10].to_string(),
+            AuditEvent::Other(g) => g.timestamp[..10].to_string(),
+        }
+    }
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339_ms(*t))
+}
+
+fn skip_zero(n: &u16) -> bool {
+    *n == 0
+}
+
+/// The `ApiCall` line, field for field.
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditEvent {
+pub struct CallAudit {
+    #[serde(rename = "timestamp", serialize_with = "ser_time")]
+    pub at: SystemTime,
+    pub event_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
+    pub action: String,
+    pub result: &'static str,
+    pub duration_ms: f64,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    pub api: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    pub stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    pub status: u16,
+    #[serde(skip_serializing_if = "skip_zero")]
+    pub upstream_status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    pub prompt_tokens: u64,
+    pub candidates_tokens: u64,
+    pub thoughts_tokens: u64,
+    pub cached_tokens: u64,
+    pub total_tokens: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_score: Option<u8>,
+    pub truncated: bool,
+}
+
+/// A config change or security event line.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenericEvent {
     pub timestamp: String,
     /// `ApiCall`, `ConfigChange`, `SecurityEvent`.
     pub event_type: &'static str,
@@ -36,19 +107,22 @@ pub struct AuditEvent {
     pub fields: serde_json::Map<String, Value>,
 }
 
-fn now_rfc3339_ms() -> String {
-    let now = SystemTime::now();
-    let ms = now
+fn rfc3339_ms(t: SystemTime) -> String {
+    let ms = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.subsec_millis())
         .unwrap_or(0);
-    let s = crate::pool::clock::format_rfc3339(now);
+    let s = crate::pool::clock::format_rfc3339(t);
     format!("{}.{ms:03}Z", s.trim_end_matches('Z'))
 }
 
-impl AuditEvent {
+fn now_rfc3339_ms() -> String {
+    rfc3339_ms(SystemTime::now())
+}
+
+impl GenericEvent {
     pub fn new(event_type: &'static str, action: impl Into<String>, result: &'static str) -> Self {
-        AuditEvent {
+        GenericEvent {
             timestamp: now_rfc3339_ms(),
             event_type,
             source_ip: None,
@@ -69,7 +143,7 @@ impl AuditEvent {
 }
 
 enum Msg {
-    Event(Box<AuditEvent>),
+    Event(AuditEvent),
     Flush(std::sync::mpsc::Sender<()>),
 }
 
@@ -91,6 +165,8 @@ struct Writer {
     day: String,
     /// Rotations so far: keeps names unique when several happen within one millisecond.
     rotations: u64,
+    /// Reused line buffer.
+    line: Vec<u8>,
 }
 
 impl Writer {
@@ -131,17 +207,22 @@ impl Writer {
     }
 
     fn write(&mut self, e: &AuditEvent) -> std::io::Result<()> {
-        let today = &e.timestamp[..10];
+        let today = e.day();
         if self.file.is_none() {
             self.open()?;
         }
-        self.rotate_if_due(today)?;
-        let mut line = serde_json::to_vec(e).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        if let Some(f) = self.file.as_mut() {
-            f.write_all(&line)?;
+        self.rotate_if_due(&today)?;
+        self.line.clear();
+        match e {
+            AuditEvent::Call(c) => serde_json::to_writer(&mut self.line, c),
+            AuditEvent::Other(g) => serde_json::to_writer(&mut self.line, g),
         }
-        self.size += line.len() as u64;
+        .map_err(std::io::Error::other)?;
+        self.line.push(b'\n');
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(&self.line)?;
+        }
+        self.size += self.line.len() as u64;
         Ok(())
     }
 
@@ -199,6 +280,7 @@ impl AuditSink {
             size: 0,
             day: String::new(),
             rotations: 0,
+            line: Vec::with_capacity(1024),
         };
         let written = Arc::new(AtomicU64::new(0));
         let w2 = written.clone();
@@ -223,7 +305,7 @@ impl AuditSink {
             return;
         };
         if let Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) =
-            tx.try_send(Msg::Event(Box::new(e)))
+            tx.try_send(Msg::Event(e))
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -234,7 +316,7 @@ impl AuditSink {
         let Some(tx) = self.tx.lock().clone() else {
             return;
         };
-        let mut msg = Msg::Event(Box::new(e));
+        let mut msg = Msg::Event(e);
         let deadline = std::time::Instant::now() + self.block_timeout;
         loop {
             match tx.try_send(msg) {
@@ -274,58 +356,57 @@ impl AuditSink {
 }
 
 /// The `ApiCall` line of a finished call.
-#[allow(clippy::too_many_arguments)]
 pub fn call_event(
     request_id: &str,
     method: &str,
     path: &str,
     cx: Option<&gemini_proxy_sdk::RequestContext>,
     done: &gemini_proxy_sdk::CompletedRequest,
-    api: &str,
+    api: &'static str,
     model: Option<&str>,
 ) -> AuditEvent {
-    let result = if done.status < 400 && done.error_class.is_none() {
-        "Success"
-    } else {
-        "Failure"
-    };
     let usage = done.usage.unwrap_or_default();
-    let ms = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e6).round() / 1e3);
-    let mut e = AuditEvent::new("ApiCall", format!("{method} {path}"), result)
-        .field("request_id", request_id)
-        .field("api", api)
-        .field("model", model)
-        .field("stream", done.streamed)
-        .field("key_id", done.key_id.clone())
-        .field("project", done.project.clone())
-        .field("status", done.status)
-        .field(
-            "upstream_status",
-            (done.upstream_status > 0).then_some(done.upstream_status),
-        )
-        .field("error_class", done.error_class.clone())
-        .field("attempts", done.attempts)
-        .field("upstream_ms", ms(done.upstream_latency))
-        .field("ttfb_ms", ms(done.time_to_first_byte))
-        .field("prompt_tokens", usage.prompt_tokens)
-        .field("candidates_tokens", usage.candidates_tokens)
-        .field("thoughts_tokens", usage.thoughts_tokens)
-        .field("cached_tokens", usage.cached_tokens)
-        .field("total_tokens", usage.total_tokens)
-        .field("request_bytes", done.request_bytes)
-        .field("response_bytes", done.response_bytes)
-        .field("truncated", done.truncated);
-    e.duration_ms = ms(Some(done.total_latency));
-    if let Some(cx) = cx {
-        e.source_ip = cx.request.client_ip.map(|ip| ip.to_string());
-        if let Some(id) = &cx.identity {
-            e = e
-                .field("user", id.subject.clone())
-                .field("role", id.role.as_str());
-        }
-        e = e.field("risk_score", cx.risk_score);
-    }
-    e
+    let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let identity = cx.and_then(|c| c.identity.as_ref());
+    let mut action = String::with_capacity(method.len() + 1 + path.len());
+    action.push_str(method);
+    action.push(' ');
+    action.push_str(path);
+    AuditEvent::Call(Box::new(CallAudit {
+        at: SystemTime::now(),
+        event_type: "ApiCall",
+        source_ip: cx.and_then(|c| c.request.client_ip),
+        action,
+        result: if done.status < 400 && done.error_class.is_none() {
+            "Success"
+        } else {
+            "Failure"
+        },
+        duration_ms: ms(done.total_latency),
+        request_id: request_id.to_string(),
+        user: identity.map(|i| i.subject.clone()),
+        role: identity.map(|i| i.role.as_str()),
+        api,
+        model: model.map(str::to_string),
+        stream: done.streamed,
+        key_id: done.key_id.clone(),
+        project: done.project.clone(),
+        status: done.status,
+        upstream_status: done.upstream_status,
+        error_class: done.error_class.clone(),
+        attempts: done.attempts,
+        upstream_ms: done.upstream_latency.map(ms),
+        ttfb_ms: done.time_to_first_byte.map(ms),
+        prompt_tokens: usage.prompt_tokens,
+        candidates_tokens: usage.candidates_tokens,
+        thoughts_tokens: usage.thoughts_tokens,
+        cached_tokens: usage.cached_tokens,
+        total_tokens: usage.total_tokens,
+        request_bytes: done.request_bytes,
+        response_bytes: done.response_bytes,
+        risk_score: cx.and_then(|c| c.risk_score),
+        truncated: done.truncated,
+    }))
 }
 
 /// A `SecurityEvent` line.
@@ -335,18 +416,20 @@ pub fn security_event(
     source_ip: Option<String>,
     detail: Value,
 ) -> AuditEvent {
-    let mut e = AuditEvent::new("SecurityEvent", action, result).field("detail", detail);
+    let mut e = GenericEvent::new("SecurityEvent", action, result).field("detail", detail);
     e.source_ip = source_ip;
-    e
+    AuditEvent::Other(Box::new(e))
 }
 
 /// A `ConfigChange` line.
 pub fn config_event(v: &crate::config_history::Version) -> AuditEvent {
-    AuditEvent::new("ConfigChange", format!("config {}", v.source), "Applied")
-        .field("version", v.version)
-        .field("by", v.by.clone())
-        .field("sha256", v.sha256.clone())
-        .field("changed", json!(v.changed))
+    AuditEvent::Other(Box::new(
+        GenericEvent::new("ConfigChange", format!("config {}", v.source), "Applied")
+            .field("version", v.version)
+            .field("by", v.by.clone())
+            .field("sha256", v.sha256.clone())
+            .field("changed", json!(v.changed)),
+    ))
 }
 
 #[cfg(test)]
@@ -368,7 +451,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c, path) = cfg(dir.path(), 1 << 30);
         let sink = AuditSink::start(&c, dir.path()).unwrap();
-        sink.record(AuditEvent::new("ApiCall", "GET /v1/models", "Success").field("status", 200));
+        sink.record(AuditEvent::Other(Box::new(
+            GenericEvent::new("ApiCall", "GET /v1/models", "Success").field("status", 200),
+        )));
         // No shutdown: a crash now would keep what the flush interval wrote.
         std::thread::sleep(Duration::from_millis(300));
         let text = std::fs::read_to_string(&path).unwrap();
@@ -379,7 +464,9 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
         for _ in 0..100 {
-            sink.record(AuditEvent::new("ApiCall", "x", "Success"));
+            sink.record(AuditEvent::Other(Box::new(GenericEvent::new(
+                "ApiCall", "x", "Success",
+            ))));
         }
         sink.close();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 101);
@@ -399,7 +486,11 @@ mod tests {
         let (c, path) = cfg(dir.path(), 2048);
         let sink = AuditSink::start(&c, dir.path()).unwrap();
         for i in 0..100 {
-            sink.record(AuditEvent::new("ApiCall", format!("call {i}"), "Success"));
+            sink.record(AuditEvent::Other(Box::new(GenericEvent::new(
+                "ApiCall",
+                format!("call {i}"),
+                "Success",
+            ))));
         }
         sink.close();
         let logs: Vec<_> = std::fs::read_dir(path.parent().unwrap())
