@@ -417,6 +417,19 @@ impl Shared {
             None,
         );
         shared.audit(crate::audit::config_event(&v));
+        for f in crate::security::assess(loaded).findings {
+            let result = if f.severity >= crate::security::Severity::High {
+                "Failure"
+            } else {
+                "Warning"
+            };
+            shared.audit(crate::audit::security_event(
+                "startup check",
+                result,
+                None,
+                serde_json::json!({"id": f.id, "severity": f.severity, "cwe": f.cwe, "title": f.title}),
+            ));
+        }
         shared.adopt_pool();
         shared.pool.spawn_writer(Duration::from_millis(200));
         shared.publish_gauges();
