@@ -311,12 +311,7 @@ impl AdminApp {
     }
 
     fn loopback(&self, rt: &crate::runtime::Runtime) -> bool {
-        rt.config
-            .metrics
-            .host
-            .parse::<std::net::IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(rt.config.metrics.host == "localhost")
+        crate::config::is_loopback_host(&rt.config.metrics.host)
     }
 
     /// Validates `text` as a whole config, writes it over the config file and reloads.
@@ -384,13 +379,6 @@ impl AdminApp {
         path: &str,
     ) -> Option<Response<Vec<u8>>> {
         let rt = self.shared.runtime.load_full();
-        let loopback = rt
-            .config
-            .metrics
-            .host
-            .parse::<std::net::IpAddr>()
-            .map(|ip| ip.is_loopback())
-            .unwrap_or(rt.config.metrics.host == "localhost");
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         let route = match (method.as_str(), segs.as_slice()) {
             ("POST", ["api", "keys"]) => Mutation::Add,
@@ -404,7 +392,7 @@ impl AdminApp {
             ("POST", ["api", "tokens", "revoke"]) => Mutation::RevokeToken,
             _ => return None,
         };
-        if !loopback && rt.auth.is_none() {
+        if rt.auth.is_none() && !self.loopback(&rt) {
             return Some(error(
                 403,
                 "admin changes are served on a loopback admin listener only until admin authentication is configured",

@@ -58,30 +58,7 @@ pub struct HeaderCondition {
     pub equals: Option<String>,
 }
 
-/// `*` glob match, used for model lists.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let mut rest = text;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
-}
+pub use gemini_proxy_sdk::glob_match;
 
 impl When {
     pub fn matches(&self, cx: &RequestContext) -> bool {

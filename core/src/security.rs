@@ -96,12 +96,7 @@ fn is_placeholder_key(k: &str) -> bool {
         || l == "aizasy..."
 }
 
-fn loopback(host: &str) -> bool {
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
+use crate::config::is_loopback_host as loopback;
 
 fn strong_secret(s: &str) -> bool {
     s.chars().count() >= 32

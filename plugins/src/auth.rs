@@ -480,7 +480,10 @@ impl Auth {
         if !claims.models.is_empty() {
             let model = cx.request.model.as_deref();
             let allowed = match model {
-                Some(m) => claims.models.iter().any(|g| glob(g, m)),
+                Some(m) => claims
+                    .models
+                    .iter()
+                    .any(|g| gemini_proxy_sdk::glob_match(g, m)),
                 // Calls without a model (files, lists) are allowed to any caller.
                 None => true,
             };
@@ -500,26 +503,6 @@ impl Auth {
         cx.identity = Some(id);
         Ok(())
     }
-}
-
-/// `*` matches any run of characters.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == text;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
-        return false;
-    }
-    let mut rest = &text[first.len()..text.len() - last.len()];
-    for mid in &parts[1..parts.len() - 1] {
-        match rest.find(mid) {
-            Some(i) => rest = &rest[i + mid.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 #[gemini_proxy_sdk::async_trait]
@@ -747,14 +730,6 @@ mod tests {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
-    }
-
-    #[test]
-    fn globs() {
-        assert!(glob("gemini-2.5-*", "gemini-2.5-flash"));
-        assert!(glob("*flash*", "gemini-2.5-flash-lite"));
-        assert!(!glob("gemini-2.5-*", "gemini-2.0-flash"));
-        assert!(glob("exact", "exact") && !glob("exact", "exactly"));
     }
 
     fn tempfile_dir() -> PathBuf {

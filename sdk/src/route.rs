@@ -257,3 +257,48 @@ mod tests {
         }
     }
 }
+
+/// Matches `text` against a pattern where `*` stands for any run of characters (model lists:
+/// `gemini-2.5-*`, `*flash*`).
+///
+/// ```
+/// use gemini_proxy_sdk::glob_match;
+/// assert!(glob_match("gemini-2.5-*", "gemini-2.5-flash"));
+/// assert!(!glob_match("gemini-2.5-*", "gemini-2.0-flash"));
+/// ```
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let mut rest = text;
+    for (i, part) in parts.iter().enumerate() {
+        if i == 0 {
+            match rest.strip_prefix(part) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        } else if i == parts.len() - 1 {
+            return rest.ends_with(part);
+        } else {
+            match rest.find(part) {
+                Some(at) => rest = &rest[at + part.len()..],
+                None => return false,
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("gemini-2.5-*", "gemini-2.5-flash"));
+        assert!(glob_match("*flash*", "gemini-2.5-flash-lite"));
+        assert!(!glob_match("gemini-2.5-*", "gemini-2.0-flash"));
+        assert!(glob_match("exact", "exact") && !glob_match("exact", "exactly"));
+    }
+}

@@ -389,12 +389,8 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
                 .into(),
         );
     }
-    let loopback = |h: &str| {
-        h == "localhost"
-            || h.parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    };
-    if !c.auth.enabled && !loopback(&c.server.host) && !c.auth.allow_unauthenticated {
+    if !c.auth.enabled && !super::is_loopback_host(&c.server.host) && !c.auth.allow_unauthenticated
+    {
         return err(
             "auth.enabled".into(),
             format!(

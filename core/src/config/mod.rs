@@ -12,3 +12,11 @@ pub use load::{
 };
 pub use model::*;
 pub use upstream::UpstreamTarget;
+
+/// True for `localhost` and loopback addresses: listeners nobody else can reach.
+pub fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
