@@ -168,6 +168,12 @@ impl RetryBudget {
     }
 }
 
+/// Waits out the backoff before transient retry `n`, never past the call's deadline.
+async fn sleep_before_retry(base: Duration, n: u32, deadline: Instant) {
+    let wait = backoff(base, n).min(deadline.saturating_duration_since(Instant::now()));
+    tokio::time::sleep(wait).await;
+}
+
 /// Backoff before transient retry `n` (1-based): base·2^(n-1), ±50% jitter.
 fn backoff(base: Duration, n: u32) -> Duration {
     let exp = base.saturating_mul(1 << (n.saturating_sub(1)).min(6));
@@ -396,7 +402,8 @@ impl GatewayProxy {
             .iter()
             .map(|(k, v)| (k.as_str().len() + v.len() + 4) as u64)
             .sum::<u64>()
-            + req.uri.to_string().len() as u64;
+            + req.uri.path_and_query().map_or(0, |p| p.as_str().len()) as u64
+            + req.uri.authority().map_or(0, |a| a.as_str().len()) as u64;
         if header_bytes > rt.config.server.max_header_bytes {
             return Err(Failure::new(
                 431,
@@ -640,9 +647,7 @@ impl GatewayProxy {
                     if last_transient {
                         retries += 1;
                         transient_keys.push(key.id.clone());
-                        let wait = backoff(cfg.backoff.0, retries)
-                            .min(deadline.saturating_duration_since(Instant::now()));
-                        tokio::time::sleep(wait).await;
+                        sleep_before_retry(cfg.backoff.0, retries, deadline).await;
                     } else {
                         rotations += 1;
                     }
@@ -671,9 +676,7 @@ impl GatewayProxy {
                             .retries
                             .with_label_values(&["connect"])
                             .inc();
-                        let wait = backoff(cfg.backoff.0, retries)
-                            .min(deadline.saturating_duration_since(Instant::now()));
-                        tokio::time::sleep(wait).await;
+                        sleep_before_retry(cfg.backoff.0, retries, deadline).await;
                         continue;
                     }
                     return Err(f);
