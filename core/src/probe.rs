@@ -70,11 +70,7 @@ async fn ask(rt: &Runtime, index: usize) -> Result<(u16, bytes::Bytes), String> 
 pub async fn probe(shared: &Arc<Shared>, key_id: &str) -> Option<ProbeResult> {
     let rt = shared.runtime.load_full();
     let index = rt.index.index_of(key_id)?;
-    let was_dead = shared
-        .pool
-        .report()
-        .iter()
-        .any(|k| k.id == key_id && k.dead_reason.is_some());
+    let was_dead = shared.pool.dead_reason(key_id).is_some();
     let result = match ask(&rt, index).await {
         Ok((status, body)) => {
             let verdict = classify(

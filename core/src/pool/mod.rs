@@ -873,6 +873,15 @@ impl KeyPool {
         }
     }
 
+    /// Why `key_id` is dead, if it is.
+    pub fn dead_reason(&self, key_id: &str) -> Option<DeadReason> {
+        self.state
+            .lock()
+            .keys
+            .get(key_id)
+            .and_then(|h| h.dead.map(|(r, _)| r))
+    }
+
     /// Operator actions.
     pub fn set_dead(&self, key_id: &str, dead: Option<DeadReason>) -> bool {
         let mut guard = self.state.lock();
