@@ -1,10 +1,12 @@
 # Sourced by scripts/demo and scripts/test: installs the system packages the build needs
-# (cmake for Pingora's zlib-ng; python3-venv for the conformance clients), or stops with the
+# (cmake for Pingora's zlib-ng; g++ for the bundled DuckDB; python3-venv for the conformance
+# clients), or stops with the
 # exact command to run. Usage: need_packages [python]
 need_packages() {
   local missing=()
   command -v cmake >/dev/null || missing+=(cmake)
   command -v cc >/dev/null || missing+=(gcc)
+  command -v c++ >/dev/null || missing+=(g++)
   if [ "${1:-}" = python ]; then
     command -v python3 >/dev/null || missing+=(python3)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -3,7 +3,8 @@
 //! one bounded channel. The proxy never waits on disk: a full queue drops (counted in
 //! `audit_dropped_total`) or, with `on_full: block`, waits up to `block_timeout` first. The file
 //! is flushed every `flush_interval` (so a crash loses at most that much) and at shutdown, and
-//! rotated by size or UTC day. (The DuckDB sink of issue 5 joins the same writer.)
+//! rotated by size or UTC day. The same writer appends every event to the DuckDB database
+//! (`audit.db_path`, see `audit_db`) with DuckDB's Appender and commits at the same interval.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,6 +44,10 @@ fn skip_zero(n: &u16) -> bool {
     *n == 0
 }
 
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
 /// The `ApiCall` line, field for field.
 #[derive(Debug, Clone, Serialize)]
 pub struct CallAudit {
@@ -73,6 +78,16 @@ pub struct CallAudit {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_class: Option<String>,
     pub attempts: u32,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub retries: u32,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub rotations: u32,
+    /// Attempts Google answered with 429.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub upstream_429s: u32,
+    /// The quota id of the last 429 (`GenerateRequestsPerMinutePerProjectPerModel` ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +102,30 @@ pub struct CallAudit {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub risk_score: Option<u8>,
     pub truncated: bool,
+    /// The call's tags (the `audit` stage and other plugins), capped.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
+}
+
+/// Most tags recorded per call, and the longest tag name and value.
+const MAX_TAGS: usize = 16;
+const MAX_TAG_NAME: usize = 64;
+const MAX_TAG_VALUE: usize = 256;
+
+fn capped_tags(
+    tags: &std::collections::BTreeMap<String, String>,
+) -> std::collections::BTreeMap<String, String> {
+    let cut = |s: &str, n: usize| {
+        let mut end = s.len().min(n);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_string()
+    };
+    tags.iter()
+        .take(MAX_TAGS)
+        .map(|(k, v)| (cut(k, MAX_TAG_NAME), cut(v, MAX_TAG_VALUE)))
+        .collect()
 }
 
 /// A config change or security event line.
@@ -145,6 +184,7 @@ impl GenericEvent {
 enum Msg {
     Event(AuditEvent),
     Flush(std::sync::mpsc::Sender<()>),
+    Limits(Vec<crate::audit_db::LimitRow>),
 }
 
 /// The running audit writer.
@@ -153,8 +193,17 @@ pub struct AuditSink {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub dropped: AtomicU64,
     pub written: Arc<AtomicU64>,
+    /// Events queued so far (with `written` and `dropped`: the queue depth).
+    queued: AtomicU64,
+    /// Events the database refused (they are still in the JSON-lines file).
+    pub db_errors: Arc<AtomicU64>,
     on_full: AuditFull,
     block_timeout: Duration,
+    /// A connection for analyst SQL and exports (a clone of the writer's database).
+    db: Option<Mutex<duckdb::Connection>>,
+    pub db_path: Option<PathBuf>,
+    pub export_dir: PathBuf,
+    pub sql_limits: crate::audit_db::QueryLimits,
 }
 
 struct Writer {
@@ -239,28 +288,117 @@ impl Writer {
 /// so that senders never have to wake it (a futex wake per call cost ~15 µs of CPU per call).
 const POLL: Duration = Duration::from_millis(10);
 
-fn run(rx: Receiver<Msg>, mut w: Writer, flush_every: Duration, written: Arc<AtomicU64>) {
+/// How often retention runs (also once at start).
+const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the writer thread owns besides the JSON-lines file.
+struct DbSide {
+    conn: duckdb::Connection,
+    retention_days: u32,
+    errors: Arc<AtomicU64>,
+}
+
+fn run(
+    rx: Receiver<Msg>,
+    mut w: Writer,
+    flush_every: Duration,
+    written: Arc<AtomicU64>,
+    db: Option<DbSide>,
+) {
+    let open_appenders = || {
+        db.as_ref().and_then(|d| {
+            crate::audit_db::Appenders::new(&d.conn)
+                .map_err(|e| tracing::error!(error = %e, "audit database: cannot append; JSON lines only until it recovers"))
+                .ok()
+        })
+    };
+    let mut appenders = open_appenders();
+    let db_errors = db.as_ref().map(|d| d.errors.clone());
+    let count_error = || {
+        if let Some(c) = &db_errors {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let retention_days = db.as_ref().map_or(0, |d| d.retention_days);
+    let mut last_retention: Option<std::time::Instant> = None;
+    // A failed append or commit invalidates DuckDB's appender (its buffered rows are lost and
+    // counted): a new one is made, at most once a second.
+    let mut broken_since: Option<std::time::Instant> = None;
+    let commit = |app: &mut Option<crate::audit_db::Appenders<'_>>| -> bool {
+        if let Some(a) = app.as_mut()
+            && let Err(e) = a.flush()
+        {
+            tracing::warn!(error = %e, "audit database commit failed");
+            count_error();
+            return false;
+        }
+        true
+    };
     let mut dirty = false;
     let mut last_flush = std::time::Instant::now();
     loop {
+        if db.is_some()
+            && appenders.is_none()
+            && broken_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            appenders = open_appenders();
+            broken_since = appenders.is_none().then(std::time::Instant::now);
+        }
+        if retention_days > 0
+            && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+            && let Some(a) = appenders.as_mut()
+        {
+            last_retention = Some(std::time::Instant::now());
+            match a.apply_retention(retention_days, SystemTime::now()) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    rows = n,
+                    days = retention_days,
+                    "audit retention dropped old days"
+                ),
+                Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+            }
+        }
         match rx.try_recv() {
             Ok(Msg::Event(e)) => {
                 if let Err(err) = w.write(&e) {
                     tracing::warn!(error = %err, "audit log write failed");
-                } else {
-                    written.fetch_add(1, Ordering::Relaxed);
-                    dirty = true;
                 }
+                if let Some(a) = appenders.as_mut()
+                    && let Err(err) = a.append(&e)
+                {
+                    tracing::warn!(error = %err, "audit database append failed");
+                    count_error();
+                    appenders = None;
+                    broken_since = Some(std::time::Instant::now());
+                }
+                written.fetch_add(1, Ordering::Relaxed);
+                dirty = true;
             }
             Ok(Msg::Flush(done)) => {
                 w.flush();
+                if !commit(&mut appenders) {
+                    appenders = None;
+                    broken_since = Some(std::time::Instant::now());
+                }
                 dirty = false;
                 last_flush = std::time::Instant::now();
                 let _ = done.send(());
             }
+            Ok(Msg::Limits(rows)) => {
+                if let Some(a) = appenders.as_mut()
+                    && let Err(e) = a.set_limits(&rows)
+                {
+                    tracing::warn!(error = %e, "audit database: cannot store the configured limits");
+                }
+            }
             Err(TryRecvError::Empty) => {
                 if dirty && last_flush.elapsed() >= flush_every {
                     w.flush();
+                    if !commit(&mut appenders) {
+                        appenders = None;
+                        broken_since = Some(std::time::Instant::now());
+                    }
                     dirty = false;
                     last_flush = std::time::Instant::now();
                 }
@@ -268,17 +406,32 @@ fn run(rx: Receiver<Msg>, mut w: Writer, flush_every: Duration, written: Arc<Ato
             }
             Err(TryRecvError::Disconnected) => {
                 w.flush();
+                commit(&mut appenders);
+                drop(appenders);
+                if let Some(d) = db
+                    && let Err(e) = d.conn.execute_batch("CHECKPOINT")
+                {
+                    tracing::warn!(error = %e, "audit database checkpoint at shutdown failed");
+                }
                 return;
             }
         }
     }
 }
 
+/// Why the audit trail could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("audit: {0}")]
+pub struct AuditStartError(String);
+
 impl AuditSink {
     /// Starts the writer for `cfg` (paths relative to `dir`); `None` when auditing is off.
-    pub fn start(cfg: &AuditConfig, dir: &std::path::Path) -> Option<Arc<AuditSink>> {
+    pub fn start(
+        cfg: &AuditConfig,
+        dir: &std::path::Path,
+    ) -> Result<Option<Arc<AuditSink>>, AuditStartError> {
         if !cfg.enabled {
-            return None;
+            return Ok(None);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue.max(1));
         let writer = Writer {
@@ -290,21 +443,89 @@ impl AuditSink {
             rotations: 0,
             line: Vec::with_capacity(1024),
         };
+        let export_dir = dir.join(&cfg.export_dir);
+        let db_path = (!cfg.db_path.is_empty()).then(|| dir.join(&cfg.db_path));
+        let db_errors = Arc::new(AtomicU64::new(0));
+        let (db_side, query_conn) = match &db_path {
+            Some(path) => {
+                let conn = crate::audit_db::open(&crate::audit_db::DbOptions {
+                    path: path.clone(),
+                    threads: cfg.db_threads,
+                    memory_limit: cfg.db_memory_limit.clone(),
+                    export_dir: Some(export_dir.clone()),
+                    read_only: false,
+                    lock_down: true,
+                })
+                .map_err(|e| AuditStartError(e.to_string()))?;
+                let query = conn
+                    .try_clone()
+                    .map_err(|e| AuditStartError(format!("audit database: {e}")))?;
+                (
+                    Some(DbSide {
+                        conn,
+                        retention_days: cfg.retention_days,
+                        errors: db_errors.clone(),
+                    }),
+                    Some(Mutex::new(query)),
+                )
+            }
+            None => (None, None),
+        };
         let written = Arc::new(AtomicU64::new(0));
         let w2 = written.clone();
         let every = cfg.flush_interval.0.max(Duration::from_millis(10));
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || run(rx, writer, every, w2))
-            .ok()?;
-        Some(Arc::new(AuditSink {
+            .spawn(move || run(rx, writer, every, w2, db_side))
+            .map_err(|e| AuditStartError(format!("cannot start the writer: {e}")))?;
+        Ok(Some(Arc::new(AuditSink {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             dropped: AtomicU64::new(0),
             written,
+            queued: AtomicU64::new(0),
+            db_errors,
             on_full: cfg.on_full,
             block_timeout: cfg.block_timeout.0,
-        }))
+            db: query_conn,
+            db_path,
+            export_dir,
+            sql_limits: crate::audit_db::QueryLimits {
+                max_rows: cfg.sql_max_rows.max(1),
+                timeout: cfg.sql_timeout.0.max(Duration::from_millis(10)),
+            },
+        })))
+    }
+
+    /// Events waiting for the writer.
+    pub fn queue_depth(&self) -> u64 {
+        let q = self.queued.load(Ordering::Relaxed);
+        q.saturating_sub(self.written.load(Ordering::Relaxed))
+    }
+
+    /// Tells the database the configured limits (for `quota_usage_by_project_day`).
+    pub fn set_limits(&self, rows: Vec<crate::audit_db::LimitRow>) {
+        if self.db.is_none() {
+            return;
+        }
+        if let Some(tx) = self.tx.lock().clone() {
+            let _ = tx.try_send(Msg::Limits(rows));
+        }
+    }
+
+    /// Runs `f` on the analysts' connection (a fresh clone, so a slow query does not hold
+    /// others). Blocking: call from a blocking thread.
+    pub fn with_db<T>(
+        &self,
+        f: impl FnOnce(&duckdb::Connection) -> Result<T, crate::audit_db::DbError>,
+    ) -> Result<T, crate::audit_db::DbError> {
+        let Some(db) = &self.db else {
+            return Err(crate::audit_db::DbError::Refused(
+                "no audit database (audit.db_path is empty)".into(),
+            ));
+        };
+        let conn = db.lock().try_clone()?;
+        f(&conn)
     }
 
     /// Queues an event without waiting (the `block` policy waits in [`record_async`]).
@@ -312,10 +533,13 @@ impl AuditSink {
         let Some(tx) = self.tx.lock().clone() else {
             return;
         };
-        if let Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) =
-            tx.try_send(Msg::Event(e))
-        {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match tx.try_send(Msg::Event(e)) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -328,7 +552,10 @@ impl AuditSink {
         let deadline = std::time::Instant::now() + self.block_timeout;
         loop {
             match tx.try_send(msg) {
-                Ok(()) => return,
+                Ok(()) => {
+                    self.queued.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 Err(TrySendError::Full(m))
                     if self.on_full == AuditFull::Block && std::time::Instant::now() < deadline =>
                 {
@@ -363,7 +590,17 @@ impl AuditSink {
     }
 }
 
+/// What the proxy knows of a call beyond the sdk's `CompletedRequest`.
+#[derive(Debug, Clone, Default)]
+pub struct CallExtra {
+    pub retries: u32,
+    pub rotations: u32,
+    pub upstream_429s: u32,
+    pub quota_id: Option<String>,
+}
+
 /// The `ApiCall` line of a finished call.
+#[allow(clippy::too_many_arguments)]
 pub fn call_event(
     request_id: &str,
     method: &str,
@@ -372,6 +609,7 @@ pub fn call_event(
     done: &gemini_proxy_sdk::CompletedRequest,
     api: &'static str,
     model: Option<&str>,
+    extra: &CallExtra,
 ) -> AuditEvent {
     let usage = done.usage.unwrap_or_default();
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
@@ -403,6 +641,10 @@ pub fn call_event(
         upstream_status: done.upstream_status,
         error_class: done.error_class.clone(),
         attempts: done.attempts,
+        retries: extra.retries,
+        rotations: extra.rotations,
+        upstream_429s: extra.upstream_429s,
+        quota_id: extra.quota_id.clone(),
         upstream_ms: done.upstream_latency.map(ms),
         ttfb_ms: done.time_to_first_byte.map(ms),
         prompt_tokens: usage.prompt_tokens,
@@ -414,6 +656,7 @@ pub fn call_event(
         response_bytes: done.response_bytes,
         risk_score: cx.and_then(|c| c.risk_score),
         truncated: done.truncated,
+        tags: cx.map(|c| capped_tags(&c.tags)).unwrap_or_default(),
     }))
 }
 
@@ -425,6 +668,18 @@ pub fn security_event(
     detail: Value,
 ) -> AuditEvent {
     let mut e = GenericEvent::new("SecurityEvent", action, result).field("detail", detail);
+    e.source_ip = source_ip;
+    AuditEvent::Other(Box::new(e))
+}
+
+/// An `AdminAction` line (analyst SQL, exports): kept with the security events.
+pub fn admin_event(
+    action: &str,
+    result: &'static str,
+    source_ip: Option<String>,
+    detail: Value,
+) -> AuditEvent {
+    let mut e = GenericEvent::new("AdminAction", action, result).field("detail", detail);
     e.source_ip = source_ip;
     AuditEvent::Other(Box::new(e))
 }
@@ -458,7 +713,7 @@ mod tests {
     fn writes_lines_flushes_within_the_interval_and_closes_cleanly() {
         let dir = tempfile::tempdir().unwrap();
         let (c, path) = cfg(dir.path(), 1 << 30);
-        let sink = AuditSink::start(&c, dir.path()).unwrap();
+        let sink = AuditSink::start(&c, dir.path()).unwrap().unwrap();
         sink.record(AuditEvent::Other(Box::new(
             GenericEvent::new("ApiCall", "GET /v1/models", "Success").field("status", 200),
         )));
@@ -488,11 +743,89 @@ mod tests {
         }
     }
 
+    fn event(i: usize) -> AuditEvent {
+        AuditEvent::Other(Box::new(GenericEvent::new(
+            "ApiCall",
+            format!("call {i}"),
+            "Success",
+        )))
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_under_the_drop_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, path) = cfg(dir.path(), 1 << 30);
+        c.queue = 4;
+        c.db_path = String::new();
+        let sink = AuditSink::start(&c, dir.path()).unwrap().unwrap();
+        // A burst far faster than the writer's 10 ms poll: most of it cannot be queued.
+        for i in 0..2_000 {
+            sink.record(event(i));
+        }
+        sink.close();
+        let dropped = sink.dropped.load(Ordering::Relaxed);
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count() as u64;
+        assert!(dropped > 0, "nothing dropped");
+        assert_eq!(lines + dropped, 2_000, "every event is written or counted");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_waits_under_the_block_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut c, path) = cfg(dir.path(), 1 << 30);
+        c.queue = 2;
+        c.db_path = String::new();
+        c.on_full = AuditFull::Block;
+        c.block_timeout = crate::config::ConfigDuration(Duration::from_secs(5));
+        let sink = AuditSink::start(&c, dir.path()).unwrap().unwrap();
+        for i in 0..60 {
+            sink.record_async(event(i)).await;
+        }
+        sink.close();
+        assert_eq!(sink.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 60);
+        // With a short wait, the burst drops what did not fit in time.
+        let dir = tempfile::tempdir().unwrap();
+        c.block_timeout = crate::config::ConfigDuration(Duration::from_millis(1));
+        c.queue = 1;
+        let sink = AuditSink::start(&c, dir.path()).unwrap().unwrap();
+        for i in 0..500 {
+            sink.record_async(event(i)).await;
+        }
+        sink.close();
+        let dropped = sink.dropped.load(Ordering::Relaxed);
+        assert!(dropped > 0);
+        let lines = std::fs::read_to_string(dir.path().join("logs/audit.log"))
+            .unwrap()
+            .lines()
+            .count() as u64;
+        assert_eq!(lines + dropped, 500);
+    }
+
+    #[test]
+    fn database_rows_are_committed_within_the_flush_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, _) = cfg(dir.path(), 1 << 30);
+        let sink = AuditSink::start(&c, dir.path()).unwrap().unwrap();
+        for i in 0..10 {
+            sink.record(event(i));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // A second connection sees only committed rows.
+        let n: i64 = sink
+            .with_db(|conn| {
+                Ok(conn.query_row("SELECT count(*) FROM security_events", [], |r| r.get(0))?)
+            })
+            .unwrap();
+        assert_eq!(n, 10);
+        sink.close();
+    }
+
     #[test]
     fn rotates_by_size() {
         let dir = tempfile::tempdir().unwrap();
         let (c, path) = cfg(dir.path(), 2048);
-        let sink = AuditSink::start(&c, dir.path()).unwrap();
+        let sink = AuditSink::start(&c, dir.path()).unwrap().unwrap();
         for i in 0..100 {
             sink.record(AuditEvent::Other(Box::new(GenericEvent::new(
                 "ApiCall",

@@ -34,6 +34,51 @@ pub enum Command {
     Token(TokenArgs),
     /// Print the Argon2 hash of a password read from stdin (for auth.admin_password_hash).
     HashPassword,
+    /// Run read-only SQL on the audit database: through the running gateway's admin API, or on
+    /// the database file (opened read-only) when the gateway is not running.
+    Query(QueryArgs),
+    /// Write the audit tables as Parquet, one folder per table and day.
+    Export(ExportArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Default, PartialEq, Eq)]
+pub enum TableFormat {
+    #[default]
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QueryArgs {
+    /// Config file.
+    #[arg(long, short, default_value = "config/proxy.yaml")]
+    pub config: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = TableFormat::Table)]
+    pub format: TableFormat,
+    /// Most rows (at most audit.sql_max_rows through the gateway).
+    #[arg(long)]
+    pub max_rows: Option<usize>,
+    /// Never use the admin API: open the database file (fails while the gateway holds it).
+    #[arg(long)]
+    pub offline: bool,
+    /// One read-only statement.
+    pub sql: String,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Config file.
+    #[arg(long, short, default_value = "config/proxy.yaml")]
+    pub config: PathBuf,
+    /// First UTC day to export (YYYY-MM-DD).
+    #[arg(long)]
+    pub since: String,
+    /// Output folder. While the gateway runs, the export is made by the gateway itself and
+    /// must land inside its `audit.export_dir`.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -373,7 +418,314 @@ client = genai.Client(api_key="demo", http_options=types.HttpOptions(base_url="h
 print(client.models.generate_content(model="gemini-2.5-flash", contents="hello").text)
 PY
 
+  # Every call is a row in DuckDB (data/audit.duckdb); ask it in SQL:
+  curl -s http://127.0.0.1:{admin_port}/api/sql -H 'content-type: application/json' \
+    -d '{{"sql":"SELECT key_id, model, requests, p50_ms, p95_ms FROM latency_by_key_model"}}'
+
 Ctrl+C stops it.
 "#
     )
+}
+
+/// A plain HTTP/1.1 call to the admin listener (loopback; the CLI needs nothing more).
+/// `Err(None)`: nothing listens there.
+fn admin_call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+    timeout: std::time::Duration,
+) -> Result<(u16, Vec<u8>), Option<String>> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|e| Some(format!("admin address {addr}: {e}")))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, std::time::Duration::from_secs(2))
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => None,
+            _ => Some(format!("admin API at {addr}: {e}")),
+        })?;
+    let _ = s.set_read_timeout(Some(timeout));
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    let io = |e: std::io::Error| Some(format!("admin API at {addr}: {e}"));
+    s.write_all(req.as_bytes()).map_err(io)?;
+    s.write_all(body).map_err(io)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(io)?;
+    let split = memchr::memmem::find(&raw, b"\r\n\r\n")
+        .ok_or_else(|| Some(format!("admin API at {addr}: malformed answer")))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| Some(format!("admin API at {addr}: malformed status line")))?;
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        while let Some(eol) = memchr::memmem::find(rest, b"\r\n") {
+            let size_text = String::from_utf8_lossy(&rest[..eol]);
+            let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                .unwrap_or(0);
+            if size == 0 || eol + 2 + size > rest.len() {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[(eol + 4 + size).min(rest.len())..];
+        }
+        body = out;
+    }
+    Ok((status, body))
+}
+
+/// An admin token for the CLI's own calls (signed with the config's secret), if auth is on.
+fn cli_admin_token(loaded: &LoadedConfig) -> Result<Option<String>, String> {
+    let auth = &loaded.config.auth;
+    if !auth.enabled {
+        return Ok(None);
+    }
+    let Some(secret) = auth.jwt_secret.as_deref() else {
+        return Err("auth is on but auth.jwt_secret (or JWT_SECRET) is not set: the CLI cannot sign an admin token".into());
+    };
+    let mut claims = gemini_proxy_plugins::auth::new_claims(
+        "cli",
+        gemini_proxy_sdk::Role::Admin,
+        std::time::Duration::from_secs(300),
+        Vec::new(),
+    );
+    claims.iss = auth.issuer.clone();
+    claims.aud = auth.audience.clone();
+    gemini_proxy_plugins::auth::sign(
+        secret,
+        auth.algorithm.as_deref().unwrap_or("HS256"),
+        None,
+        &claims,
+    )
+    .map(Some)
+}
+
+fn admin_addr_of(loaded: &LoadedConfig) -> Option<String> {
+    let m = &loaded.config.metrics;
+    m.enabled.then(|| {
+        let host = if m.host == "0.0.0.0" || m.host.is_empty() {
+            "127.0.0.1"
+        } else if m.host == "::" {
+            "::1"
+        } else {
+            m.host.as_str()
+        };
+        if host.contains(':') {
+            format!("[{host}]:{}", m.prometheus_port)
+        } else {
+            format!("{host}:{}", m.prometheus_port)
+        }
+    })
+}
+
+fn db_options(
+    loaded: &LoadedConfig,
+    lock_down: bool,
+) -> Result<crate::audit_db::DbOptions, String> {
+    let a = &loaded.config.audit;
+    if a.db_path.is_empty() {
+        return Err("audit.db_path is empty: there is no audit database".into());
+    }
+    Ok(crate::audit_db::DbOptions {
+        path: loaded.config_dir().join(&a.db_path),
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+        memory_limit: a.db_memory_limit.clone(),
+        export_dir: None,
+        read_only: true,
+        lock_down,
+    })
+}
+
+/// `query`: returns the exit code.
+pub fn run_query(a: &QueryArgs) -> i32 {
+    let loaded = match config::load_file(&a.config, &config::process_env) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let limits = crate::audit_db::QueryLimits {
+        max_rows: a
+            .max_rows
+            .unwrap_or(loaded.config.audit.sql_max_rows)
+            .max(1),
+        timeout: loaded.config.audit.sql_timeout.0,
+    };
+    let mut result: Option<crate::audit_db::QueryResult> = None;
+    if !a.offline
+        && let Some(addr) = admin_addr_of(&loaded)
+    {
+        let token = match cli_admin_token(&loaded) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
+        let body = serde_json::json!({"sql": a.sql, "format": "json", "max_rows": limits.max_rows});
+        match admin_call(
+            &addr,
+            "POST",
+            "/api/sql",
+            token.as_deref(),
+            body.to_string().as_bytes(),
+            limits.timeout + std::time::Duration::from_secs(5),
+        ) {
+            Ok((200, body)) => match serde_json::from_slice(&body) {
+                Ok(r) => result = Some(r),
+                Err(e) => {
+                    eprintln!("error: unexpected answer from the admin API: {e}");
+                    return 1;
+                }
+            },
+            Ok((status, body)) => {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let msg = v["error"]["message"].as_str().unwrap_or("no message");
+                eprintln!("error: {status}: {msg}");
+                return 1;
+            }
+            Err(Some(e)) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+            Err(None) => {} // Not running: read the file.
+        }
+    }
+    let result = match result {
+        Some(r) => r,
+        None => {
+            let opts = match db_options(&loaded, true) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+            };
+            let run = crate::audit_db::open(&opts)
+                .and_then(|c| crate::audit_db::query(&c, &a.sql, limits));
+            match run {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            }
+        }
+    };
+    match a.format {
+        TableFormat::Table => print!("{}", crate::audit_db::to_table(&result)),
+        TableFormat::Csv => print!("{}", crate::audit_db::to_csv(&result)),
+        TableFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        ),
+    }
+    0
+}
+
+/// `export`: returns the exit code.
+pub fn run_export(a: &ExportArgs) -> i32 {
+    let loaded = match config::load_file(&a.config, &config::process_env) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    let Some(since) = crate::pool::clock::parse_date(&a.since) else {
+        eprintln!("error: --since {}: not a date (YYYY-MM-DD)", a.since);
+        return 2;
+    };
+    if let Some(addr) = admin_addr_of(&loaded) {
+        let token = match cli_admin_token(&loaded) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 2;
+            }
+        };
+        let export_dir = loaded.config_dir().join(&loaded.config.audit.export_dir);
+        let out_abs = std::path::absolute(&a.out).unwrap_or_else(|_| a.out.clone());
+        let base_abs = std::path::absolute(&export_dir).unwrap_or(export_dir.clone());
+        let inside = out_abs
+            .strip_prefix(&base_abs)
+            .ok()
+            .map(|p| p.display().to_string());
+        let (path, body) = match &inside {
+            Some(rel) => (
+                "/api/export",
+                serde_json::json!({"since": a.since, "out": rel}).to_string(),
+            ),
+            // Only asks whether the gateway runs: it cannot write outside its export folder.
+            None => ("/health", String::new()),
+        };
+        let method = if inside.is_some() { "POST" } else { "GET" };
+        match admin_call(
+            &addr,
+            method,
+            path,
+            token.as_deref(),
+            body.as_bytes(),
+            std::time::Duration::from_secs(600),
+        ) {
+            Err(None) => {} // Not running: export from the file.
+            Err(Some(e)) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+            Ok(_) if inside.is_none() => {
+                eprintln!(
+                    "error: the gateway is running and holds the database; it exports only inside audit.export_dir ({}). Use --out {}/NAME, or stop the gateway.",
+                    base_abs.display(),
+                    base_abs.display()
+                );
+                return 1;
+            }
+            Ok((200, body)) => {
+                println!("{}", String::from_utf8_lossy(&body));
+                return 0;
+            }
+            Ok((status, body)) => {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let msg = v["error"]["message"].as_str().unwrap_or("no message");
+                eprintln!("error: {status}: {msg}");
+                return 1;
+            }
+        }
+    }
+    let opts = match db_options(&loaded, false) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match crate::audit_db::open(&opts).and_then(|c| crate::audit_db::export(&c, since, &a.out)) {
+        Ok(r) => {
+            println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }

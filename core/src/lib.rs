@@ -3,7 +3,9 @@
 //! embedded mock Gemini upstream used by the demo, the tests and the benchmarks.
 
 pub mod admin;
+pub mod anomaly;
 pub mod audit;
+pub mod audit_db;
 pub mod cli;
 pub mod config;
 pub mod config_history;

@@ -140,6 +140,8 @@ fn main() {
         Some(Command::Mock(a)) => mock(a),
         Some(Command::Token(a)) => cli::run_token(&a),
         Some(Command::HashPassword) => cli::run_hash_password(),
+        Some(Command::Query(a)) => cli::run_query(&a),
+        Some(Command::Export(a)) => cli::run_export(&a),
     };
     std::process::exit(code);
 }

@@ -67,6 +67,11 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0, 120.0, 300.0,
 ];
 
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 5.0,
+];
+
 pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
@@ -76,6 +81,8 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub ttfb: HistogramVec,
+    /// Whole-call time minus the upstream time of the answering attempt.
+    pub overhead: HistogramVec,
     pub tokens: IntCounterVec,
     pub reloads: IntCounterVec,
     pub truncated: IntCounter,
@@ -91,6 +98,12 @@ pub struct Metrics {
     /// Audit events dropped because the queue was full (a counter, set from the sink).
     pub audit_dropped: IntGauge,
     pub audit_written: IntGauge,
+    pub audit_queue_depth: IntGauge,
+    pub audit_db_errors: IntGauge,
+    /// 1 while an anomaly is raised for (key, model, signal).
+    pub anomalies_active: IntGaugeVec,
+    /// Anomalies raised and cleared, by signal.
+    pub anomalies: IntCounterVec,
     /// 1 for the key's current state (`active`, `cooling_down`, `half_open`, `disabled`).
     pub key_state: IntGaugeVec,
     pub key_cooldown_seconds: IntGaugeVec,
@@ -150,6 +163,21 @@ impl Metrics {
             "Time to the first response byte sent to the client",
             &["action"],
         );
+        let overhead = {
+            let h = HistogramVec::new(
+                HistogramOpts::new(
+                    "gateway_overhead_seconds",
+                    "Time the gateway adds: whole call minus the answering attempt's upstream time (failed attempts and backoff included)",
+                )
+                .buckets(OVERHEAD_BUCKETS.to_vec()),
+                &["api"],
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
         let tokens = counter(
             "gemini_tokens_total",
             "Tokens by model and direction",
@@ -220,6 +248,25 @@ impl Metrics {
         registry
             .register(Box::new(audit_written.clone()))
             .expect("unique metric");
+        let audit_queue_depth =
+            IntGauge::new("audit_queue_depth", "Audit events waiting for the writer")
+                .expect("valid");
+        registry
+            .register(Box::new(audit_queue_depth.clone()))
+            .expect("unique metric");
+        let audit_db_errors = IntGauge::new(
+            "audit_db_errors_total",
+            "Audit events or commits the DuckDB database refused (the JSON-lines file has them)",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(audit_db_errors.clone()))
+            .expect("unique metric");
+        let anomalies = counter(
+            "anomalies_total",
+            "Anomalies raised and cleared, by signal",
+            &["signal", "transition"],
+        );
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -238,6 +285,11 @@ impl Metrics {
             &["key_id"],
         );
         let key_in_flight = gauge("api_key_in_flight", "Calls in flight per key", &["key_id"]);
+        let anomalies_active = gauge(
+            "anomaly_active",
+            "1 while an anomaly is raised for a key, model and signal",
+            &["key_id", "model", "signal"],
+        );
         Metrics {
             registry,
             http_requests,
@@ -247,6 +299,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             ttfb,
+            overhead,
             tokens,
             reloads,
             truncated,
@@ -258,6 +311,10 @@ impl Metrics {
             auth_failures,
             audit_dropped,
             audit_written,
+            audit_queue_depth,
+            audit_db_errors,
+            anomalies_active,
+            anomalies,
             key_state,
             key_cooldown_seconds,
             key_in_flight,
@@ -308,6 +365,71 @@ mod tests {
         assert_eq!(cap.get("a"), "a");
         assert_eq!(cap.get("bad value\n"), "invalid");
         assert_eq!(cap.get(&"x".repeat(100)), "invalid");
+    }
+
+    #[test]
+    fn the_grafana_dashboard_uses_only_metrics_the_gateway_exports() {
+        let m = Metrics::new();
+        // One sample in every family, so each is rendered.
+        m.http_requests
+            .with_label_values(&["native", "POST", "200"])
+            .inc();
+        m.gemini_calls
+            .with_label_values(&["generateContent", "m", "200"])
+            .inc();
+        m.key_usage.with_label_values(&["k"]).inc();
+        m.key_errors.with_label_values(&["k", "transient"]).inc();
+        m.request_duration
+            .with_label_values(&["native"])
+            .observe(0.1);
+        m.upstream_duration
+            .with_label_values(&["generateContent"])
+            .observe(0.1);
+        m.ttfb.with_label_values(&["generateContent"]).observe(0.1);
+        m.overhead.with_label_values(&["native"]).observe(0.0001);
+        m.tokens.with_label_values(&["m", "prompt"]).inc();
+        m.reloads.with_label_values(&["applied"]).inc();
+        m.retries.with_label_values(&["transient"]).inc();
+        m.keys_disabled.with_label_values(&["invalid"]).inc();
+        m.auth_failures.with_label_values(&["expired"]).inc();
+        m.key_state.with_label_values(&["k", "active"]).set(1);
+        m.key_cooldown_seconds.with_label_values(&["k"]).set(0);
+        m.key_in_flight.with_label_values(&["k"]).set(0);
+        m.anomalies_active
+            .with_label_values(&["k", "m", "latency"])
+            .set(1);
+        m.anomalies.with_label_values(&["latency", "raised"]).inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        let exported: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let dash: serde_json::Value = serde_json::from_str(include_str!(
+            "../../examples/grafana/gemini-proxy-dashboard.json"
+        ))
+        .unwrap();
+        let mut used = 0;
+        for panel in dash["panels"].as_array().unwrap() {
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if !word.contains('_')
+                        || word.starts_with('_')
+                        || ["histogram_quantile", "key_id"].contains(&word)
+                    {
+                        continue;
+                    }
+                    used += 1;
+                    assert!(
+                        exported.contains(word),
+                        "panel `{}` uses `{word}`, which /metrics does not export",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+        assert!(used >= 18, "{used}");
     }
 
     #[test]

@@ -68,6 +68,9 @@ pub async fn reload_as(
                 by,
             );
             shared.audit(crate::audit::config_event(&v));
+            if let Some(a) = &shared.audit {
+                a.set_limits(crate::audit_db::limit_rows(&loaded.config.gemini.api_keys));
+            }
             shared.runtime.store(Arc::new(rt));
             shared.adopt_pool();
             *shared.source_hash.lock() = loaded.source_hash;
@@ -155,6 +158,7 @@ impl BackgroundService for ReloadService {
                         reload(&self.shared, false).await;
                     }
                     follow_schedule(&self.shared).await;
+                    self.shared.report_anomalies(self.shared.anomalies.tick(crate::anomaly::now_ms()));
                     let every = self.shared.runtime.load().config.pool.probe_interval.0;
                     if !every.is_zero() && last_probe.elapsed() >= every {
                         last_probe = tokio::time::Instant::now();

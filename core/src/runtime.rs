@@ -362,6 +362,7 @@ pub struct Shared {
     pub registry: Registry,
     pub metrics: Metrics,
     pub stats: Stats,
+    pub anomalies: crate::anomaly::Detector,
     pub started: Instant,
     pub config_path: Option<PathBuf>,
     /// Hash of the config file behind the active runtime.
@@ -387,17 +388,33 @@ impl Shared {
             pool.peek_manual_preset(&state);
         }
         let runtime = Runtime::build(loaded, &registry, None, &pool)?;
+        let audit = crate::audit::AuditSink::start(&loaded.config.audit, &loaded.config_dir())
+            .map_err(|e| {
+                ConfigError::new(
+                    &loaded
+                        .path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    "audit",
+                    e.to_string(),
+                )
+            })?;
+        if let Some(a) = &audit {
+            a.set_limits(crate::audit_db::limit_rows(&loaded.config.gemini.api_keys));
+        }
         let shared = Shared {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
             metrics: Metrics::new(),
             stats: Stats::default(),
+            anomalies: crate::anomaly::Detector::new(loaded.config.anomaly.clone()),
             started: Instant::now(),
             config_path: loaded.path.clone(),
             source_hash: parking_lot::Mutex::new(loaded.source_hash),
             reload_lock: tokio::sync::Mutex::new(()),
             pool,
-            audit: crate::audit::AuditSink::start(&loaded.config.audit, &loaded.config_dir()),
+            audit,
             history: crate::config_history::History::new(
                 loaded
                     .path
@@ -434,6 +451,42 @@ impl Shared {
         shared.pool.spawn_writer(Duration::from_millis(200));
         shared.publish_gauges();
         Ok(Arc::new(shared))
+    }
+
+    /// Logs, audits and counts anomaly transitions.
+    pub fn report_anomalies(&self, transitions: Vec<crate::anomaly::Transition>) {
+        for t in transitions {
+            let signal = t.signal.as_str();
+            let model = self.metrics.models.get(&t.model);
+            self.metrics
+                .anomalies
+                .with_label_values(&[signal, t.state])
+                .inc();
+            self.metrics
+                .anomalies_active
+                .with_label_values(&[&t.key_id, &model, signal])
+                .set(i64::from(t.state == "raised"));
+            if t.state == "raised" {
+                tracing::warn!(target: "gemini_proxy::anomaly", key_id = %t.key_id, model = %t.model, signal, value = t.value, baseline = t.baseline, "anomaly raised");
+            } else {
+                tracing::info!(target: "gemini_proxy::anomaly", key_id = %t.key_id, model = %t.model, signal, value = t.value, baseline = t.baseline, "anomaly cleared");
+            }
+            let e = crate::audit::GenericEvent::new(
+                "OpsEvent",
+                format!("anomaly {}", t.state),
+                if t.state == "raised" {
+                    "Warning"
+                } else {
+                    "Cleared"
+                },
+            )
+            .field("key_id", t.key_id.clone())
+            .field("model", t.model.clone())
+            .field("signal", signal)
+            .field("value", t.value)
+            .field("baseline", t.baseline);
+            self.audit(crate::audit::AuditEvent::Other(Box::new(e)));
+        }
     }
 
     /// Queues an audit event (never waits).

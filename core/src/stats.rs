@@ -28,6 +28,27 @@ const BOUNDS_MS: [f64; 17] = [
     f64::INFINITY,
 ];
 
+/// Bounds of the gateway-overhead buckets, in milliseconds (overhead is mostly sub-ms).
+const OVERHEAD_BOUNDS_MS: [f64; 17] = [
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+    20.0,
+    50.0,
+    100.0,
+    200.0,
+    500.0,
+    1000.0,
+    5000.0,
+    f64::INFINITY,
+];
+
 #[derive(Clone, Copy, Default)]
 struct Slot {
     epoch: u64,
@@ -36,13 +57,19 @@ struct Slot {
     latency: [u32; 17],
     ttfb: [u32; 17],
     ttfb_count: u32,
+    overhead: [u32; 17],
+    overhead_count: u32,
 }
 
 fn bucket(ms: f64) -> usize {
-    BOUNDS_MS
+    bucket_in(&BOUNDS_MS, ms)
+}
+
+fn bucket_in(bounds: &[f64; 17], ms: f64) -> usize {
+    bounds
         .iter()
         .position(|b| ms <= *b)
-        .unwrap_or(BOUNDS_MS.len() - 1)
+        .unwrap_or(bounds.len() - 1)
 }
 
 impl Slot {
@@ -50,15 +77,21 @@ impl Slot {
         self.count += other.count;
         self.errors += other.errors;
         self.ttfb_count += other.ttfb_count;
+        self.overhead_count += other.overhead_count;
         for i in 0..17 {
             self.latency[i] += other.latency[i];
             self.ttfb[i] += other.ttfb[i];
+            self.overhead[i] += other.overhead[i];
         }
     }
 }
 
 /// Percentile from a bucketed histogram, interpolated inside the bucket.
 fn percentile(hist: &[u32; 17], total: u32, q: f64) -> Option<f64> {
+    percentile_in(&BOUNDS_MS, hist, total, q)
+}
+
+fn percentile_in(bounds: &[f64; 17], hist: &[u32; 17], total: u32, q: f64) -> Option<f64> {
     if total == 0 {
         return None;
     }
@@ -67,9 +100,9 @@ fn percentile(hist: &[u32; 17], total: u32, q: f64) -> Option<f64> {
     for (i, &n) in hist.iter().enumerate() {
         let next = seen + f64::from(n);
         if next >= rank && n > 0 {
-            let lo = if i == 0 { 0.0 } else { BOUNDS_MS[i - 1] };
-            let hi = if BOUNDS_MS[i].is_finite() {
-                BOUNDS_MS[i]
+            let lo = if i == 0 { 0.0 } else { bounds[i - 1] };
+            let hi = if bounds[i].is_finite() {
+                bounds[i]
             } else {
                 lo * 2.0
             };
@@ -94,7 +127,13 @@ impl Series {
         }
     }
 
-    fn record(&mut self, now_s: u64, latency_ms: f64, ttfb_ms: Option<f64>, error: bool) {
+    fn record(&mut self, now_s: u64, m: &Measures) {
+        let Measures {
+            latency_ms,
+            ttfb_ms,
+            overhead_ms,
+            error,
+        } = *m;
         for (slots, epoch) in [(&mut self.seconds, now_s), (&mut self.minutes, now_s / 60)] {
             let len = slots.len() as u64;
             let slot = &mut slots[(epoch % len) as usize];
@@ -112,6 +151,10 @@ impl Series {
             if let Some(t) = ttfb_ms {
                 slot.ttfb[bucket(t)] += 1;
                 slot.ttfb_count += 1;
+            }
+            if let Some(o) = overhead_ms {
+                slot.overhead[bucket_in(&OVERHEAD_BOUNDS_MS, o)] += 1;
+                slot.overhead_count += 1;
             }
         }
     }
@@ -144,6 +187,18 @@ const WINDOWS: [(&str, Duration); 3] = [
     ("1h", Duration::from_secs(3600)),
 ];
 
+fn round3(v: Option<f64>) -> Option<f64> {
+    v.map(|x| (x * 1000.0).round() / 1000.0)
+}
+
+#[derive(Clone, Copy)]
+struct Measures {
+    latency_ms: f64,
+    ttfb_ms: Option<f64>,
+    overhead_ms: Option<f64>,
+    error: bool,
+}
+
 fn summarize(slot: &Slot, span: Duration) -> Value {
     let round = |v: Option<f64>| v.map(|x| (x * 100.0).round() / 100.0);
     json!({
@@ -157,6 +212,9 @@ fn summarize(slot: &Slot, span: Duration) -> Value {
         "ttfb_ms": {"p50": round(percentile(&slot.ttfb, slot.ttfb_count, 0.5)),
                     "p95": round(percentile(&slot.ttfb, slot.ttfb_count, 0.95)),
                     "p99": round(percentile(&slot.ttfb, slot.ttfb_count, 0.99))},
+        "overhead_ms": {"p50": round3(percentile_in(&OVERHEAD_BOUNDS_MS, &slot.overhead, slot.overhead_count, 0.5)),
+                        "p95": round3(percentile_in(&OVERHEAD_BOUNDS_MS, &slot.overhead, slot.overhead_count, 0.95)),
+                        "p99": round3(percentile_in(&OVERHEAD_BOUNDS_MS, &slot.overhead, slot.overhead_count, 0.99))},
     })
 }
 
@@ -179,6 +237,8 @@ pub struct CallRecord<'a> {
     pub key_id: Option<&'a str>,
     pub latency: Duration,
     pub ttfb: Option<Duration>,
+    /// Whole call minus the answering attempt's upstream time.
+    pub overhead: Option<Duration>,
     pub error: Option<ErrorSample>,
 }
 
@@ -223,17 +283,17 @@ fn series_for<K: std::hash::Hash + Eq>(
 impl Stats {
     pub fn record(&self, rec: CallRecord<'_>) {
         let t = now_s();
-        let lat = rec.latency.as_secs_f64() * 1000.0;
-        let ttfb = rec.ttfb.map(|d| d.as_secs_f64() * 1000.0);
-        let err = rec.error.is_some();
+        let m = Measures {
+            latency_ms: rec.latency.as_secs_f64() * 1000.0,
+            ttfb_ms: rec.ttfb.map(|d| d.as_secs_f64() * 1000.0),
+            overhead_ms: rec.overhead.map(|d| d.as_secs_f64() * 1000.0),
+            error: rec.error.is_some(),
+        };
         let mut g = self.inner.lock();
-        g.global
-            .get_or_insert_with(Series::new)
-            .record(t, lat, ttfb, err);
-        series_for(&mut g.by_model, rec.model.to_string(), "other".into())
-            .record(t, lat, ttfb, err);
+        g.global.get_or_insert_with(Series::new).record(t, &m);
+        series_for(&mut g.by_model, rec.model.to_string(), "other".into()).record(t, &m);
         if let Some(k) = rec.key_id {
-            series_for(&mut g.by_key, k.to_string(), "other".into()).record(t, lat, ttfb, err);
+            series_for(&mut g.by_key, k.to_string(), "other".into()).record(t, &m);
         }
         if let Some(sample) = rec.error {
             let key = (
@@ -242,7 +302,7 @@ impl Stats {
                 sample.key_id.clone().unwrap_or_else(|| "-".into()),
             );
             series_for(&mut g.by_error, key, ("other".into(), 0, "-".into()))
-                .record(t, lat, ttfb, true);
+                .record(t, &Measures { error: true, ..m });
             if g.samples.len() == MAX_SAMPLES {
                 g.samples.pop_front();
             }
@@ -313,6 +373,7 @@ mod tests {
                 key_id: Some("k"),
                 latency: Duration::from_millis(10),
                 ttfb: Some(Duration::from_millis(5)),
+                overhead: Some(Duration::from_micros(300)),
                 error: (i % 10 == 0).then(|| ErrorSample {
                     at_unix_ms: 0,
                     request_id: format!("r{i}"),
@@ -329,6 +390,10 @@ mod tests {
         assert_eq!(p["overall"]["1m"]["requests"], 30);
         assert_eq!(p["by_key"]["k"]["5m"]["errors"], 3);
         assert_eq!(p["by_model"]["m"]["1h"]["requests"], 30);
+        let o = p["by_key"]["k"]["1m"]["overhead_ms"]["p50"]
+            .as_f64()
+            .unwrap();
+        assert!((0.2..=0.5).contains(&o), "{o}");
         let e = s.errors();
         assert_eq!(e["errors"][0]["counts"]["1m"], 3);
         assert_eq!(e["recent"].as_array().unwrap().len(), 3);

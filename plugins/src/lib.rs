@@ -4,6 +4,7 @@
 //! adds them all to a registry.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod auth;
 pub mod key_select;
 pub mod rate_limit;
@@ -19,6 +20,7 @@ pub fn register_builtins(registry: &mut Registry) {
     registry.register::<rate_limit::RateLimit>();
     registry.register::<security_score::SecurityScore>();
     registry.register::<request_log::RequestLog>();
+    registry.register::<audit::AuditStage>();
 }
 
 /// A registry holding the built-ins.

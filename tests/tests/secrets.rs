@@ -156,6 +156,25 @@ async fn no_secret_in_any_output() {
                 .unwrap(),
         );
     }
+    // Everything both gateways audited: database rows (read back with SQL) and the JSON lines.
+    for (hh, bearer) in [(&h, None), (&authed, Some(admin.clone()))] {
+        for t in ["requests", "security_events", "config_changes"] {
+            let mut req = hh
+                .client
+                .post(hh.admin("/api/sql"))
+                .json(&serde_json::json!({ "sql": format!("SELECT * FROM {t}") }));
+            if let Some(a) = &bearer {
+                req = req.header("authorization", format!("Bearer {a}"));
+            }
+            let text = req.send().await.unwrap().text().await.unwrap();
+            assert!(text.contains("\"rows\""), "{t}: {text}");
+            bodies.push_str(&text);
+        }
+        let dir = hh.config_path.as_ref().unwrap().parent().unwrap();
+        let log = std::fs::read_to_string(dir.join("logs/audit.log")).unwrap();
+        assert!(log.contains("ApiCall"));
+        bodies.push_str(&log);
+    }
     std::thread::sleep(std::time::Duration::from_millis(200));
     let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).to_string();
     for secret in [jwt_secret, admin_password, "SECRETPOOLKEY-3"] {

@@ -26,6 +26,8 @@ pub struct Config {
     pub pool: PoolConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
     /// Named weight presets: preset → key id → weight. Keys a preset does not name keep
     /// their configured weight.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -569,8 +571,23 @@ pub struct AuditConfig {
     /// `block_timeout`, then drop).
     pub on_full: AuditFull,
     pub block_timeout: ConfigDuration,
-    /// The writer flushes at least this often: the most a crash can lose.
+    /// The writer flushes (JSON lines) and commits (DuckDB) at least this often: the most a
+    /// crash can lose.
     pub flush_interval: ConfigDuration,
+    /// DuckDB database for analysts (relative: next to the config file); empty = no database.
+    pub db_path: String,
+    /// Days of audit rows kept in the database (0 = forever); older days are dropped hourly.
+    pub retention_days: u32,
+    /// Threads DuckDB may use for analyst queries (the proxy keeps the rest).
+    pub db_threads: u32,
+    /// DuckDB memory limit, e.g. `256MB`.
+    pub db_memory_limit: String,
+    /// The only folder `POST /api/export` may write Parquet files to.
+    pub export_dir: String,
+    /// Most rows one `POST /api/sql` answer returns (the rest are cut, `truncated: true`).
+    pub sql_max_rows: usize,
+    /// Longest an analyst query may run before it is interrupted.
+    pub sql_timeout: ConfigDuration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -591,6 +608,55 @@ impl Default for AuditConfig {
             on_full: AuditFull::Drop,
             block_timeout: ConfigDuration(std::time::Duration::from_millis(50)),
             flush_interval: ConfigDuration::secs(1),
+            db_path: "data/audit.duckdb".into(),
+            retention_days: 0,
+            db_threads: 1,
+            db_memory_limit: "256MB".into(),
+            export_dir: "data/export".into(),
+            sql_max_rows: 10_000,
+            sql_timeout: ConfigDuration::secs(10),
+        }
+    }
+}
+
+/// Anomaly detection per key and model (README "Anomaly detection").
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnomalyConfig {
+    pub enabled: bool,
+    /// Length of one bucket; signals are compared bucket by bucket.
+    pub bucket: ConfigDuration,
+    /// Calls a bucket needs to count.
+    pub min_samples: u32,
+    /// Deviating buckets in a row that raise an anomaly.
+    pub sustain: u32,
+    /// Normal buckets in a row that clear it.
+    pub clear_after: u32,
+    /// Normal buckets learned before anything can be raised.
+    pub warmup_buckets: u32,
+    /// Weight of a new bucket in the baseline (EWMA).
+    pub alpha: f64,
+    /// An error or 429 rate deviates when above baseline + max(this, 3 standard deviations).
+    pub rate_delta: f64,
+    /// Mean latency deviates when above baseline x this (and 3 standard deviations) ...
+    pub latency_factor: f64,
+    /// ... and at least this many milliseconds above the baseline.
+    pub latency_floor_ms: f64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            enabled: true,
+            bucket: ConfigDuration::secs(10),
+            min_samples: 5,
+            sustain: 3,
+            clear_after: 3,
+            warmup_buckets: 6,
+            alpha: 0.1,
+            rate_delta: 0.2,
+            latency_factor: 2.0,
+            latency_floor_ms: 25.0,
         }
     }
 }

@@ -195,6 +195,8 @@ pub struct CallState {
     counted_in_flight: bool,
     /// Index (in the runtime's keys) of the key of the last attempt.
     key_index: Option<usize>,
+    /// Retries, rotations and 429s for the audit row.
+    extra: crate::audit::CallExtra,
 }
 
 pub struct GatewayProxy {
@@ -646,10 +648,12 @@ impl GatewayProxy {
                     last_transient = p.verdict == Verdict::Transient;
                     if last_transient {
                         retries += 1;
+                        ctx.extra.retries = retries;
                         transient_keys.push(key.id.clone());
                         sleep_before_retry(cfg.backoff.0, retries, deadline).await;
                     } else {
                         rotations += 1;
+                        ctx.extra.rotations = rotations;
                     }
                     pending = Some(*p);
                 }
@@ -670,6 +674,7 @@ impl GatewayProxy {
                             .any(|a| a == "*" || a == inbound.route.action.as_str());
                     if (connect_failed || timed_out) && budget.transient {
                         retries += 1;
+                        ctx.extra.retries = retries;
                         last_transient = true;
                         self.shared
                             .metrics
@@ -956,6 +961,12 @@ impl GatewayProxy {
 
         let resource = matches!(inbound.route.action, Action::Files | Action::CachedContents);
         let verdict = classify(status, outcome.error.as_ref(), resource);
+        if status == 429 {
+            ctx.extra.upstream_429s += 1;
+        }
+        if let Verdict::ProjectQuota { quota_id, .. } = &verdict {
+            ctx.extra.quota_id = Some(quota_id.clone());
+        }
         if let Some(reason) = self.shared.pool.record(
             &rt.config.pool,
             &key.id,
@@ -1403,6 +1414,7 @@ impl ProxyHttp for GatewayProxy {
             error_message: None,
             counted_in_flight: false,
             key_index: None,
+            extra: crate::audit::CallExtra::default(),
         }
     }
 
@@ -1474,6 +1486,9 @@ impl ProxyHttp for GatewayProxy {
                 m.upstream_duration
                     .with_label_values(&[ctx.action])
                     .observe(d.as_secs_f64());
+                m.overhead
+                    .with_label_values(&[ctx.api])
+                    .observe(ctx.done.total_latency.saturating_sub(d).as_secs_f64());
             }
             if let Some(d) = ctx.done.time_to_first_byte {
                 m.ttfb
@@ -1524,11 +1539,29 @@ impl ProxyHttp for GatewayProxy {
             path: session.req_header().uri.path().chars().take(200).collect(),
             message: ctx.error_message.clone().unwrap_or_default(),
         });
+        if let Some(k) = ctx.done.key_id.as_deref() {
+            let t = self.shared.anomalies.observe(
+                crate::anomaly::now_ms(),
+                k,
+                &model,
+                ctx.done.total_latency.as_secs_f64() * 1e3,
+                // The key's errors: server-side failures and broken streams, not the client's.
+                status >= 500 || ctx.done.truncated,
+                ctx.extra.upstream_429s > 0 || status == 429,
+            );
+            if !t.is_empty() {
+                self.shared.report_anomalies(t);
+            }
+        }
         self.shared.stats.record(CallRecord {
             model: &model,
             key_id: ctx.done.key_id.as_deref(),
             latency: ctx.done.total_latency,
             ttfb: ctx.done.time_to_first_byte,
+            overhead: ctx
+                .done
+                .upstream_latency
+                .map(|u| ctx.done.total_latency.saturating_sub(u)),
             error,
         });
         if let Some(cx) = &ctx.cx {
@@ -1546,6 +1579,7 @@ impl ProxyHttp for GatewayProxy {
                 &ctx.done,
                 ctx.api,
                 ctx.model.as_deref(),
+                &ctx.extra,
             );
             audit.record_async(e).await;
         }

@@ -1,0 +1,301 @@
+//! The audit database as an operator meets it: a gateway killed with SIGKILL keeps every call
+//! older than `audit.flush_interval`; `query` answers through the running gateway's admin API
+//! and, once it is gone, from the file opened read-only; `export` writes Parquet by day.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gemini_proxy_core::mock::MockGemini;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gemini-proxy"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 exchange (connection closed after it): (status, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-length: {}\r\ncontent-type: application/json\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+struct Gateway {
+    child: Child,
+    port: u16,
+    admin: u16,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(config: &Path, port: u16, admin: u16) -> Gateway {
+    let child = bin()
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let g = Gateway { child, port, admin };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", admin)).is_ok()
+            && TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(admin, "GET", "/health", &[], "").0 == 200
+        {
+            return g;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gateway did not start");
+}
+
+fn gen_body(text: &str) -> String {
+    serde_json::json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}).to_string()
+}
+
+#[test]
+fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
+    let mock = MockGemini::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ host: 127.0.0.1, port: {port} }}\nmetrics: {{ enabled: true, prometheus_port: {admin} }}\ngemini:\n  base_url: \"{}\"\n  api_keys:\n    - {{ id: crash-key, key: valid-CRASHSECRET, weight: 1 }}\npool: {{ state_file: \"\", keys_file: \"\" }}\naudit: {{ flush_interval: 200ms }}\n",
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    let g = start(&config, port, admin);
+    for i in 0..30 {
+        let (s, _) = http(
+            g.port,
+            "POST",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &[("x-request-id", &format!("kept-{i:02}"))],
+            &gen_body("hello"),
+        );
+        assert_eq!(s, 200);
+    }
+    // `query` while the gateway runs goes through its admin API.
+    let out = bin()
+        .args(["query", "--format", "json", "--config"])
+        .arg(&config)
+        .arg("SELECT count(*) AS n FROM requests WHERE request_id LIKE 'kept-%'")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rows"][0][0], 30, "{v}");
+    // A write through the running gateway is refused.
+    let out = bin()
+        .args(["query", "--config"])
+        .arg(&config)
+        .arg("DELETE FROM requests")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"));
+    // The database file is the gateway's while it runs.
+    let out = bin()
+        .args(["query", "--offline", "--config"])
+        .arg(&config)
+        .arg("SELECT 1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    for i in 0..10 {
+        http(
+            g.port,
+            "POST",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &[("x-request-id", &format!("older-{i:02}"))],
+            &gen_body("hello"),
+        );
+    }
+    // More than the flush interval passes, then calls that may be lost, then SIGKILL.
+    std::thread::sleep(Duration::from_millis(600));
+    for i in 0..5 {
+        http(
+            g.port,
+            "POST",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &[("x-request-id", &format!("last-{i:02}"))],
+            &gen_body("hello"),
+        );
+    }
+    drop(g); // SIGKILL: no shutdown, no flush.
+
+    // The file, opened read-only (the WAL is replayed), has every call older than the window.
+    let out = bin()
+        .args(["query", "--format", "csv", "--config"])
+        .arg(&config)
+        .arg("SELECT count(*) FILTER (WHERE request_id LIKE 'kept-%') AS kept, count(*) FILTER (WHERE request_id LIKE 'older-%') AS older, count(*) FILTER (WHERE request_id LIKE 'last-%') AS last FROM requests")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8_lossy(&out.stdout).to_string();
+    let row: Vec<u64> = csv
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert_eq!(&row[..2], &[30, 10], "{csv}");
+    assert!(row[2] <= 5);
+    // And the JSON-lines file too.
+    let log = std::fs::read_to_string(dir.path().join("logs/audit.log")).unwrap();
+    for i in 0..10 {
+        assert!(
+            log.contains(&format!("\"older-{i:02}\"")),
+            "older-{i:02} missing"
+        );
+    }
+    // The table format is the default.
+    let out = bin()
+        .args(["query", "--config"])
+        .arg(&config)
+        .arg("SELECT key_id, count(*) AS calls FROM requests WHERE request_id LIKE 'kept-%' GROUP BY key_id")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<String> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(lines[0], "key_id | calls", "{table}");
+    assert!(lines[1].starts_with("-----"), "{table}");
+    assert_eq!(lines[2], "crash-key | 30", "{table}");
+    assert_eq!(lines[3], "(1 row)", "{table}");
+    // Offline, writes and file access are refused too.
+    for bad in [
+        "DROP TABLE requests",
+        "SELECT * FROM read_text('/etc/passwd')",
+    ] {
+        let out = bin()
+            .args(["query", "--config"])
+            .arg(&config)
+            .arg(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{bad} was accepted");
+    }
+    // Export: Parquet per table and day, readable back.
+    let out_dir = dir.path().join("parquet");
+    let today = String::from_utf8_lossy(
+        &bin()
+            .args(["query", "--format", "csv", "--config"])
+            .arg(&config)
+            .arg("SELECT strftime(max(day), '%Y-%m-%d') FROM requests")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .lines()
+    .nth(1)
+    .unwrap()
+    .to_string();
+    let out = bin()
+        .args(["export", "--since", &today, "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let exported = report["rows"]["requests"].as_u64().unwrap();
+    assert!(exported >= 40, "{report}");
+    let file = out_dir.join(format!("requests/day={today}/data_0.parquet"));
+    assert!(file.exists(), "{report}");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(&bytes[..4], b"PAR1");
+    // Nothing secret in anything the run wrote.
+    for entry in walk(dir.path()) {
+        let data = std::fs::read(&entry).unwrap();
+        assert!(
+            memchr::memmem::find(&data, b"CRASHSECRET").is_none(),
+            "the key is in {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        // The config and its saved versions (for rollback) hold the keys by design, 0600.
+        let config_copy = p
+            .file_name()
+            .is_some_and(|n| n == "proxy.yaml" || n == ".gemini-proxy-history");
+        if config_copy {
+            continue;
+        }
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
