@@ -23,7 +23,7 @@ fn call(i: u64) -> AuditEvent {
         role: Some("user"),
         api: "native",
         model: Some("gemini-2.5-flash".into()),
-        stream: i % 3 == 0,
+        stream: i.is_multiple_of(3),
         key_id: Some(format!("key-{}", i % 40)),
         project: Some(format!("project-{}", i % 20)),
         status: 200,

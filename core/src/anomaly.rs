@@ -261,7 +261,7 @@ impl Detector {
                 }
             }
         }
-        active.sort_by(|a, b| a.to_string().cmp(&b.to_string()));
+        active.sort_by_key(|a| a.to_string());
         json!({
             "enabled": self.cfg.enabled,
             "active": active,

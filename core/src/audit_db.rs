@@ -215,8 +215,14 @@ pub fn open(o: &DbOptions) -> Result<Connection, DbError> {
     }
     if !o.read_only
         && let Some(dir) = o.path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.exists()
     {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        // 0700: DuckDB creates its WAL with the process umask; the folder keeps it private.
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+        b.create(dir).map_err(|e| err(e.to_string()))?;
     }
     let cfg = Config::default()
         .access_mode(if o.read_only {
@@ -813,7 +819,73 @@ fn to_json(v: ValueRef<'_>) -> Value {
         ValueRef::Blob(b) => Value::String(hex::encode(b)),
         ValueRef::Date32(d) => Value::String(clock::format_date(i64::from(d))),
         ValueRef::Timestamp(u, v) => Value::String(format_ts(u, v)),
-        other => Value::String(format!("{:?}", other.to_owned())),
+        other => owned_to_json(other.to_owned()),
+    }
+}
+
+/// Nested and rarer types (lists, structs, maps, enums, intervals, times).
+fn owned_to_json(v: DValue) -> Value {
+    match v {
+        DValue::List(items) | DValue::Array(items) => {
+            Value::Array(items.into_iter().map(owned_to_json).collect())
+        }
+        DValue::Struct(fields) => Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), owned_to_json(v.clone())))
+                .collect(),
+        ),
+        DValue::Map(entries) => Value::Array(
+            entries
+                .iter()
+                .map(|(k, v)| json!({"key": owned_to_json(k.clone()), "value": owned_to_json(v.clone())}))
+                .collect(),
+        ),
+        DValue::Enum(s) | DValue::Text(s) => Value::String(s),
+        DValue::Union(inner) => owned_to_json(*inner),
+        DValue::Interval {
+            months,
+            days,
+            nanos,
+        } => json!({"months": months, "days": days, "micros": nanos / 1000}),
+        DValue::Time64(unit, v) => {
+            let micros = match unit {
+                TimeUnit::Second => v.saturating_mul(1_000_000),
+                TimeUnit::Millisecond => v.saturating_mul(1_000),
+                TimeUnit::Microsecond => v,
+                TimeUnit::Nanosecond => v / 1_000,
+            };
+            let s = micros / 1_000_000;
+            Value::String(format!(
+                "{:02}:{:02}:{:02}.{:06}",
+                s / 3600,
+                s / 60 % 60,
+                s % 60,
+                micros % 1_000_000
+            ))
+        }
+        DValue::Null => Value::Null,
+        DValue::Blob(b) | DValue::Geometry(b) => Value::String(hex::encode(b)),
+        // Scalars `to_json` knows; anything else as its debug text (never recursing).
+        other => match ValueRef::from(&other) {
+            r @ (ValueRef::Boolean(_)
+            | ValueRef::TinyInt(_)
+            | ValueRef::SmallInt(_)
+            | ValueRef::Int(_)
+            | ValueRef::BigInt(_)
+            | ValueRef::UTinyInt(_)
+            | ValueRef::USmallInt(_)
+            | ValueRef::UInt(_)
+            | ValueRef::UBigInt(_)
+            | ValueRef::HugeInt(_)
+            | ValueRef::UHugeInt(_)
+            | ValueRef::Float(_)
+            | ValueRef::Double(_)
+            | ValueRef::Decimal(_)
+            | ValueRef::Date32(_)
+            | ValueRef::Timestamp(..)) => to_json(r),
+            _ => Value::String(format!("{other:?}")),
+        },
     }
 }
 
@@ -1006,6 +1078,101 @@ mod tests {
         ] {
             assert!(check_read_only(bad).is_err(), "{bad}");
         }
+    }
+
+    fn call_at(day: &str, id: &str) -> AuditEvent {
+        let at = clock::parse_rfc3339(&format!("{day}T10:00:00Z")).unwrap();
+        AuditEvent::Call(Box::new(CallAudit {
+            at,
+            event_type: "ApiCall",
+            source_ip: None,
+            action: "POST /v1beta/models/m:generateContent".into(),
+            result: "Success",
+            duration_ms: 1.0,
+            request_id: id.into(),
+            user: None,
+            role: None,
+            api: "native",
+            model: Some("m".into()),
+            stream: false,
+            key_id: Some("k".into()),
+            project: Some("p".into()),
+            status: 200,
+            upstream_status: 200,
+            error_class: None,
+            attempts: 1,
+            retries: 0,
+            rotations: 0,
+            upstream_429s: 0,
+            quota_id: None,
+            upstream_ms: Some(0.5),
+            ttfb_ms: None,
+            prompt_tokens: 1,
+            candidates_tokens: 1,
+            thoughts_tokens: 0,
+            cached_tokens: 0,
+            total_tokens: 2,
+            request_bytes: 1,
+            response_bytes: 1,
+            risk_score: None,
+            truncated: false,
+            tags: [("tenant".to_string(), "acme".to_string())].into(),
+        }))
+    }
+
+    #[test]
+    fn retention_drops_old_days_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&DbOptions {
+            path: dir.path().join("a.duckdb"),
+            threads: 1,
+            memory_limit: "128MB".into(),
+            export_dir: None,
+            read_only: false,
+            lock_down: true,
+        })
+        .unwrap();
+        let mut app = Appenders::new(&conn).unwrap();
+        for (i, day) in [
+            "2026-11-20",
+            "2026-11-23",
+            "2026-11-24",
+            "2026-11-25",
+            "2026-11-26",
+        ]
+        .iter()
+        .enumerate()
+        {
+            app.append(&call_at(day, &format!("r{i}"))).unwrap();
+        }
+        app.flush().unwrap();
+        let now = clock::parse_rfc3339("2026-11-26T12:00:00Z").unwrap();
+        // Keep 3 days: the 24th, 25th and 26th.
+        assert_eq!(
+            app.apply_retention(3, now).unwrap(),
+            4,
+            "2 calls + their 2 tags"
+        );
+        assert_eq!(
+            app.apply_retention(0, now).unwrap(),
+            0,
+            "0 keeps everything"
+        );
+        let ids: Vec<String> = conn
+            .prepare("SELECT request_id FROM requests ORDER BY request_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(ids, ["r2", "r3", "r4"]);
+        let tags: i64 = conn
+            .query_row("SELECT count(*) FROM request_tags", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tags, 3);
+        // Appending goes on after retention.
+        app.append(&call_at("2026-11-26", "r5")).unwrap();
+        assert_eq!(app.flush().unwrap(), 1);
     }
 
     #[test]

@@ -491,6 +491,14 @@ fn admin_call(
     Ok((status, body))
 }
 
+/// Prints the admin API's error answer; returns the exit code.
+fn admin_refusal(status: u16, body: &[u8]) -> i32 {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let msg = v["error"]["message"].as_str().unwrap_or("no message");
+    eprintln!("error: {status}: {msg}");
+    1
+}
+
 /// An admin token for the CLI's own calls (signed with the config's secret), if auth is on.
 fn cli_admin_token(loaded: &LoadedConfig) -> Result<Option<String>, String> {
     let auth = &loaded.config.auth;
@@ -596,12 +604,7 @@ pub fn run_query(a: &QueryArgs) -> i32 {
                     return 1;
                 }
             },
-            Ok((status, body)) => {
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let msg = v["error"]["message"].as_str().unwrap_or("no message");
-                eprintln!("error: {status}: {msg}");
-                return 1;
-            }
+            Ok((status, body)) => return admin_refusal(status, &body),
             Err(Some(e)) => {
                 eprintln!("error: {e}");
                 return 1;
@@ -703,12 +706,7 @@ pub fn run_export(a: &ExportArgs) -> i32 {
                 println!("{}", String::from_utf8_lossy(&body));
                 return 0;
             }
-            Ok((status, body)) => {
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let msg = v["error"]["message"].as_str().unwrap_or("no message");
-                eprintln!("error: {status}: {msg}");
-                return 1;
-            }
+            Ok((status, body)) => return admin_refusal(status, &body),
         }
     }
     let opts = match db_options(&loaded, false) {

@@ -60,7 +60,6 @@ fn http(
 struct Gateway {
     child: Child,
     port: u16,
-    admin: u16,
 }
 
 impl Drop for Gateway {
@@ -79,7 +78,7 @@ fn start(config: &Path, port: u16, admin: u16) -> Gateway {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let g = Gateway { child, port, admin };
+    let g = Gateway { child, port };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if TcpStream::connect(("127.0.0.1", admin)).is_ok()
@@ -93,12 +92,13 @@ fn start(config: &Path, port: u16, admin: u16) -> Gateway {
     panic!("gateway did not start");
 }
 
-fn gen_body(text: &str) -> String {
-    serde_json::json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}).to_string()
-}
-
-#[test]
-fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
+/// A mock, a config in a temp folder and a gateway on it.
+fn setup(
+    key_id: &str,
+    key: &str,
+    server_extra: &str,
+    flush: &str,
+) -> (MockGemini, tempfile::TempDir, std::path::PathBuf, Gateway) {
     let mock = MockGemini::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
@@ -106,12 +106,22 @@ fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
     std::fs::write(
         &config,
         format!(
-            "server: {{ host: 127.0.0.1, port: {port} }}\nmetrics: {{ enabled: true, prometheus_port: {admin} }}\ngemini:\n  base_url: \"{}\"\n  api_keys:\n    - {{ id: crash-key, key: valid-CRASHSECRET, weight: 1 }}\npool: {{ state_file: \"\", keys_file: \"\" }}\naudit: {{ flush_interval: 200ms }}\n",
+            "server: {{ host: 127.0.0.1, port: {port}{server_extra} }}\nmetrics: {{ enabled: true, prometheus_port: {admin} }}\ngemini:\n  base_url: \"{}\"\n  api_keys:\n    - {{ id: {key_id}, key: {key}, weight: 1 }}\npool: {{ state_file: \"\", keys_file: \"\" }}\naudit: {{ flush_interval: {flush} }}\n",
             mock.base_url()
         ),
     )
     .unwrap();
     let g = start(&config, port, admin);
+    (mock, dir, config, g)
+}
+
+fn gen_body(text: &str) -> String {
+    serde_json::json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}).to_string()
+}
+
+#[test]
+fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
+    let (_mock, dir, config, g) = setup("crash-key", "valid-CRASHSECRET", "", "200ms");
     for i in 0..30 {
         let (s, _) = http(
             g.port,
@@ -298,4 +308,50 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn sigterm_flushes_everything_even_with_a_long_flush_interval() {
+    let (_mock, dir, config, mut g) = setup("k", "valid-k", ", grace_period: 1s", "1h");
+    for i in 0..25 {
+        let (s, _) = http(
+            g.port,
+            "POST",
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            &[("x-request-id", &format!("term-{i:02}"))],
+            &gen_body("hello"),
+        );
+        assert_eq!(s, 200);
+    }
+    let pid = g.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = g.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let out = bin()
+        .args(["query", "--format", "csv", "--config"])
+        .arg(&config)
+        .arg("SELECT count(*) FROM requests WHERE request_id LIKE 'term-%' AND stream AND total_tokens > 0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "count_star()\n25\n");
+    let log = std::fs::read_to_string(dir.path().join("logs/audit.log")).unwrap();
+    assert_eq!(log.matches("\"term-").count(), 25);
 }

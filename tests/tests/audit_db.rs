@@ -457,7 +457,7 @@ async fn views_answer_right_on_a_seeded_data_set() {
         .unwrap();
     let (s, rep) = json_of(r).await;
     assert_eq!(s, 200, "{rep}");
-    assert_eq!(rep["rows"]["requests"].as_u64(), Some(1 + 0), "{rep}");
+    assert_eq!(rep["rows"]["requests"].as_u64(), Some(1), "{rep}");
     let dir = h
         .config_path
         .as_ref()

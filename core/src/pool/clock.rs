@@ -134,6 +134,33 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// The Pacific calendar day (days since 1970-01-01) of a UTC instant: Google's quota day.
+pub fn pacific_day(unix: i64) -> i64 {
+    (unix + pacific_offset(unix)).div_euclid(86_400)
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn format_date(days: i64) -> String {
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The day number of `YYYY-MM-DD`, if it is a real date.
+pub fn parse_date(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let y: i64 = s[..4].parse().ok()?;
+    let m: u32 = s[5..7].parse().ok()?;
+    let d: u32 = s[8..].parse().ok()?;
+    if !(1..=12).contains(&m) || d == 0 {
+        return None;
+    }
+    let days = days_from_civil(y, m, d);
+    (civil_from_days(days) == (y, m, d)).then_some(days)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,31 +219,4 @@ mod tests {
         let want = days_from_civil(2026, 11, 2) as u64 * 86_400 + 8 * 3600;
         assert_eq!(unix_secs(next_pacific_midnight(at(now))), want);
     }
-}
-
-/// The Pacific calendar day (days since 1970-01-01) of a UTC instant: Google's quota day.
-pub fn pacific_day(unix: i64) -> i64 {
-    (unix + pacific_offset(unix)).div_euclid(86_400)
-}
-
-/// `YYYY-MM-DD` of a day number.
-pub fn format_date(days: i64) -> String {
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// The day number of `YYYY-MM-DD`, if it is a real date.
-pub fn parse_date(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let y: i64 = s[..4].parse().ok()?;
-    let m: u32 = s[5..7].parse().ok()?;
-    let d: u32 = s[8..].parse().ok()?;
-    if !(1..=12).contains(&m) || d == 0 {
-        return None;
-    }
-    let days = days_from_civil(y, m, d);
-    (civil_from_days(days) == (y, m, d)).then_some(days)
 }
