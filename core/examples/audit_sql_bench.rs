@@ -98,9 +98,9 @@ fn main() {
         "DELETE FROM requests;
          INSERT INTO requests
          SELECT
-           TIMESTAMP '2026-09-01 00:00:00' + to_microseconds((i * 518400000000 // {rows})::BIGINT) AS ts,
-           CAST(TIMESTAMP '2026-09-01 00:00:00' + to_microseconds((i * 518400000000 // {rows})::BIGINT) AS DATE) AS day,
-           CAST(TIMESTAMP '2026-09-01 00:00:00' + to_microseconds((i * 518400000000 // {rows})::BIGINT) - INTERVAL 8 HOUR AS DATE) AS quota_day,
+           TIMESTAMP '2026-09-01 00:00:00' + to_seconds((i * 5184000 // {rows})::BIGINT) AS ts,
+           CAST(TIMESTAMP '2026-09-01 00:00:00' + to_seconds((i * 5184000 // {rows})::BIGINT) AS DATE) AS day,
+           CAST(TIMESTAMP '2026-09-01 00:00:00' + to_seconds((i * 5184000 // {rows})::BIGINT) - INTERVAL 8 HOUR AS DATE) AS quota_day,
            printf('%016x', i) AS request_id,
            'user-' || (hash(i) % 2000) AS user_id,
            'user' AS role,
