@@ -115,6 +115,18 @@ fn setup(
     (mock, dir, config, g)
 }
 
+/// `gemini-proxy query [ARGS] --config CONFIG SQL`.
+fn query(config: &Path, args: &[&str], sql: &str) -> std::process::Output {
+    bin()
+        .arg("query")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .arg(sql)
+        .output()
+        .unwrap()
+}
+
 fn gen_body(text: &str) -> String {
     serde_json::json!({"contents": [{"role": "user", "parts": [{"text": text}]}]}).to_string()
 }
@@ -133,12 +145,11 @@ fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
         assert_eq!(s, 200);
     }
     // `query` while the gateway runs goes through its admin API.
-    let out = bin()
-        .args(["query", "--format", "json", "--config"])
-        .arg(&config)
-        .arg("SELECT count(*) AS n FROM requests WHERE request_id LIKE 'kept-%'")
-        .output()
-        .unwrap();
+    let out = query(
+        &config,
+        &["--format", "json"],
+        "SELECT count(*) AS n FROM requests WHERE request_id LIKE 'kept-%'",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -147,21 +158,11 @@ fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rows"][0][0], 30, "{v}");
     // A write through the running gateway is refused.
-    let out = bin()
-        .args(["query", "--config"])
-        .arg(&config)
-        .arg("DELETE FROM requests")
-        .output()
-        .unwrap();
+    let out = query(&config, &[], "DELETE FROM requests");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"));
     // The database file is the gateway's while it runs.
-    let out = bin()
-        .args(["query", "--offline", "--config"])
-        .arg(&config)
-        .arg("SELECT 1")
-        .output()
-        .unwrap();
+    let out = query(&config, &["--offline"], "SELECT 1");
     assert_eq!(out.status.code(), Some(1));
 
     for i in 0..10 {
@@ -187,12 +188,11 @@ fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
     drop(g); // SIGKILL: no shutdown, no flush.
 
     // The file, opened read-only (the WAL is replayed), has every call older than the window.
-    let out = bin()
-        .args(["query", "--format", "csv", "--config"])
-        .arg(&config)
-        .arg("SELECT count(*) FILTER (WHERE request_id LIKE 'kept-%') AS kept, count(*) FILTER (WHERE request_id LIKE 'older-%') AS older, count(*) FILTER (WHERE request_id LIKE 'last-%') AS last FROM requests")
-        .output()
-        .unwrap();
+    let out = query(
+        &config,
+        &["--format", "csv"],
+        "SELECT count(*) FILTER (WHERE request_id LIKE 'kept-%') AS kept, count(*) FILTER (WHERE request_id LIKE 'older-%') AS older, count(*) FILTER (WHERE request_id LIKE 'last-%') AS last FROM requests",
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -217,12 +217,11 @@ fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
         );
     }
     // The table format is the default.
-    let out = bin()
-        .args(["query", "--config"])
-        .arg(&config)
-        .arg("SELECT key_id, count(*) AS calls FROM requests WHERE request_id LIKE 'kept-%' GROUP BY key_id")
-        .output()
-        .unwrap();
+    let out = query(
+        &config,
+        &[],
+        "SELECT key_id, count(*) AS calls FROM requests WHERE request_id LIKE 'kept-%' GROUP BY key_id",
+    );
     let table = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<String> = table
         .lines()
@@ -237,24 +236,18 @@ fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
         "DROP TABLE requests",
         "SELECT * FROM read_text('/etc/passwd')",
     ] {
-        let out = bin()
-            .args(["query", "--config"])
-            .arg(&config)
-            .arg(bad)
-            .output()
-            .unwrap();
+        let out = query(&config, &[], bad);
         assert_eq!(out.status.code(), Some(1), "{bad} was accepted");
     }
     // Export: Parquet per table and day, readable back.
     let out_dir = dir.path().join("parquet");
     let today = String::from_utf8_lossy(
-        &bin()
-            .args(["query", "--format", "csv", "--config"])
-            .arg(&config)
-            .arg("SELECT strftime(max(day), '%Y-%m-%d') FROM requests")
-            .output()
-            .unwrap()
-            .stdout,
+        &query(
+            &config,
+            &["--format", "csv"],
+            "SELECT strftime(max(day), '%Y-%m-%d') FROM requests",
+        )
+        .stdout,
     )
     .lines()
     .nth(1)
@@ -340,12 +333,11 @@ fn sigterm_flushes_everything_even_with_a_long_flush_interval() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
-    let out = bin()
-        .args(["query", "--format", "csv", "--config"])
-        .arg(&config)
-        .arg("SELECT count(*) FROM requests WHERE request_id LIKE 'term-%' AND stream AND total_tokens > 0")
-        .output()
-        .unwrap();
+    let out = query(
+        &config,
+        &["--format", "csv"],
+        "SELECT count(*) FROM requests WHERE request_id LIKE 'term-%' AND stream AND total_tokens > 0",
+    );
     assert!(
         out.status.success(),
         "{}",
