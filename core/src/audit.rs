@@ -115,16 +115,15 @@ const MAX_TAG_VALUE: usize = 256;
 fn capped_tags(
     tags: &std::collections::BTreeMap<String, String>,
 ) -> std::collections::BTreeMap<String, String> {
-    let cut = |s: &str, n: usize| {
-        let mut end = s.len().min(n);
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s[..end].to_string()
-    };
+    use gemini_proxy_sdk::prefix_within;
     tags.iter()
         .take(MAX_TAGS)
-        .map(|(k, v)| (cut(k, MAX_TAG_NAME), cut(v, MAX_TAG_VALUE)))
+        .map(|(k, v)| {
+            (
+                prefix_within(k, MAX_TAG_NAME).to_string(),
+                prefix_within(v, MAX_TAG_VALUE).to_string(),
+            )
+        })
         .collect()
 }
 
@@ -298,6 +297,100 @@ struct DbSide {
     errors: Arc<AtomicU64>,
 }
 
+/// The writer's side of the database: appenders, their recovery and retention.
+struct DbWriter<'c> {
+    side: &'c DbSide,
+    appenders: Option<crate::audit_db::Appenders<'c>>,
+    /// A failed append or commit invalidates DuckDB's appender (its buffered rows are lost and
+    /// counted): a new one is made, at most once a second.
+    broken_since: Option<std::time::Instant>,
+    last_retention: Option<std::time::Instant>,
+}
+
+impl<'c> DbWriter<'c> {
+    fn new(side: &'c DbSide) -> DbWriter<'c> {
+        let mut d = DbWriter {
+            side,
+            appenders: None,
+            broken_since: None,
+            last_retention: None,
+        };
+        d.reopen();
+        d
+    }
+
+    fn reopen(&mut self) {
+        self.appenders = crate::audit_db::Appenders::new(&self.side.conn)
+            .map_err(|e| tracing::error!(error = %e, "audit database: cannot append; JSON lines only until it recovers"))
+            .ok();
+        self.broken_since = self.appenders.is_none().then(std::time::Instant::now);
+    }
+
+    fn broke(&mut self, what: &str, e: crate::audit_db::DbError) {
+        tracing::warn!(error = %e, "audit database {what} failed");
+        self.side.errors.fetch_add(1, Ordering::Relaxed);
+        self.appenders = None;
+        self.broken_since = Some(std::time::Instant::now());
+    }
+
+    /// Re-creates broken appenders when due, and drops old days every `RETENTION_EVERY`.
+    fn maintain(&mut self) {
+        if self.appenders.is_none()
+            && self
+                .broken_since
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.reopen();
+        }
+        let days = self.side.retention_days;
+        if days > 0
+            && self
+                .last_retention
+                .is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
+            && let Some(a) = self.appenders.as_mut()
+        {
+            self.last_retention = Some(std::time::Instant::now());
+            match a.apply_retention(days, SystemTime::now()) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, days, "audit retention dropped old days"),
+                Err(e) => tracing::warn!(error = %e, "audit retention failed"),
+            }
+        }
+    }
+
+    fn append(&mut self, e: &AuditEvent) {
+        if let Some(a) = self.appenders.as_mut()
+            && let Err(err) = a.append(e)
+        {
+            self.broke("append", err);
+        }
+    }
+
+    fn commit(&mut self) {
+        if let Some(a) = self.appenders.as_mut()
+            && let Err(err) = a.flush()
+        {
+            self.broke("commit", err);
+        }
+    }
+
+    fn set_limits(&mut self, rows: &[crate::audit_db::LimitRow]) {
+        if let Some(a) = self.appenders.as_mut()
+            && let Err(e) = a.set_limits(rows)
+        {
+            tracing::warn!(error = %e, "audit database: cannot store the configured limits");
+        }
+    }
+}
+
+/// Flushes the file and commits the database: after this, a crash loses nothing written.
+fn flush_all(w: &mut Writer, db: &mut Option<DbWriter<'_>>) {
+    w.flush();
+    if let Some(d) = db.as_mut() {
+        d.commit();
+    }
+}
+
 fn run(
     rx: Receiver<Msg>,
     mut w: Writer,
@@ -305,110 +398,47 @@ fn run(
     written: Arc<AtomicU64>,
     db: Option<DbSide>,
 ) {
-    let open_appenders = || {
-        db.as_ref().and_then(|d| {
-            crate::audit_db::Appenders::new(&d.conn)
-                .map_err(|e| tracing::error!(error = %e, "audit database: cannot append; JSON lines only until it recovers"))
-                .ok()
-        })
-    };
-    let mut appenders = open_appenders();
-    let db_errors = db.as_ref().map(|d| d.errors.clone());
-    let count_error = || {
-        if let Some(c) = &db_errors {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    };
-    let retention_days = db.as_ref().map_or(0, |d| d.retention_days);
-    let mut last_retention: Option<std::time::Instant> = None;
-    // A failed append or commit invalidates DuckDB's appender (its buffered rows are lost and
-    // counted): a new one is made, at most once a second.
-    let mut broken_since: Option<std::time::Instant> = None;
-    let commit = |app: &mut Option<crate::audit_db::Appenders<'_>>| -> bool {
-        if let Some(a) = app.as_mut()
-            && let Err(e) = a.flush()
-        {
-            tracing::warn!(error = %e, "audit database commit failed");
-            count_error();
-            return false;
-        }
-        true
-    };
+    let mut dbw = db.as_ref().map(DbWriter::new);
     let mut dirty = false;
     let mut last_flush = std::time::Instant::now();
     loop {
-        if db.is_some()
-            && appenders.is_none()
-            && broken_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
-            appenders = open_appenders();
-            broken_since = appenders.is_none().then(std::time::Instant::now);
-        }
-        if retention_days > 0
-            && last_retention.is_none_or(|t| t.elapsed() >= RETENTION_EVERY)
-            && let Some(a) = appenders.as_mut()
-        {
-            last_retention = Some(std::time::Instant::now());
-            match a.apply_retention(retention_days, SystemTime::now()) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(
-                    rows = n,
-                    days = retention_days,
-                    "audit retention dropped old days"
-                ),
-                Err(e) => tracing::warn!(error = %e, "audit retention failed"),
-            }
+        if let Some(d) = dbw.as_mut() {
+            d.maintain();
         }
         match rx.try_recv() {
             Ok(Msg::Event(e)) => {
                 if let Err(err) = w.write(&e) {
                     tracing::warn!(error = %err, "audit log write failed");
                 }
-                if let Some(a) = appenders.as_mut()
-                    && let Err(err) = a.append(&e)
-                {
-                    tracing::warn!(error = %err, "audit database append failed");
-                    count_error();
-                    appenders = None;
-                    broken_since = Some(std::time::Instant::now());
+                if let Some(d) = dbw.as_mut() {
+                    d.append(&e);
                 }
                 written.fetch_add(1, Ordering::Relaxed);
                 dirty = true;
             }
             Ok(Msg::Flush(done)) => {
-                w.flush();
-                if !commit(&mut appenders) {
-                    appenders = None;
-                    broken_since = Some(std::time::Instant::now());
-                }
+                flush_all(&mut w, &mut dbw);
                 dirty = false;
                 last_flush = std::time::Instant::now();
                 let _ = done.send(());
             }
             Ok(Msg::Limits(rows)) => {
-                if let Some(a) = appenders.as_mut()
-                    && let Err(e) = a.set_limits(&rows)
-                {
-                    tracing::warn!(error = %e, "audit database: cannot store the configured limits");
+                if let Some(d) = dbw.as_mut() {
+                    d.set_limits(&rows);
                 }
             }
             Err(TryRecvError::Empty) => {
                 if dirty && last_flush.elapsed() >= flush_every {
-                    w.flush();
-                    if !commit(&mut appenders) {
-                        appenders = None;
-                        broken_since = Some(std::time::Instant::now());
-                    }
+                    flush_all(&mut w, &mut dbw);
                     dirty = false;
                     last_flush = std::time::Instant::now();
                 }
                 std::thread::sleep(POLL.min(flush_every));
             }
             Err(TryRecvError::Disconnected) => {
-                w.flush();
-                commit(&mut appenders);
-                drop(appenders);
-                if let Some(d) = db
+                flush_all(&mut w, &mut dbw);
+                drop(dbw);
+                if let Some(d) = &db
                     && let Err(e) = d.conn.execute_batch("CHECKPOINT")
                 {
                     tracing::warn!(error = %e, "audit database checkpoint at shutdown failed");

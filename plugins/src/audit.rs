@@ -58,14 +58,7 @@ fn tag_name(header: &str) -> String {
 }
 
 fn cut(v: &str) -> String {
-    if v.len() <= MAX_VALUE_LEN {
-        return v.to_string();
-    }
-    let mut end = MAX_VALUE_LEN;
-    while !v.is_char_boundary(end) {
-        end -= 1;
-    }
-    v[..end].to_string()
+    gemini_proxy_sdk::prefix_within(v, MAX_VALUE_LEN).to_string()
 }
 
 #[gemini_proxy_sdk::async_trait]

@@ -93,7 +93,7 @@ pub use request::{
     Role,
 };
 pub use response::{CompletedRequest, ResponseHead, UpstreamError, UpstreamOutcome, Usage};
-pub use route::{CallRoute, classify, glob_match};
+pub use route::{CallRoute, classify, glob_match, prefix_within};
 pub use select::{Candidate, KeyState, KeyStats, Selection};
 
 /// Re-exported so plugins use the same `async_trait` as the trait definition.

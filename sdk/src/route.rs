@@ -258,6 +258,23 @@ mod tests {
     }
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary (for
+/// capping values that go into logs, tags and audit records).
+///
+/// ```
+/// use gemini_proxy_sdk::prefix_within;
+/// assert_eq!(prefix_within("tenant-a", 6), "tenant");
+/// assert_eq!(prefix_within("héllo", 2), "h"); // never splits the two-byte `é`
+/// assert_eq!(prefix_within("short", 100), "short");
+/// ```
+pub fn prefix_within(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Matches `text` against a pattern where `*` stands for any run of characters (model lists:
 /// `gemini-2.5-*`, `*flash*`).
 ///

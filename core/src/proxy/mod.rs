@@ -1319,11 +1319,7 @@ fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    format!("{}...", gemini_proxy_sdk::prefix_within(s, max))
 }
 
 fn classify_status(status: u16) -> &'static str {
