@@ -107,6 +107,48 @@ pub struct CallAudit {
     pub tags: std::collections::BTreeMap<String, String>,
 }
 
+impl Default for CallAudit {
+    /// An empty successful native call at the epoch (for building records field by field).
+    fn default() -> Self {
+        CallAudit {
+            at: SystemTime::UNIX_EPOCH,
+            event_type: "ApiCall",
+            source_ip: None,
+            action: String::new(),
+            result: "Success",
+            duration_ms: 0.0,
+            request_id: String::new(),
+            user: None,
+            role: None,
+            api: "native",
+            model: None,
+            stream: false,
+            key_id: None,
+            project: None,
+            status: 0,
+            upstream_status: 0,
+            error_class: None,
+            attempts: 0,
+            retries: 0,
+            rotations: 0,
+            upstream_429s: 0,
+            quota_id: None,
+            upstream_ms: None,
+            ttfb_ms: None,
+            prompt_tokens: 0,
+            candidates_tokens: 0,
+            thoughts_tokens: 0,
+            cached_tokens: 0,
+            total_tokens: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            risk_score: None,
+            truncated: false,
+            tags: Default::default(),
+        }
+    }
+}
+
 /// Most tags recorded per call, and the longest tag name and value.
 const MAX_TAGS: usize = 16;
 const MAX_TAG_NAME: usize = 64;
