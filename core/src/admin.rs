@@ -972,6 +972,7 @@ impl ServeHttp for AdminApp {
             "/health" | "/healthz" => json_response(200, &self.health()),
             "/metrics" => {
                 self.shared.metrics.publish_pool(&self.shared.pool.report());
+                self.shared.metrics.publish_scripts();
                 if let Some(a) = &self.shared.audit {
                     self.shared
                         .metrics

@@ -106,6 +106,8 @@ pub struct Metrics {
     pub anomalies: IntCounterVec,
     /// 1 for the key's current state (`active`, `cooling_down`, `half_open`, `disabled`).
     pub key_state: IntGaugeVec,
+    pub script_fallbacks: IntGaugeVec,
+    pub script_reloads: IntGaugeVec,
     pub key_cooldown_seconds: IntGaugeVec,
     pub key_in_flight: IntGaugeVec,
     pub models: LabelCap,
@@ -285,6 +287,17 @@ impl Metrics {
             &["key_id"],
         );
         let key_in_flight = gauge("api_key_in_flight", "Calls in flight per key", &["key_id"]);
+        // Counted by the script stages (plugins crate), published at scrape time.
+        let script_fallbacks = gauge(
+            "script_fallbacks_total",
+            "Rhai/Wasm/native hook calls that failed and fell back to the built-in behaviour",
+            &["engine", "script", "hook", "reason"],
+        );
+        let script_reloads = gauge(
+            "script_reloads_total",
+            "Program files recompiled after a change, by result (error keeps the old version)",
+            &["engine", "script", "result"],
+        );
         let anomalies_active = gauge(
             "anomaly_active",
             "1 while an anomaly is raised for a key, model and signal",
@@ -316,6 +329,8 @@ impl Metrics {
             anomalies_active,
             anomalies,
             key_state,
+            script_fallbacks,
+            script_reloads,
             key_cooldown_seconds,
             key_in_flight,
             models: LabelCap::new(100),
@@ -336,6 +351,22 @@ impl Metrics {
             self.key_in_flight
                 .with_label_values(&[&k.id])
                 .set(i64::from(k.in_flight));
+        }
+    }
+
+    /// Copies the script stages' counters into their metrics.
+    pub fn publish_scripts(&self) {
+        for ((engine, script, hook, reason), n) in
+            gemini_proxy_plugins::scripting::fallback_counts()
+        {
+            self.script_fallbacks
+                .with_label_values(&[engine, &script, hook, reason])
+                .set(n as i64);
+        }
+        for ((engine, script, result), n) in gemini_proxy_plugins::scripting::reload_counts() {
+            self.script_reloads
+                .with_label_values(&[engine, &script, result])
+                .set(n as i64);
         }
     }
 

@@ -548,4 +548,14 @@ impl gemini_proxy_sdk::KeyStats for LiveStats<'_> {
         let limits = key.limits.as_ref()?.for_model(model);
         self.pool.headroom(&key.project, model, &limits)
     }
+
+    fn remaining(&self, index: usize, model: Option<&str>) -> gemini_proxy_sdk::hooks::Remaining {
+        let Some(key) = self.runtime.keys.get(index) else {
+            return Default::default();
+        };
+        let Some(limits) = key.limits.as_ref().map(|l| l.for_model(model)) else {
+            return Default::default();
+        };
+        self.pool.remaining(&key.project, model, &limits)
+    }
 }

@@ -119,6 +119,26 @@ fn in_file(loaded: &LoadedConfig, path: &[&str]) -> bool {
 }
 
 /// Runs every check on a loaded config.
+/// The files the `rhai`, `wasm` and `native` stages load, resolved like the stages do.
+fn program_files(loaded: &LoadedConfig) -> Vec<(&'static str, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    for entry in loaded.config.pipeline.iter().flatten() {
+        let Some(map) = entry.as_mapping() else {
+            continue;
+        };
+        for (kind, field) in [("rhai", "script"), ("wasm", "module"), ("native", "path")] {
+            if let Some(p) = map
+                .get(kind)
+                .and_then(|body| body.get(field))
+                .and_then(|v| v.as_str())
+            {
+                out.push((kind, loaded.config_dir().join(p)));
+            }
+        }
+    }
+    out
+}
+
 pub fn assess(loaded: &LoadedConfig) -> Report {
     let c = &loaded.config;
     let mut f: Vec<Finding> = Vec::new();
@@ -304,6 +324,36 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
             }
         }
     }
+    // Routing programs decide where calls and keys go: a file others can rewrite hands them
+    // that decision (and a native plugin runs with the gateway's rights).
+    #[cfg(unix)]
+    for (kind, path) in program_files(loaded) {
+        use std::os::unix::fs::PermissionsExt;
+        let writable = |p: &std::path::Path| {
+            std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o022 != 0)
+        };
+        let dir = path.parent().map(std::path::Path::to_path_buf);
+        if writable(&path) || dir.as_deref().is_some_and(writable) {
+            add(
+                "program-writable-by-others",
+                if kind == "native" {
+                    Severity::Critical
+                } else {
+                    Severity::High
+                },
+                if kind == "native" {
+                    "CWE-494"
+                } else {
+                    "CWE-732"
+                },
+                format!(
+                    "the {kind} stage loads {}, which (or whose folder) other users can write",
+                    path.display()
+                ),
+                "chmod go-w the file and its folder",
+            );
+        }
+    }
     f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(b.id)));
     let penalty: u32 = f.iter().map(|x| x.severity.penalty()).sum();
     let score = 100u32.saturating_sub(penalty);
@@ -349,6 +399,31 @@ mod tests {
         format!(
             "server: {server}\ngemini: {{ base_url: \"https://generativelanguage.googleapis.com\", api_keys: [ {{ id: a, key: AIzaRealLookingKey123 }} ] }}\nauth: {auth}\n"
         )
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn writable_programs_are_findings() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = dir.path().join("route.rhai");
+        std::fs::write(&script, "fn route(req) { () }").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let yaml = format!(
+            "{}pipeline:\n  - rhai: {{ script: \"{}\" }}\n",
+            base("{ host: 127.0.0.1 }", "{ enabled: false }"),
+            script.display()
+        );
+        assert!(!ids(&report(&yaml)).contains(&"program-writable-by-others"));
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let r = report(&yaml);
+        let f = r
+            .findings
+            .iter()
+            .find(|f| f.id == "program-writable-by-others")
+            .expect("finding");
+        assert_eq!(f.cwe, "CWE-732");
     }
 
     #[test]

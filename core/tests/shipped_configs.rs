@@ -26,8 +26,10 @@ fn check(path: &Path, scratch: &Path) {
         "ADMIN_PASSWORD" => Some("Adm1n-Password-From-Env!".to_string()),
         _ => None,
     };
-    let loaded =
+    let mut loaded =
         load_str(&text, &path.display().to_string(), &env).unwrap_or_else(|e| panic!("{e}"));
+    // Paths in the file (scripts, modules) resolve against its folder, as when served.
+    loaded.path = Some(path.to_path_buf());
     let rt = Runtime::build(
         &loaded,
         &gemini_proxy_core::builtin_registry(),

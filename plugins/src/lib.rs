@@ -7,9 +7,13 @@
 pub mod audit;
 pub mod auth;
 pub mod key_select;
+pub mod native;
 pub mod rate_limit;
 pub mod request_log;
+pub mod rhai_stage;
+pub mod scripting;
 pub mod security_score;
+pub mod wasm_stage;
 
 use gemini_proxy_sdk::Registry;
 
@@ -21,6 +25,9 @@ pub fn register_builtins(registry: &mut Registry) {
     registry.register::<security_score::SecurityScore>();
     registry.register::<request_log::RequestLog>();
     registry.register::<audit::AuditStage>();
+    registry.register::<rhai_stage::RhaiStage>();
+    registry.register::<wasm_stage::WasmStage>();
+    registry.register::<native::NativeStage>();
 }
 
 /// A registry holding the built-ins.

@@ -63,17 +63,37 @@
 //! assert!(matches!(admission, Admission::Reject(r) if r.status == 403));
 //! ```
 //!
+//! ## Routing programs
+//!
+//! [`hooks`] defines the two decisions a routing program makes (`route`, `weigh`), the views
+//! it gets ([`hooks::HookRequest`], [`hooks::HookCandidate`]) and the decisions it returns.
+//! The gateway's `rhai`, `wasm` and `native` stages run programs with this meaning; a plain
+//! Rust [`hooks::Router`] can be tested directly. With the `ffi` feature, `ffi` holds the
+//! FFI-safe mirror (abi_stable) and `export_native_plugin!`, which turn a `Router` into a
+//! native plugin library loaded at start-up.
+//!
+//! ## Registering a plugin
+//!
+//! A plugin compiled into the gateway is registered with [`Registry::register`] (the gateway's
+//! own list is `gemini_proxy_plugins::register_builtins`) and named in the YAML `pipeline:`.
+//!
 //! ## Semver promises
 //!
 //! Within a major version: hooks are only added with default bodies, view types and enums are
 //! `#[non_exhaustive]` and only grow, and existing fields keep their meaning. A plugin that
-//! compiles against 0.1.x compiles against every later 0.1.y.
-#![forbid(unsafe_code)]
+//! compiles against 0.1.x compiles against every later 0.1.y. The FFI mirror's prefix types only
+//! grow at the end, so a native plugin built with 0.1.x loads in every gateway on 0.1.y, y >= x
+//! (the loader checks this, and the type layouts, before running plugin code).
+// `ffi` (optional) derives abi_stable layouts, which expands to unsafe impls; nothing else may.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod error;
 mod extensions;
+#[cfg(feature = "ffi")]
+pub mod ffi;
 mod files;
+pub mod hooks;
 mod plugin;
 mod registry;
 mod request;

@@ -383,6 +383,8 @@ pub struct RequestContext {
     pub tried_keys: Vec<String>,
     /// Typed plugin-to-plugin data.
     pub extensions: Extensions,
+    /// Model and project changes asked for during admission (see [`crate::hooks`]).
+    pub routing: crate::hooks::Routing,
 }
 
 impl RequestContext {
@@ -403,6 +405,7 @@ impl RequestContext {
             attempt: 0,
             tried_keys: Vec::new(),
             extensions: Extensions::default(),
+            routing: crate::hooks::Routing::default(),
         }
     }
 }

@@ -121,6 +121,12 @@ pub trait KeyStats: Send + Sync {
         let _ = (index, model);
         None
     }
+    /// Requests and tokens left in the key's project for `model` in the current windows, for the
+    /// limits that are configured (all `None` by default).
+    fn remaining(&self, index: usize, model: Option<&str>) -> crate::hooks::Remaining {
+        let _ = (index, model);
+        crate::hooks::Remaining::default()
+    }
 }
 
 /// The candidates for one attempt, with what filters and the strategy decided.

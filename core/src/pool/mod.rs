@@ -360,6 +360,36 @@ impl KeyPool {
     }
 
     /// Unused share (0.0-1.0) of the tightest of `limits` for (project, model) now.
+    /// Requests and tokens left in the current windows for the configured limits.
+    pub fn remaining(
+        &self,
+        project: &Arc<str>,
+        model: Option<&str>,
+        limits: &crate::config::ModelLimits,
+    ) -> gemini_proxy_sdk::hooks::Remaining {
+        if limits.rpm.is_none() && limits.tpm.is_none() && limits.rpd.is_none() {
+            return Default::default();
+        }
+        let u = self.usage_now(project, model);
+        gemini_proxy_sdk::hooks::Remaining {
+            rpm: limits.rpm.map(|l| l.saturating_sub(u.minute_requests)),
+            tpm: limits.tpm.map(|l| l.saturating_sub(u.minute_tokens)),
+            rpd: limits.rpd.map(|l| l.saturating_sub(u.day_requests)),
+        }
+    }
+
+    fn usage_now(&self, project: &Arc<str>, model: Option<&str>) -> Usage {
+        let st = self.state.lock();
+        let mut u = st
+            .usage
+            .get(&(project.clone(), model_key(model).to_string()))
+            .copied()
+            .unwrap_or_default();
+        drop(st);
+        u.roll(now_unix());
+        u
+    }
+
     pub fn headroom(
         &self,
         project: &Arc<str>,
@@ -369,15 +399,7 @@ impl KeyPool {
         if limits.rpm.is_none() && limits.tpm.is_none() && limits.rpd.is_none() {
             return None;
         }
-        let now = now_unix();
-        let st = self.state.lock();
-        let mut u = st
-            .usage
-            .get(&(project.clone(), model_key(model).to_string()))
-            .copied()
-            .unwrap_or_default();
-        drop(st);
-        u.roll(now);
+        let u = self.usage_now(project, model);
         let share = |used: u64, limit: Option<u64>| {
             limit.map(|l| {
                 if l == 0 {

@@ -412,3 +412,54 @@ mod path_tests {
         }
     }
 }
+
+/// The path with the model segment `models/{old}` replaced by `models/{new}`; `None` when the
+/// path has no such segment (the segment ends at `:`, `%3A`, `/` or the end).
+pub fn rewrite_model(path: &str, old: &str, new: &str) -> Option<String> {
+    let at = path.find("/models/")? + "/models/".len();
+    let rest = &path[at..];
+    let tail = rest.strip_prefix(old)?;
+    let boundary = tail.is_empty()
+        || tail.starts_with(':')
+        || tail.starts_with('/')
+        || tail.get(..3).is_some_and(|t| t.eq_ignore_ascii_case("%3a"));
+    if old.is_empty() || !boundary {
+        return None;
+    }
+    Some(format!("{}{new}{tail}", &path[..at]))
+}
+
+#[cfg(test)]
+mod rewrite_tests {
+    use super::rewrite_model;
+
+    #[test]
+    fn model_segment_only() {
+        assert_eq!(
+            rewrite_model(
+                "/v1beta/models/gemini-2.5-pro:generateContent",
+                "gemini-2.5-pro",
+                "gemini-2.5-flash"
+            )
+            .as_deref(),
+            Some("/v1beta/models/gemini-2.5-flash:generateContent")
+        );
+        assert_eq!(
+            rewrite_model("/v1/models/m%3AstreamGenerateContent", "m", "n").as_deref(),
+            Some("/v1/models/n%3AstreamGenerateContent")
+        );
+        assert_eq!(
+            rewrite_model("/v1beta/models/m", "m", "n").as_deref(),
+            Some("/v1beta/models/n")
+        );
+        // A longer model with the same prefix is not this model.
+        assert_eq!(
+            rewrite_model("/v1beta/models/m-2:generateContent", "m", "n"),
+            None
+        );
+        assert_eq!(
+            rewrite_model("/v1beta/openai/chat/completions", "m", "n"),
+            None
+        );
+    }
+}

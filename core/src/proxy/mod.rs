@@ -431,7 +431,7 @@ impl GatewayProxy {
             )
             .unread());
         }
-        let Some(inbound) = Inbound::parse(method.as_str(), &req.uri, &req.headers) else {
+        let Some(mut inbound) = Inbound::parse(method.as_str(), &req.uri, &req.headers) else {
             return Err(Failure::new(
                 404,
                 "not_found",
@@ -482,6 +482,26 @@ impl GatewayProxy {
                 return Err(Failure::rejected(rejection));
             }
             Err(stage) => return Err(Failure::stage(&ctx.request_id, stage).unread()),
+        }
+        if let Some(cx) = ctx.cx.as_mut()
+            && let Some(model) = cx.routing.model.take()
+            && ctx.model.as_deref() != Some(model.as_str())
+        {
+            // A routing stage chose another model: it goes into the upstream path.
+            let old = ctx.model.clone().unwrap_or_default();
+            match inbound::rewrite_model(&inbound.path, &old, &model) {
+                Some(path) => {
+                    inbound.path = path.clone();
+                    inbound.route.model = Some(model.clone());
+                    cx.request.path = path;
+                    cx.request.model = Some(model.clone());
+                    cx.tags.insert("model_requested".into(), old);
+                    ctx.model = Some(model);
+                }
+                None => {
+                    tracing::warn!(request_id = %ctx.request_id, "routing asked for a model change on a path without a model segment; kept");
+                }
+            }
         }
 
         let upload = inbound.route.api_kind == ApiKind::Upload;
@@ -554,6 +574,20 @@ impl GatewayProxy {
                 let project = &rt.keys[pi].project;
                 for (i, k) in rt.keys.iter().enumerate() {
                     if k.project != *project {
+                        sel.exclude(i);
+                    }
+                }
+            } else if let Some(project) = cx.routing.project.as_deref() {
+                // Pinned by a routing stage (a resource's own project wins over it).
+                if !rt.keys.iter().any(|k| &*k.project == project) {
+                    return Err(Failure::new(
+                        503,
+                        "no_key",
+                        format!("the routing stage pinned project `{project}`, which has no key"),
+                    ));
+                }
+                for (i, k) in rt.keys.iter().enumerate() {
+                    if &*k.project != project {
                         sel.exclude(i);
                     }
                 }
