@@ -190,6 +190,17 @@ impl AdminApp {
             "keys": {"configured": keys.len(), "enabled": keys.iter().filter(|k| k.enabled).count()},
             "upstream": {"host": rt.upstream.target.host, "tls": rt.upstream.target.tls},
             "pipeline": rt.pipeline.stages.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
+            "tls": self.shared.tls.as_ref().map(|t| {
+                let info = t.info();
+                json!({
+                    "source": info.source,
+                    "names": info.names,
+                    "not_after": info.not_after,
+                    "expires_in_seconds": t.expires_in(),
+                    "loaded_at": info.loaded_at,
+                    "last_error": info.last_error,
+                })
+            }),
         })
     }
 }
@@ -973,6 +984,9 @@ impl ServeHttp for AdminApp {
             "/metrics" => {
                 self.shared.metrics.publish_pool(&self.shared.pool.report());
                 self.shared.metrics.publish_scripts();
+                if let Some(t) = &self.shared.tls {
+                    self.shared.metrics.certificate_expiry.set(t.expires_in());
+                }
                 if let Some(a) = &self.shared.audit {
                     self.shared
                         .metrics

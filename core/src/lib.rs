@@ -20,6 +20,7 @@ pub mod runtime;
 pub mod security;
 pub mod server;
 pub mod stats;
+pub mod tls;
 
 /// The plugin registry this binary ships: every built-in stage.
 pub fn builtin_registry() -> gemini_proxy_sdk::Registry {

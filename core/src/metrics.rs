@@ -107,6 +107,7 @@ pub struct Metrics {
     /// 1 for the key's current state (`active`, `cooling_down`, `half_open`, `disabled`).
     pub key_state: IntGaugeVec,
     pub script_fallbacks: IntGaugeVec,
+    pub certificate_expiry: IntGauge,
     pub script_reloads: IntGaugeVec,
     pub key_cooldown_seconds: IntGaugeVec,
     pub key_in_flight: IntGaugeVec,
@@ -287,6 +288,14 @@ impl Metrics {
             &["key_id"],
         );
         let key_in_flight = gauge("api_key_in_flight", "Calls in flight per key", &["key_id"]);
+        let certificate_expiry = IntGauge::new(
+            "certificate_expiry_seconds",
+            "Seconds until the served TLS certificate expires (negative once expired)",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(certificate_expiry.clone()))
+            .expect("unique metric");
         // Counted by the script stages (plugins crate), published at scrape time.
         let script_fallbacks = gauge(
             "script_fallbacks_total",
@@ -331,6 +340,7 @@ impl Metrics {
             key_state,
             script_fallbacks,
             script_reloads,
+            certificate_expiry,
             key_cooldown_seconds,
             key_in_flight,
             models: LabelCap::new(100),

@@ -2,7 +2,7 @@
 //! reload, and the process-wide state that outlives reloads.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -375,6 +375,8 @@ pub struct Shared {
     pub history: crate::config_history::History,
     /// The audit writer (started once; `audit:` changes need a restart).
     pub audit: Option<Arc<crate::audit::AuditSink>>,
+    /// The certificate the TLS listeners serve (swapped on renewal), when TLS is on.
+    pub tls: Option<Arc<crate::tls::CertStore>>,
 }
 
 impl Shared {
@@ -403,6 +405,27 @@ impl Shared {
         if let Some(a) = &audit {
             a.set_limits(crate::audit_db::limit_rows(&loaded.config.gemini.api_keys));
         }
+        let tls_cfg = &loaded.config.server.tls;
+        let tls = if tls_cfg.enabled {
+            let (cert, key) = (
+                tls_cfg.cert_path.clone().unwrap_or_default(),
+                tls_cfg.key_path.clone().unwrap_or_default(),
+            );
+            let first = crate::tls::load_files(Path::new(&cert), Path::new(&key)).map_err(|e| {
+                ConfigError::new(
+                    &loaded
+                        .path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    "server.tls",
+                    e,
+                )
+            })?;
+            Some(crate::tls::CertStore::new(first, "file"))
+        } else {
+            None
+        };
         let shared = Shared {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
@@ -415,6 +438,7 @@ impl Shared {
             reload_lock: tokio::sync::Mutex::new(()),
             pool,
             audit,
+            tls,
             history: crate::config_history::History::new(
                 loaded
                     .path

@@ -79,14 +79,27 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
         "gemini-proxy",
     );
     let listen = addr(&c.server.host, c.server.port);
-    if c.server.tls.enabled {
-        let (cert, key) = (
-            c.server.tls.cert_path.as_deref().unwrap_or(""),
-            c.server.tls.key_path.as_deref().unwrap_or(""),
-        );
-        proxy
-            .add_tls(&listen, cert, key)
+    if let Some(store) = &shared.tls {
+        // TLS 1.2 and 1.3 (Pingora's rustls builder), h2 then http/1.1, the swappable slot.
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
             .map_err(|e| format!("TLS listener {listen}: {e}"))?;
+        settings.set_cert_resolver(store.clone());
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&listen, None, settings);
+        let (cert, key) = (
+            c.server.tls.cert_path.clone().unwrap_or_default(),
+            c.server.tls.key_path.clone().unwrap_or_default(),
+        );
+        server.add_service(background_service(
+            "certificate files",
+            crate::tls::CertFileWatch {
+                shared: shared.clone(),
+                store: store.clone(),
+                cert: cert.into(),
+                key: key.into(),
+                every: opts.watch_interval,
+            },
+        ));
     } else {
         proxy.add_tcp(&listen);
     }
