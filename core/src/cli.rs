@@ -201,6 +201,13 @@ pub struct ServeArgs {
     /// Take over the listening sockets of a running instance (send it SIGQUIT).
     #[arg(long)]
     pub upgrade: bool,
+    /// Unix socket the listening sockets are handed over on (the same for both processes;
+    /// default /tmp/gemini-proxy-upgrade.sock).
+    #[arg(long)]
+    pub upgrade_sock: Option<PathBuf>,
+    /// Pid file (default /tmp/gemini-proxy.pid).
+    #[arg(long)]
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]

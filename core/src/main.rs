@@ -47,15 +47,25 @@ fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
-    let opts = ServeOptions {
+    let mut opts = ServeOptions {
         upgrade: args.upgrade,
         ..ServeOptions::default()
     };
+    if let Some(p) = &args.upgrade_sock {
+        opts.upgrade_sock = p.display().to_string();
+    }
+    if let Some(p) = &args.pid_file {
+        opts.pid_file = p.display().to_string();
+    }
     let shared_for_exit = shared.clone();
     match build_server(shared, &opts) {
         Ok(server) => {
             tracing::info!(listen = %format!("{}:{}", c.server.host, c.server.port), admin = c.metrics.prometheus_port, "gemini-proxy starting");
-            server.run(pingora::server::RunArgs::default());
+            server.run(pingora::server::RunArgs {
+                shutdown_signal: Box::new(gemini_proxy_core::server::ProcessSignals {
+                    shared: shared_for_exit.clone(),
+                }),
+            });
             if let Err(e) = shared_for_exit.pool.save() {
                 tracing::warn!(error = %e, "cannot write the pool state file");
             }
@@ -128,6 +138,8 @@ fn main() {
         None => serve(ServeArgs {
             config: cli.config,
             upgrade: false,
+            upgrade_sock: None,
+            pid_file: None,
         }),
         Some(Command::Serve(mut a)) => {
             if a.config.is_none() {

@@ -146,6 +146,85 @@ impl ShutdownSignalWatch for ChannelSignal {
     }
 }
 
+/// The binary's signals: SIGTERM drains (listeners stop accepting, calls in flight finish,
+/// streams included), SIGQUIT hands the listening sockets to a new process started with
+/// `--upgrade` and then drains, SIGINT stops at once. Pingora waits the whole grace period
+/// after a SIGTERM or SIGQUIT; the gateway leaves as soon as nothing is in flight (the pool
+/// state saved, the audit flushed, exit 0), or when the grace period ends.
+pub struct ProcessSignals {
+    pub shared: Arc<Shared>,
+}
+
+impl ProcessSignals {
+    fn exit_when_drained(&self, why: &'static str) {
+        let shared = self.shared.clone();
+        let grace = shared.runtime.load().config.server.grace_period.0;
+        let _ = std::thread::Builder::new()
+            .name("drain".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                // Pingora closes the listeners (or hands them over) right after this returns;
+                // a connection accepted just before has not reached the proxy yet, so "drained"
+                // means nothing in flight for a while, a second after the signal.
+                std::thread::sleep(Duration::from_secs(1));
+                let mut idle_since: Option<std::time::Instant> = None;
+                while started.elapsed() < grace {
+                    if shared.metrics.in_flight.get() > 0 {
+                        idle_since = None;
+                    } else if idle_since
+                        .get_or_insert_with(std::time::Instant::now)
+                        .elapsed()
+                        >= Duration::from_millis(500)
+                    {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                tracing::info!(
+                    why,
+                    in_flight = shared.metrics.in_flight.get(),
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "drained; exiting"
+                );
+                if let Err(e) = shared.pool.save() {
+                    tracing::warn!(error = %e, "cannot write the pool state file");
+                }
+                if let Some(a) = &shared.audit {
+                    a.close();
+                }
+                std::process::exit(0);
+            });
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for ProcessSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::quit()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: draining (no new connections; calls in flight finish)");
+                self.exit_when_drained("SIGTERM");
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = quit.recv() => {
+                tracing::info!("SIGQUIT: handing the listeners to the new process, then draining");
+                self.exit_when_drained("SIGQUIT");
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        }
+    }
+}
+
 /// A gateway running on a background thread of this process (tests, the demo, embedders).
 pub struct RunningGateway {
     pub proxy_addr: SocketAddr,

@@ -1,0 +1,264 @@
+//! Operations that must not drop a call, with the real binary: SIGTERM drains (no new
+//! connections, streams in flight finish, the audit is flushed, exit 0, early when idle);
+//! SIGQUIT with a new process started with `--upgrade` hands the listening sockets over while a
+//! load runs, and no call fails.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use gemini_proxy_core::mock::MockGemini;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 exchange on a fresh connection: (status, raw body).
+fn call(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\nx-goog-api-key: client-token\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        raw.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+const BODY: &str = r#"{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}"#;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(config: &Path, dir: &Path, upgrade: bool) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gemini-proxy"));
+    cmd.args(["serve", "--config"])
+        .arg(config)
+        .arg("--upgrade-sock")
+        .arg(dir.join("upgrade.sock"))
+        .arg("--pid-file")
+        .arg(dir.join("gw.pid"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(dir.join(if upgrade { "new.log" } else { "old.log" })).unwrap(),
+        );
+    if upgrade {
+        cmd.arg("--upgrade");
+    }
+    Proc(cmd.spawn().unwrap())
+}
+
+fn wait_health(admin: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)) {
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            let mut r = String::new();
+            let _ = s.read_to_string(&mut r);
+            if r.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("gateway did not become healthy");
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &p.0.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Waits for the process to exit; returns its code.
+fn wait_exit(p: &mut Proc, within: Duration) -> i32 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = p.0.try_wait().unwrap() {
+            return st.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "no exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn setup(audit: &str) -> (MockGemini, tempfile::TempDir, PathBuf, u16, u16) {
+    let mock = MockGemini::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ host: 127.0.0.1, port: {port}, grace_period: 20s }}\nmetrics: {{ enabled: true, prometheus_port: {admin} }}\ngemini:\n  base_url: \"{}\"\n  api_keys:\n    - {{ id: k1, key: valid-k1, weight: 1 }}\npool: {{ state_file: \"\", keys_file: \"\" }}\naudit: {audit}\n",
+            mock.base_url()
+        ),
+    )
+    .unwrap();
+    (mock, dir, config, port, admin)
+}
+
+#[test]
+fn sigterm_finishes_streams_in_flight_refuses_new_calls_and_exits_early() {
+    let (_mock, dir, config, port, admin) = setup("{ flush_interval: 1h }");
+    let mut gw = spawn(&config, dir.path(), false);
+    wait_health(admin);
+    // A stream of 6 events, 300 ms apart (~1.8 s).
+    let stream = std::thread::spawn(move || {
+        call(
+            port,
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            &[("x-mock-chunks", "6"), ("x-mock-event-delay-ms", "300")],
+            BODY,
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let sent = Instant::now();
+    signal(&gw, "-TERM");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        call(
+            port,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &[],
+            BODY
+        )
+        .0,
+        0,
+        "a new connection after SIGTERM is refused"
+    );
+    let (status, body) = stream.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        body.matches("data: ").count(),
+        6,
+        "the whole stream arrived: {body}"
+    );
+    assert!(body.contains("finishReason"), "{body}");
+    let code = wait_exit(&mut gw, Duration::from_secs(15));
+    assert_eq!(code, 0);
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "left as soon as drained, not after the 20 s grace period ({:?})",
+        sent.elapsed()
+    );
+    // The audit was flushed at exit (flush_interval is an hour).
+    let log = std::fs::read_to_string(dir.path().join("logs/audit.log")).unwrap();
+    assert!(log.contains("streamGenerateContent"), "{log}");
+}
+
+#[test]
+fn sigquit_hands_the_listeners_to_a_new_process_under_load_without_failures() {
+    // JSON lines only: DuckDB admits one process per database file (see the README).
+    let (_mock, dir, config, port, admin) = setup("{ db_path: \"\" }");
+    let mut old = spawn(&config, dir.path(), false);
+    wait_health(admin);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            let failures = failures.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (s, _) = call(
+                        port,
+                        "/v1beta/models/gemini-2.5-flash:generateContent",
+                        &[],
+                        BODY,
+                    );
+                    if s == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        failures.lock().unwrap().push(s);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut new = spawn(&config, dir.path(), true);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = ok.load(Ordering::Relaxed);
+    signal(&old, "-QUIT");
+    assert_eq!(
+        wait_exit(&mut old, Duration::from_secs(25)),
+        0,
+        "the old process drains and exits 0"
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(
+        ok > before + 20,
+        "calls went on after the hand-over ({before} -> {ok})"
+    );
+    assert_eq!(
+        failed,
+        0,
+        "no call failed ({ok} succeeded; statuses {:?})",
+        failures.lock().unwrap()
+    );
+    // The new process serves both listeners.
+    wait_health(admin);
+    assert_eq!(
+        call(
+            port,
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            &[],
+            BODY
+        )
+        .0,
+        200
+    );
+    assert!(
+        new.0.try_wait().unwrap().is_none(),
+        "the new process runs on"
+    );
+    signal(&new, "-TERM");
+    assert_eq!(wait_exit(&mut new, Duration::from_secs(15)), 0);
+}
