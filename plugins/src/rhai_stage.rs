@@ -101,13 +101,49 @@ pub struct RhaiConfig {
 static STD_PACKAGE: LazyLock<Shared<Module>> =
     LazyLock::new(|| StandardPackage::new().as_shared_module());
 
-/// The request as a script sees it.
+/// The request as a script sees it (shared: a clone is a reference count).
 #[derive(Clone)]
 struct Req(Arc<HookRequest>);
 
-/// A candidate key as a script sees it.
+/// A candidate key as a script sees it (shared: loops clone their element).
 #[derive(Clone)]
-struct Key(HookCandidate);
+struct Key(Arc<HookCandidate>);
+
+/// Names a script reads often, allocated once (a getter returns a reference-counted copy).
+static NAMES: LazyLock<std::collections::HashMap<&'static str, rhai::ImmutableString>> =
+    LazyLock::new(|| {
+        [
+            "native",
+            "openai",
+            "upload",
+            "generateContent",
+            "streamGenerateContent",
+            "countTokens",
+            "embedContent",
+            "batchEmbedContents",
+            "modelVerb",
+            "models.list",
+            "models.get",
+            "files",
+            "cachedContents",
+            "batches",
+            "chat.completions",
+            "embeddings",
+            "openai.models",
+            "other",
+            "active",
+            "cooling_down",
+            "half_open",
+            "disabled",
+        ]
+        .into_iter()
+        .map(|n| (n, rhai::ImmutableString::from(n)))
+        .collect()
+    });
+
+fn name(n: &'static str) -> rhai::ImmutableString {
+    NAMES.get(n).cloned().unwrap_or_else(|| n.into())
+}
 
 fn opt_str(v: &Option<String>) -> Dynamic {
     v.as_ref().map_or(Dynamic::UNIT, |s| s.clone().into())
@@ -165,8 +201,8 @@ fn build_engine(cfg: &RhaiConfig, script: &str) -> Engine {
         .register_type_with_name::<Req>("Request")
         .register_get("method", |r: &mut Req| r.0.method.clone())
         .register_get("path", |r: &mut Req| r.0.path.clone())
-        .register_get("api", |r: &mut Req| r.0.api.to_string())
-        .register_get("action", |r: &mut Req| r.0.action.to_string())
+        .register_get("api", |r: &mut Req| name(r.0.api))
+        .register_get("action", |r: &mut Req| name(r.0.action))
         .register_get("model", |r: &mut Req| opt_str(&r.0.model))
         .register_get("stream", |r: &mut Req| r.0.stream)
         .register_get("subject", |r: &mut Req| opt_str(&r.0.subject))
@@ -206,7 +242,7 @@ fn build_engine(cfg: &RhaiConfig, script: &str) -> Engine {
         .register_get("id", |k: &mut Key| k.0.id.to_string())
         .register_get("project", |k: &mut Key| k.0.project.to_string())
         .register_get("weight", |k: &mut Key| i64::from(k.0.weight))
-        .register_get("state", |k: &mut Key| k.0.state.as_str().to_string())
+        .register_get("state", |k: &mut Key| name(k.0.state.as_str()))
         .register_get("in_flight", |k: &mut Key| i64::from(k.0.in_flight))
         .register_get("latency_ms", |k: &mut Key| k.0.latency_ewma_ms)
         .register_get("remaining_rpm", |k: &mut Key| opt_int(k.0.remaining_rpm))
@@ -392,7 +428,7 @@ impl Router for RhaiProgram {
     ) -> Result<WeighDecision, HookError> {
         let keys: Array = candidates
             .iter()
-            .map(|c| Dynamic::from(Key(c.clone())))
+            .map(|c| Dynamic::from(Key(Arc::new(c.clone()))))
             .collect();
         let r = self.call("weigh", (Req(Arc::new(req.clone())), keys))?;
         weigh_decision(r, candidates)
@@ -402,6 +438,22 @@ impl Router for RhaiProgram {
 impl Program for RhaiProgram {
     fn hooks(&self) -> Hooks {
         self.hooks
+    }
+
+    fn route_shared(&self, req: &Arc<HookRequest>) -> Result<RouteDecision, HookError> {
+        route_decision(self.call("route", (Req(req.clone()),))?)
+    }
+
+    fn weigh_shared(
+        &self,
+        req: &Arc<HookRequest>,
+        candidates: &[HookCandidate],
+    ) -> Result<WeighDecision, HookError> {
+        let keys: Array = candidates
+            .iter()
+            .map(|c| Dynamic::from(Key(Arc::new(c.clone()))))
+            .collect();
+        weigh_decision(self.call("weigh", (Req(req.clone()), keys))?, candidates)
     }
 }
 

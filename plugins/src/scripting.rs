@@ -16,7 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use gemini_proxy_sdk::hooks::{
-    HookCandidate, HookError, HookRequest, Router, apply_route, apply_weigh,
+    HookCandidate, HookError, HookRequest, RouteDecision, Router, WeighDecision, apply_route,
+    apply_weigh,
 };
 use gemini_proxy_sdk::{Admission, Phases, Plugin, PluginError, RequestContext, Selection};
 use parking_lot::Mutex;
@@ -34,6 +35,20 @@ pub struct Hooks {
 pub trait Program: Router + 'static {
     /// The hooks it defines (at least one).
     fn hooks(&self) -> Hooks;
+
+    /// [`Router::route`] given a shared request (engines that keep it, like Rhai, skip a copy).
+    fn route_shared(&self, req: &Arc<HookRequest>) -> Result<RouteDecision, HookError> {
+        self.route(req)
+    }
+
+    /// [`Router::weigh`] given a shared request.
+    fn weigh_shared(
+        &self,
+        req: &Arc<HookRequest>,
+        candidates: &[HookCandidate],
+    ) -> Result<WeighDecision, HookError> {
+        self.weigh(req, candidates)
+    }
 }
 
 /// Headers that carry credentials: never shown to a program.
@@ -294,8 +309,8 @@ impl<P: Program> Plugin for ScriptStage<P> {
         if !program.hooks().route {
             return Ok(Admission::Continue);
         }
-        let req = HookRequest::from_context(cx, &self.headers);
-        let decided = program.route(&req).and_then(|d| apply_route(cx, d));
+        let req = Arc::new(HookRequest::from_context(cx, &self.headers));
+        let decided = program.route_shared(&req).and_then(|d| apply_route(cx, d));
         match decided {
             Ok(a) => Ok(a),
             Err(e) => {
@@ -315,9 +330,9 @@ impl<P: Program> Plugin for ScriptStage<P> {
         if views.is_empty() {
             return Ok(());
         }
-        let req = HookRequest::from_context(cx, &self.headers);
+        let req = Arc::new(HookRequest::from_context(cx, &self.headers));
         if let Err(e) = program
-            .weigh(&req, &views)
+            .weigh_shared(&req, &views)
             .and_then(|d| apply_weigh(sel, &index, d))
         {
             self.fallback(cx, "weigh", &e);
@@ -345,7 +360,6 @@ pub fn script_name(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gemini_proxy_sdk::hooks::{RouteDecision, WeighDecision};
 
     struct Failing;
     impl Router for Failing {
