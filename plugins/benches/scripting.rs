@@ -52,6 +52,16 @@ fn pair(c: &mut Criterion) {
                 .expect("rhai"),
         ),
         (
+            "rhai_latency_pick",
+            registry
+                .build(
+                    "rhai",
+                    serde_json::json!({"script": "scripts/latency_pick.rhai", "watch": false}),
+                    &env,
+                )
+                .expect("rhai"),
+        ),
+        (
             "wasm_router",
             registry
                 .build(

@@ -704,6 +704,26 @@ mod example_scripts {
     }
 
     #[test]
+    fn latency_pick() {
+        let p = load("latency_pick.rhai");
+        let mut keys: Vec<HookCandidate> = ["a", "b", "c"]
+            .iter()
+            .map(|id| HookCandidate::new(id, 1))
+            .collect();
+        keys[0].latency_ewma_ms = 300.0;
+        keys[1].latency_ewma_ms = 120.0;
+        keys[1].in_flight = 20; // 120 + 200
+        keys[2].latency_ewma_ms = 250.0;
+        assert_eq!(p.weigh(&req("m"), &keys).unwrap(), WeighDecision::Choose(2));
+        let mut r = req("gemini-2.5-pro");
+        r.prompt_tokens_estimate = 10;
+        assert_eq!(
+            p.route(&r).unwrap(),
+            RouteDecision::Change(RouteChange::model("gemini-2.5-flash"))
+        );
+    }
+
+    #[test]
     fn canary_is_sticky_and_near_ten_percent() {
         let p = load("canary.rhai");
         let mut canary = 0;
