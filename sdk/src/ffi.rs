@@ -48,6 +48,11 @@ use crate::hooks::{
 };
 
 /// The request, FFI-safe ([`HookRequest`] on the wire).
+///
+/// ```
+/// let wire = gemini_proxy_sdk::ffi::FfiRequest::from_hook(&Default::default());
+/// assert_eq!(wire.attempt, 0);
+/// ```
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
 pub struct FfiRequest {
@@ -84,6 +89,11 @@ pub struct FfiRequest {
 }
 
 /// A candidate key, FFI-safe ([`HookCandidate`] on the wire).
+///
+/// ```
+/// let c = gemini_proxy_sdk::hooks::HookCandidate::new("k", 3);
+/// assert_eq!(gemini_proxy_sdk::ffi::FfiCandidate::from_hook(&c).weight, 3);
+/// ```
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
 pub struct FfiCandidate {
