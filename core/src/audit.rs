@@ -240,8 +240,10 @@ pub struct AuditSink {
     pub db_errors: Arc<AtomicU64>,
     on_full: AuditFull,
     block_timeout: Duration,
-    /// A connection for analyst SQL and exports (a clone of the writer's database).
-    db: Option<Mutex<duckdb::Connection>>,
+    /// A connection for analyst SQL and exports (a clone of the writer's database); empty
+    /// while another process (the one being upgraded away) still holds the file.
+    db: Arc<Mutex<Option<duckdb::Connection>>>,
+    db_configured: bool,
     pub db_path: Option<PathBuf>,
     pub export_dir: PathBuf,
     pub sql_limits: crate::audit_db::QueryLimits,
@@ -433,14 +435,125 @@ fn flush_all(w: &mut Writer, db: &mut Option<DbWriter<'_>>) {
     }
 }
 
+/// The database as the writer starts with it.
+enum DbInit {
+    None,
+    Open(DbSide),
+    /// The file is locked by another process (a graceful upgrade: the old process drains and
+    /// exits within its grace period): write JSON lines, keep the rows, retry.
+    Locked {
+        opts: crate::audit_db::DbOptions,
+        retention_days: u32,
+        errors: Arc<AtomicU64>,
+        query: Arc<Mutex<Option<duckdb::Connection>>>,
+    },
+}
+
+/// Rows kept for the database while it is locked (beyond this they are in the JSON lines only).
+const LOCKED_BUFFER: usize = 200_000;
+
+/// Waits for a locked database while serving the queue; `None` if the queue closed first.
+fn wait_for_db(
+    rx: &Receiver<Msg>,
+    w: &mut Writer,
+    written: &AtomicU64,
+    init: DbInit,
+    buffer: &mut Vec<AuditEvent>,
+    limits: &mut Option<Vec<crate::audit_db::LimitRow>>,
+) -> Option<DbSide> {
+    let DbInit::Locked {
+        opts,
+        retention_days,
+        errors,
+        query,
+    } = init
+    else {
+        return None;
+    };
+    let started = std::time::Instant::now();
+    let mut next_try = std::time::Instant::now();
+    let mut last_warn = std::time::Instant::now();
+    loop {
+        if std::time::Instant::now() >= next_try {
+            next_try = std::time::Instant::now() + Duration::from_millis(250);
+            match crate::audit_db::open(&opts) {
+                Ok(conn) => {
+                    if let Ok(q) = conn.try_clone() {
+                        *query.lock() = Some(q);
+                    }
+                    tracing::info!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        rows = buffer.len(),
+                        "audit database opened; writing the rows kept meanwhile"
+                    );
+                    return Some(DbSide {
+                        conn,
+                        retention_days,
+                        errors,
+                    });
+                }
+                Err(e) if last_warn.elapsed() >= Duration::from_secs(30) => {
+                    last_warn = std::time::Instant::now();
+                    tracing::warn!(error = %e, "audit database still locked by another process; JSON lines go on");
+                }
+                Err(_) => {}
+            }
+        }
+        match rx.try_recv() {
+            Ok(Msg::Event(e)) => {
+                if let Err(err) = w.write(&e) {
+                    tracing::warn!(error = %err, "audit log write failed");
+                }
+                written.fetch_add(1, Ordering::Relaxed);
+                if buffer.len() < LOCKED_BUFFER {
+                    buffer.push(e);
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(Msg::Flush(done)) => {
+                w.flush();
+                let _ = done.send(());
+            }
+            Ok(Msg::Limits(rows)) => *limits = Some(rows),
+            Err(TryRecvError::Empty) => std::thread::sleep(POLL),
+            Err(TryRecvError::Disconnected) => {
+                w.flush();
+                errors.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+                return None;
+            }
+        }
+    }
+}
+
 fn run(
     rx: Receiver<Msg>,
     mut w: Writer,
     flush_every: Duration,
     written: Arc<AtomicU64>,
-    db: Option<DbSide>,
+    init: DbInit,
 ) {
+    let mut buffer = Vec::new();
+    let mut limits = None;
+    let db = match init {
+        DbInit::None => None,
+        DbInit::Open(side) => Some(side),
+        locked @ DbInit::Locked { .. } => {
+            match wait_for_db(&rx, &mut w, &written, locked, &mut buffer, &mut limits) {
+                Some(side) => Some(side),
+                None => return,
+            }
+        }
+    };
     let mut dbw = db.as_ref().map(DbWriter::new);
+    if let Some(d) = dbw.as_mut() {
+        if let Some(rows) = limits.take() {
+            d.set_limits(&rows);
+        }
+        for e in buffer.drain(..) {
+            d.append(&e);
+        }
+    }
     let mut dirty = false;
     let mut last_flush = std::time::Instant::now();
     loop {
@@ -518,37 +631,49 @@ impl AuditSink {
         let export_dir = dir.join(&cfg.export_dir);
         let db_path = (!cfg.db_path.is_empty()).then(|| dir.join(&cfg.db_path));
         let db_errors = Arc::new(AtomicU64::new(0));
-        let (db_side, query_conn) = match &db_path {
+        let query_slot: Arc<Mutex<Option<duckdb::Connection>>> = Arc::new(Mutex::new(None));
+        let init = match &db_path {
             Some(path) => {
-                let conn = crate::audit_db::open(&crate::audit_db::DbOptions {
+                let opts = crate::audit_db::DbOptions {
                     path: path.clone(),
                     threads: cfg.db_threads,
                     memory_limit: cfg.db_memory_limit.clone(),
                     export_dir: Some(export_dir.clone()),
                     read_only: false,
                     lock_down: true,
-                })
-                .map_err(|e| AuditStartError(e.to_string()))?;
-                let query = conn
-                    .try_clone()
-                    .map_err(|e| AuditStartError(format!("audit database: {e}")))?;
-                (
-                    Some(DbSide {
-                        conn,
-                        retention_days: cfg.retention_days,
-                        errors: db_errors.clone(),
-                    }),
-                    Some(Mutex::new(query)),
-                )
+                };
+                match crate::audit_db::open(&opts) {
+                    Ok(conn) => {
+                        let query = conn
+                            .try_clone()
+                            .map_err(|e| AuditStartError(format!("audit database: {e}")))?;
+                        *query_slot.lock() = Some(query);
+                        DbInit::Open(DbSide {
+                            conn,
+                            retention_days: cfg.retention_days,
+                            errors: db_errors.clone(),
+                        })
+                    }
+                    Err(e) if crate::audit_db::is_lock_conflict(&e) => {
+                        tracing::warn!(error = %e, "audit database is held by another process (a graceful upgrade?); writing JSON lines and opening it once it is free");
+                        DbInit::Locked {
+                            opts,
+                            retention_days: cfg.retention_days,
+                            errors: db_errors.clone(),
+                            query: query_slot.clone(),
+                        }
+                    }
+                    Err(e) => return Err(AuditStartError(e.to_string())),
+                }
             }
-            None => (None, None),
+            None => DbInit::None,
         };
         let written = Arc::new(AtomicU64::new(0));
         let w2 = written.clone();
         let every = cfg.flush_interval.0.max(Duration::from_millis(10));
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || run(rx, writer, every, w2, db_side))
+            .spawn(move || run(rx, writer, every, w2, init))
             .map_err(|e| AuditStartError(format!("cannot start the writer: {e}")))?;
         Ok(Some(Arc::new(AuditSink {
             tx: Mutex::new(Some(tx)),
@@ -559,7 +684,8 @@ impl AuditSink {
             db_errors,
             on_full: cfg.on_full,
             block_timeout: cfg.block_timeout.0,
-            db: query_conn,
+            db: query_slot,
+            db_configured: db_path.is_some(),
             db_path,
             export_dir,
             sql_limits: crate::audit_db::QueryLimits {
@@ -577,7 +703,7 @@ impl AuditSink {
 
     /// Tells the database the configured limits (for `quota_usage_by_project_day`).
     pub fn set_limits(&self, rows: Vec<crate::audit_db::LimitRow>) {
-        if self.db.is_none() {
+        if !self.db_configured {
             return;
         }
         if let Some(tx) = self.tx.lock().clone() {
@@ -591,12 +717,19 @@ impl AuditSink {
         &self,
         f: impl FnOnce(&duckdb::Connection) -> Result<T, crate::audit_db::DbError>,
     ) -> Result<T, crate::audit_db::DbError> {
-        let Some(db) = &self.db else {
+        if !self.db_configured {
             return Err(crate::audit_db::DbError::Refused(
                 "no audit database (audit.db_path is empty)".into(),
             ));
+        }
+        let conn = match self.db.lock().as_ref() {
+            Some(db) => db.try_clone()?,
+            None => {
+                return Err(crate::audit_db::DbError::Refused(
+                    "the audit database is not open yet (the previous process still holds it during an upgrade); retry in a few seconds".into(),
+                ));
+            }
         };
-        let conn = db.lock().try_clone()?;
         f(&conn)
     }
 

@@ -203,6 +203,13 @@ fn quote_sql_string(s: &str) -> String {
 }
 
 /// Opens (creating if needed) the audit database, with the schema and views in place.
+/// True when `open` failed because another process holds the file (DuckDB admits one writer
+/// process per database).
+pub fn is_lock_conflict(e: &DbError) -> bool {
+    let m = e.to_string();
+    m.contains("Could not set lock") || m.contains("Conflicting lock")
+}
+
 pub fn open(o: &DbOptions) -> Result<Connection, DbError> {
     let err = |m: String| DbError::Open {
         path: o.path.display().to_string(),

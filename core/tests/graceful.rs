@@ -188,8 +188,9 @@ fn sigterm_finishes_streams_in_flight_refuses_new_calls_and_exits_early() {
 
 #[test]
 fn sigquit_hands_the_listeners_to_a_new_process_under_load_without_failures() {
-    // JSON lines only: DuckDB admits one process per database file (see the README).
-    let (_mock, dir, config, port, admin) = setup("{ db_path: \"\" }");
+    // The default audit: JSON lines and DuckDB (the new process opens the database once the
+    // old one has let it go, keeping its rows meanwhile).
+    let (_mock, dir, config, port, admin) = setup("{ flush_interval: 200ms }");
     let mut old = spawn(&config, dir.path(), false);
     wait_health(admin);
     let stop = Arc::new(AtomicBool::new(false));
@@ -259,6 +260,34 @@ fn sigquit_hands_the_listeners_to_a_new_process_under_load_without_failures() {
         new.0.try_wait().unwrap().is_none(),
         "the new process runs on"
     );
+    // Every call of both processes is in the database, through the new process's SQL API.
+    let want = ok + 1;
+    let mut rows = 0;
+    let mut last = String::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(("127.0.0.1", admin)).unwrap();
+        let body = r#"{"sql":"SELECT count(*) AS n FROM requests"}"#;
+        let _ = s.write_all(
+            format!(
+                "POST /api/sql HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        rows = r
+            .split_once("\r\n\r\n")
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(b).ok())
+            .and_then(|v| v["rows"][0][0].as_u64())
+            .unwrap_or(0) as usize;
+        last = r;
+        if rows == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(rows, want, "every call in the audit database: {last}");
     signal(&new, "-TERM");
     assert_eq!(wait_exit(&mut new, Duration::from_secs(15)), 0);
 }
