@@ -2,6 +2,7 @@
 //! listener, configuration (load, validate, migrate, hot reload), the runtime snapshot and the
 //! embedded mock Gemini upstream used by the demo, the tests and the benchmarks.
 
+pub mod acme;
 pub mod admin;
 pub mod anomaly;
 pub mod audit;

@@ -406,7 +406,23 @@ impl Shared {
             a.set_limits(crate::audit_db::limit_rows(&loaded.config.gemini.api_keys));
         }
         let tls_cfg = &loaded.config.server.tls;
-        let tls = if tls_cfg.enabled {
+        let acme = tls_cfg.acme.as_ref().filter(|a| a.enabled);
+        let tls = if let (true, Some(a)) = (tls_cfg.enabled, acme) {
+            // The stored ACME certificate when there is one; else a self-signed placeholder
+            // until the first one arrives.
+            let storage = crate::acme::Storage {
+                dir: loaded.config_dir().join(&a.storage_dir),
+            };
+            let (first, source) = match storage.load() {
+                Some(c) => (c, "acme"),
+                None => (
+                    crate::acme::placeholder(&a.domains)
+                        .map_err(|e| ConfigError::new("(config)", "server.tls.acme", e))?,
+                    "placeholder",
+                ),
+            };
+            Some(crate::tls::CertStore::new(first, source))
+        } else if tls_cfg.enabled {
             let (cert, key) = (
                 tls_cfg.cert_path.clone().unwrap_or_default(),
                 tls_cfg.key_path.clone().unwrap_or_default(),

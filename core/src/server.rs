@@ -86,20 +86,50 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
         settings.set_cert_resolver(store.clone());
         settings.enable_h2();
         proxy.add_tls_with_settings(&listen, None, settings);
-        let (cert, key) = (
-            c.server.tls.cert_path.clone().unwrap_or_default(),
-            c.server.tls.key_path.clone().unwrap_or_default(),
-        );
-        server.add_service(background_service(
-            "certificate files",
-            crate::tls::CertFileWatch {
-                shared: shared.clone(),
-                store: store.clone(),
-                cert: cert.into(),
-                key: key.into(),
-                every: opts.watch_interval,
-            },
-        ));
+        if let Some(acme) = c.server.tls.acme.as_ref().filter(|a| a.enabled) {
+            let challenges = Arc::new(crate::acme::Challenges::default());
+            let dir = shared
+                .config_path
+                .as_ref()
+                .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+                .unwrap_or_else(|| ".".into());
+            server.add_service(background_service(
+                "acme",
+                crate::acme::AcmeService {
+                    shared: shared.clone(),
+                    store: store.clone(),
+                    cfg: acme.clone(),
+                    storage: crate::acme::Storage {
+                        dir: dir.join(&acme.storage_dir),
+                    },
+                    challenges: challenges.clone(),
+                },
+            ));
+            let mut http01 = Service::new(
+                "acme http-01".to_string(),
+                crate::acme::ChallengeApp {
+                    challenges,
+                    https_port: c.server.port,
+                },
+            );
+            http01.add_tcp(&addr(&c.server.host, acme.http_port));
+            server.add_service(http01);
+        } else {
+            let (cert, key) = (
+                c.server.tls.cert_path.clone().unwrap_or_default(),
+                c.server.tls.key_path.clone().unwrap_or_default(),
+            );
+            server.add_service(background_service(
+                "certificate files",
+                crate::tls::CertFileWatch {
+                    shared: shared.clone(),
+                    store: store.clone(),
+                    cert: cert.into(),
+                    key: key.into(),
+                    every: opts.watch_interval,
+                },
+            ));
+        }
     } else {
         proxy.add_tcp(&listen);
     }

@@ -443,13 +443,41 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
         );
     }
     let tls = &c.server.tls;
+    if !tls.enabled && tls.acme.as_ref().is_some_and(|a| a.enabled) {
+        return err(
+            "server.tls.enabled".into(),
+            "acme.enabled needs server.tls.enabled: true (the certificate is for the TLS listener)"
+                .into(),
+        );
+    }
     if tls.enabled {
-        let acme = tls.acme.as_ref().is_some_and(|a| a.enabled);
-        if acme {
-            return err(
-                "server.tls.acme.enabled".into(),
-                "ACME certificates are not available in this version yet; give cert_path and key_path".into(),
-            );
+        if let Some(a) = tls.acme.as_ref().filter(|a| a.enabled) {
+            if a.domains.is_empty() {
+                return err(
+                    "server.tls.acme.domains".into(),
+                    "list the domain names the certificate is for".into(),
+                );
+            }
+            if let Some(bad) = a.domains.iter().find(|d| {
+                d.is_empty()
+                    || !d
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*'))
+            }) {
+                return err(
+                    "server.tls.acme.domains".into(),
+                    format!("`{bad}` is not a domain name"),
+                );
+            }
+            if let Some(ca) = &a.ca_file
+                && !Path::new(ca).exists()
+            {
+                return err(
+                    "server.tls.acme.ca_file".into(),
+                    format!("file `{ca}` does not exist"),
+                );
+            }
+            return Ok(());
         }
         for (name, v) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
             match v {

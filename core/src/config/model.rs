@@ -166,15 +166,44 @@ pub struct TlsConfig {
     pub acme: Option<AcmeConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AcmeConfig {
     pub enabled: bool,
     pub domains: Vec<String>,
+    /// An e-mail address for the CA (`ops@example.com` or `mailto:...`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact: Option<String>,
+    /// `production` (Let's Encrypt, the default), `staging`, or the directory URL of any CA.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub directory_url: Option<String>,
+    /// A PEM root to trust for the directory's own TLS (private CAs, Pebble).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Plain-HTTP port answering HTTP-01 challenges (other paths redirect to HTTPS).
+    pub http_port: u16,
+    /// Account, certificate and key (files 0600), relative to the config file's folder.
+    pub storage_dir: String,
+    /// Renew this long before expiry.
+    pub renew_before: ConfigDuration,
+    /// First delay after a failure (doubling, at most an hour).
+    pub retry_after: ConfigDuration,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            enabled: false,
+            domains: Vec::new(),
+            contact: None,
+            directory_url: None,
+            ca_file: None,
+            http_port: 80,
+            storage_dir: "data/acme".into(),
+            renew_before: ConfigDuration::secs(30 * 86_400),
+            retry_after: ConfigDuration::secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -1,0 +1,321 @@
+//! ACME (RFC 8555) certificates with instant-acme: the account is created once and kept, the
+//! certificate is obtained with HTTP-01 challenges answered on a plain-HTTP listener, stored
+//! with its key (0600), put in the TLS listeners' slot without a restart, and renewed in the
+//! background `renew_before` its expiry; failures back off, are logged, audited and shown in
+//! `/health`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use http::Response;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, LetsEncrypt,
+    NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::AcmeConfig;
+use crate::runtime::Shared;
+use crate::tls::{CertStore, LoadedCert};
+
+/// Tokens the CA will fetch at `/.well-known/acme-challenge/{token}`, with their answers.
+#[derive(Default)]
+pub struct Challenges(parking_lot::RwLock<HashMap<String, String>>);
+
+impl Challenges {
+    fn answer(&self, token: &str) -> Option<String> {
+        self.0.read().get(token).cloned()
+    }
+}
+
+/// The directory URL for `production`, `staging` or a URL.
+pub fn directory_url(cfg: &AcmeConfig) -> String {
+    match cfg.directory_url.as_deref() {
+        None | Some("") | Some("production") => LetsEncrypt::Production.url().to_string(),
+        Some("staging") => LetsEncrypt::Staging.url().to_string(),
+        Some(url) => url.to_string(),
+    }
+}
+
+/// Where the account, certificate and key live.
+pub struct Storage {
+    pub dir: PathBuf,
+}
+
+impl Storage {
+    fn account(&self) -> PathBuf {
+        self.dir.join("account.json")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700));
+        }
+        gemini_proxy_sdk::write_private(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The stored certificate, if any and readable.
+    pub fn load(&self) -> Option<LoadedCert> {
+        crate::tls::load_files(&self.cert(), &self.key()).ok()
+    }
+}
+
+/// A self-signed certificate for the listeners until the first ACME certificate arrives.
+pub fn placeholder(domains: &[String]) -> Result<LoadedCert, String> {
+    let c = rcgen::generate_simple_self_signed(domains.to_vec()).map_err(|e| e.to_string())?;
+    crate::tls::parse_pem(
+        c.cert.pem().as_bytes(),
+        c.key_pair.serialize_pem().as_bytes(),
+    )
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Obtains a certificate for `cfg.domains`: account (created once, then reused), order,
+/// HTTP-01 challenges published in `challenges`, finalisation, download, storage.
+pub async fn obtain(
+    cfg: &AcmeConfig,
+    storage: &Storage,
+    challenges: &Challenges,
+) -> Result<LoadedCert, String> {
+    let builder = || -> Result<_, String> {
+        match &cfg.ca_file {
+            Some(ca) => Account::builder_with_root(ca).map_err(|e| format!("ca_file {ca}: {e}")),
+            None => Account::builder().map_err(|e| e.to_string()),
+        }
+    };
+    let url = directory_url(cfg);
+    let account = match std::fs::read(storage.account())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<AccountCredentials>(&b).ok())
+    {
+        Some(creds) => builder()?
+            .from_credentials(creds)
+            .await
+            .map_err(|e| format!("ACME account ({url}): {e}"))?,
+        None => {
+            let contact = cfg.contact.as_ref().map(|c| {
+                if c.starts_with("mailto:") {
+                    c.clone()
+                } else {
+                    format!("mailto:{c}")
+                }
+            });
+            let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+            let (account, creds) = builder()?
+                .create(
+                    &NewAccount {
+                        contact: &contacts,
+                        terms_of_service_agreed: true,
+                        only_return_existing: false,
+                    },
+                    url.clone(),
+                    None,
+                )
+                .await
+                .map_err(|e| format!("ACME account at {url}: {e}"))?;
+            let json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
+            storage.write(&storage.account(), &json)?;
+            tracing::info!(target: "gemini_proxy::acme", directory = %url, "ACME account created");
+            account
+        }
+    };
+    let ids: Vec<Identifier> = cfg.domains.iter().cloned().map(Identifier::Dns).collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&ids))
+        .await
+        .map_err(|e| format!("new order: {e}"))?;
+    let mut published = Vec::new();
+    {
+        let mut authzs = order.authorizations();
+        while let Some(a) = authzs.next().await {
+            let mut authz = a.map_err(|e| format!("authorization: {e}"))?;
+            if authz.status == AuthorizationStatus::Valid {
+                continue;
+            }
+            let mut ch = authz
+                .challenge(ChallengeType::Http01)
+                .ok_or("the CA offers no http-01 challenge")?;
+            let token = ch.token.clone();
+            challenges
+                .0
+                .write()
+                .insert(token.clone(), ch.key_authorization().as_str().to_string());
+            published.push(token);
+            ch.set_ready()
+                .await
+                .map_err(|e| format!("challenge ready: {e}"))?;
+        }
+    }
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .timeout(Duration::from_secs(90));
+    let status = order.poll_ready(&retry).await;
+    let result = async {
+        match status.map_err(|e| format!("validation: {e}"))? {
+            OrderStatus::Ready => {}
+            other => {
+                return Err(format!(
+                    "the order is {other:?}, not ready (challenge failed?)"
+                ));
+            }
+        }
+        let key_pem = order
+            .finalize()
+            .await
+            .map_err(|e| format!("finalize: {e}"))?;
+        let chain = order
+            .poll_certificate(&retry)
+            .await
+            .map_err(|e| format!("certificate: {e}"))?;
+        let loaded = crate::tls::parse_pem(chain.as_bytes(), key_pem.as_bytes())?;
+        storage.write(&storage.key(), key_pem.as_bytes())?;
+        storage.write(&storage.cert(), chain.as_bytes())?;
+        Ok(loaded)
+    }
+    .await;
+    let mut map = challenges.0.write();
+    for t in published {
+        map.remove(&t);
+    }
+    result
+}
+
+/// Keeps a certificate from the CA in `store`: at start (unless a stored one is still good),
+/// then before each expiry.
+pub struct AcmeService {
+    pub shared: Arc<Shared>,
+    pub store: Arc<CertStore>,
+    pub cfg: AcmeConfig,
+    pub storage: Storage,
+    pub challenges: Arc<Challenges>,
+}
+
+#[async_trait]
+impl BackgroundService for AcmeService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let renew_before = self.cfg.renew_before.0.as_secs() as i64;
+        let retry = self.cfg.retry_after.0.max(Duration::from_secs(1));
+        let mut backoff = retry;
+        loop {
+            let info = self.store.info();
+            let until_renewal = info.not_after - renew_before - now_unix();
+            let wait = if info.source != "acme" || until_renewal <= 0 {
+                match obtain(&self.cfg, &self.storage, &self.challenges).await {
+                    Ok(c) => {
+                        let (names, not_after) = (c.names.clone(), c.not_after);
+                        self.store.swap(c, "acme");
+                        backoff = retry;
+                        tracing::info!(target: "gemini_proxy::acme", ?names, not_after, "certificate obtained and in service");
+                        self.shared.audit(crate::audit::security_event(
+                            "acme certificate obtained",
+                            "Success",
+                            None,
+                            serde_json::json!({"names": names, "not_after": not_after}),
+                        ));
+                        // Never sooner than `retry_after`, even for a certificate whose whole
+                        // life is inside the renewal window.
+                        let next = not_after - renew_before - now_unix();
+                        Duration::from_secs(next.max(retry.as_secs() as i64) as u64)
+                            .min(Duration::from_secs(3600))
+                            .max(retry)
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: "gemini_proxy::acme", error = %e, retry_in_s = backoff.as_secs(), "ACME failed; serving the current certificate");
+                        self.store.failed(e.clone());
+                        self.shared.audit(crate::audit::security_event(
+                            "acme certificate failed",
+                            "Failure",
+                            None,
+                            serde_json::json!({"error": e}),
+                        ));
+                        let w = backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(3600));
+                        w
+                    }
+                }
+            } else {
+                Duration::from_secs(until_renewal.clamp(1, 3600) as u64)
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+/// The plain-HTTP listener: answers HTTP-01 challenges, redirects everything else to HTTPS.
+pub struct ChallengeApp {
+    pub challenges: Arc<Challenges>,
+    pub https_port: u16,
+}
+
+#[async_trait]
+impl ServeHttp for ChallengeApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        if let Some(token) = path.strip_prefix("/.well-known/acme-challenge/")
+            && let Some(answer) = self.challenges.answer(token)
+        {
+            return Response::builder()
+                .status(200)
+                .header("content-type", "application/octet-stream")
+                .header("content-length", answer.len())
+                .body(answer.into_bytes())
+                .expect("valid response");
+        }
+        let host = req
+            .headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or(h).to_string())
+            .unwrap_or_default();
+        let valid_host = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+        if !valid_host {
+            return Response::builder()
+                .status(404)
+                .header("content-length", 0)
+                .body(Vec::new())
+                .expect("valid response");
+        }
+        let port = if self.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.https_port)
+        };
+        let target = format!(
+            "https://{host}{port}{}",
+            req.uri.path_and_query().map_or("/", |p| p.as_str())
+        );
+        Response::builder()
+            .status(301)
+            .header("location", target)
+            .header("content-length", 0)
+            .body(Vec::new())
+            .expect("valid response")
+    }
+}
