@@ -140,7 +140,16 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
             "gemini-proxy admin".to_string(),
             AdminApp::new(shared.clone()),
         );
-        admin.add_tcp(&addr(&c.metrics.host, c.metrics.prometheus_port));
+        let admin_addr = addr(&c.metrics.host, c.metrics.prometheus_port);
+        match (&shared.tls, c.metrics.tls) {
+            (Some(store), true) => {
+                let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+                    .map_err(|e| format!("admin TLS listener {admin_addr}: {e}"))?;
+                settings.set_cert_resolver(store.clone());
+                admin.add_tls_with_settings(&admin_addr, None, settings);
+            }
+            _ => admin.add_tcp(&admin_addr),
+        }
         server.add_service(admin);
     }
     server.add_service(background_service(

@@ -164,3 +164,44 @@ async fn tls_listener_serves_h2_and_swaps_certificates_from_files() {
     let s = connect(addr, &[&second], &[b"http/1.1"]).await.unwrap();
     assert_eq!(served_cert(&s), second.der);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_can_speak_tls_with_the_same_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let pem = self_signed(&["gw.test"], 30);
+    std::fs::write(&cert_path, &pem.cert).unwrap();
+    std::fs::write(&key_path, &pem.key).unwrap();
+    let (c, k) = (
+        cert_path.display().to_string(),
+        key_path.display().to_string(),
+    );
+    let h = Harness::start_with(KEYS, "", |text| {
+        let line = text.lines().next().unwrap().to_string();
+        let port = line
+            .split("port: ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(" }")
+            .to_string();
+        *text = text.replace(
+            &line,
+            &format!(
+                "server: {{ host: 127.0.0.1, port: {port}, tls: {{ enabled: true, cert_path: \"{c}\", key_path: \"{k}\" }} }}"
+            ),
+        );
+        *text = text.replace("prometheus_port: ", "tls: true, prometheus_port: ");
+    });
+    let admin = h.gateway.admin_addr.unwrap();
+    let mut s = connect(admin, &[&pem], &[b"http/1.1"]).await.unwrap();
+    assert_eq!(served_cert(&s), pem.der);
+    s.write_all(b"GET /health HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.ok();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("\"tls\""), "{resp}");
+    // Plain HTTP is not answered there.
+    assert!(h.client.get(h.admin("/health")).send().await.is_err());
+}

@@ -443,6 +443,12 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
         );
     }
     let tls = &c.server.tls;
+    if c.metrics.tls && !tls.enabled {
+        return err(
+            "metrics.tls".into(),
+            "the admin listener uses the proxy's certificate: set server.tls.enabled: true".into(),
+        );
+    }
     if !tls.enabled && tls.acme.as_ref().is_some_and(|a| a.enabled) {
         return err(
             "server.tls.enabled".into(),

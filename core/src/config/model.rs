@@ -439,6 +439,9 @@ pub struct MetricsConfig {
     /// Host of the admin listener (metrics, health, admin API).
     pub host: String,
     pub prometheus_port: u16,
+    /// Serve the admin listener over TLS too, with the proxy's certificate (needs
+    /// `server.tls.enabled`).
+    pub tls: bool,
 }
 
 impl Default for MetricsConfig {
@@ -447,6 +450,7 @@ impl Default for MetricsConfig {
             enabled: true,
             host: "127.0.0.1".into(),
             prometheus_port: 9090,
+            tls: false,
         }
     }
 }
