@@ -98,6 +98,9 @@ fn demo(args: cli::DemoArgs) -> i32 {
             return 2;
         }
     };
+    let signals = gemini_proxy_core::server::ProcessSignals {
+        shared: shared.clone(),
+    };
     let server = match build_server(shared, &ServeOptions::default()) {
         Ok(s) => s,
         Err(e) => {
@@ -111,7 +114,9 @@ fn demo(args: cli::DemoArgs) -> i32 {
     );
     // The mock lives on its own thread for the life of the process.
     std::mem::forget(mock);
-    server.run(pingora::server::RunArgs::default());
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(signals),
+    });
     0
 }
 
