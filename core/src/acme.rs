@@ -1,5 +1,6 @@
 //! ACME (RFC 8555) certificates with instant-acme: the account is created once and kept, the
-//! certificate is obtained with HTTP-01 challenges answered on a plain-HTTP listener, stored
+//! certificate is obtained with HTTP-01 challenges answered on a plain-HTTP listener (or
+//! TLS-ALPN-01 answered in the TLS listener's own handshake), stored
 //! with its key (0600), put in the TLS listeners' slot without a restart, and renewed in the
 //! background `renew_before` its expiry; failures back off, are logged, audited and shown in
 //! `/health`.
@@ -20,7 +21,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::config::AcmeConfig;
+use crate::config::{AcmeChallenge, AcmeConfig};
 use crate::runtime::Shared;
 use crate::tls::{CertStore, LoadedCert};
 
@@ -96,6 +97,7 @@ pub async fn obtain(
     cfg: &AcmeConfig,
     storage: &Storage,
     challenges: &Challenges,
+    store: &CertStore,
 ) -> Result<LoadedCert, String> {
     let builder = || -> Result<_, String> {
         match &cfg.ca_file {
@@ -152,18 +154,35 @@ pub async fn obtain(
             if authz.status == AuthorizationStatus::Valid {
                 continue;
             }
-            let mut ch = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or("the CA offers no http-01 challenge")?;
-            let token = ch.token.clone();
-            challenges
-                .0
-                .write()
-                .insert(token.clone(), ch.key_authorization().as_str().to_string());
-            published.push(token);
-            ch.set_ready()
-                .await
-                .map_err(|e| format!("challenge ready: {e}"))?;
+            match cfg.challenge {
+                AcmeChallenge::Http01 => {
+                    let mut ch = authz
+                        .challenge(ChallengeType::Http01)
+                        .ok_or("the CA offers no http-01 challenge")?;
+                    let token = ch.token.clone();
+                    challenges
+                        .0
+                        .write()
+                        .insert(token.clone(), ch.key_authorization().as_str().to_string());
+                    published.push(Published::Token(token));
+                    ch.set_ready()
+                        .await
+                        .map_err(|e| format!("challenge ready: {e}"))?;
+                }
+                AcmeChallenge::TlsAlpn01 => {
+                    let mut ch = authz
+                        .challenge(ChallengeType::TlsAlpn01)
+                        .ok_or("the CA offers no tls-alpn-01 challenge")?;
+                    let domain = ch.identifier().to_string();
+                    let cert =
+                        alpn_challenge_cert(&domain, ch.key_authorization().digest().as_ref())?;
+                    store.set_alpn_challenge(&domain, Some(cert));
+                    published.push(Published::Domain(domain));
+                    ch.set_ready()
+                        .await
+                        .map_err(|e| format!("challenge ready: {e}"))?;
+                }
+            }
         }
     }
     let retry = RetryPolicy::new()
@@ -193,11 +212,48 @@ pub async fn obtain(
         Ok(loaded)
     }
     .await;
-    let mut map = challenges.0.write();
-    for t in published {
-        map.remove(&t);
+    for p in published {
+        match p {
+            Published::Token(t) => {
+                challenges.0.write().remove(&t);
+            }
+            Published::Domain(d) => store.set_alpn_challenge(&d, None),
+        }
     }
     result
+}
+
+/// What an order put up for validation (taken down when it ends).
+enum Published {
+    Token(String),
+    Domain(String),
+}
+
+/// The self-signed certificate a TLS-ALPN-01 validation handshake must see: the domain as its
+/// only name and the key authorization's SHA-256 in the critical `acmeIdentifier` extension.
+fn alpn_challenge_cert(
+    domain: &str,
+    digest: &[u8],
+) -> Result<Arc<pingora::tls::sign::CertifiedKey>, String> {
+    let mut p =
+        rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(|e| e.to_string())?;
+    p.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = p.self_signed(&key).map_err(|e| e.to_string())?;
+    // Not through `parse_pem`: its key-match check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension this certificate must carry.
+    let provider = tokio_rustls::rustls::crypto::ring::default_provider();
+    let der = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(
+        tokio_rustls::rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+    );
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("challenge key: {e}"))?;
+    Ok(Arc::new(pingora::tls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 /// Keeps a certificate from the CA in `store`: at start (unless a stored one is still good),
@@ -220,7 +276,7 @@ impl BackgroundService for AcmeService {
             let info = self.store.info();
             let until_renewal = info.not_after - renew_before - now_unix();
             let wait = if info.source != "acme" || until_renewal <= 0 {
-                match obtain(&self.cfg, &self.storage, &self.challenges).await {
+                match obtain(&self.cfg, &self.storage, &self.challenges, &self.store).await {
                     Ok(c) => {
                         let (names, not_after) = (c.names.clone(), c.not_after);
                         self.store.swap(c, "acme");

@@ -84,7 +84,20 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
         let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
             .map_err(|e| format!("TLS listener {listen}: {e}"))?;
         settings.set_cert_resolver(store.clone());
-        settings.enable_h2();
+        let tls_alpn_01 =
+            c.server.tls.acme.as_ref().is_some_and(|a| {
+                a.enabled && a.challenge == crate::config::AcmeChallenge::TlsAlpn01
+            });
+        if tls_alpn_01 {
+            // Patched pingora-core (vendor/pingora-core/PATCH.md): ACME validation beside HTTP.
+            settings.set_alpn_protocols(vec![
+                b"h2".to_vec(),
+                b"http/1.1".to_vec(),
+                crate::tls::ACME_TLS_ALPN.to_vec(),
+            ]);
+        } else {
+            settings.enable_h2();
+        }
         proxy.add_tls_with_settings(&listen, None, settings);
         if let Some(acme) = c.server.tls.acme.as_ref().filter(|a| a.enabled) {
             let challenges = Arc::new(crate::acme::Challenges::default());

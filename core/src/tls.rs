@@ -32,10 +32,15 @@ pub struct CertInfo {
     pub last_error: Option<String>,
 }
 
+/// ALPN protocol of ACME TLS-ALPN-01 validation handshakes (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// The certificate slot the listeners read on every handshake.
 pub struct CertStore {
     current: ArcSwap<CertifiedKey>,
     info: parking_lot::Mutex<CertInfo>,
+    /// TLS-ALPN-01 validation certificates by domain, while an order is pending.
+    alpn_challenges: parking_lot::RwLock<std::collections::HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -47,7 +52,16 @@ impl std::fmt::Debug for CertStore {
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if validation {
+            // Only the CA's validation handshake gets the challenge certificate (and nothing
+            // else is served over `acme-tls/1`).
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.alpn_challenges.read().get(&name).cloned();
+        }
         Some(self.current.load_full())
     }
 }
@@ -124,6 +138,7 @@ impl CertStore {
     /// A slot serving `first`.
     pub fn new(first: LoadedCert, source: &'static str) -> Arc<CertStore> {
         Arc::new(CertStore {
+            alpn_challenges: Default::default(),
             current: ArcSwap::new(first.key),
             info: parking_lot::Mutex::new(CertInfo {
                 source,
@@ -144,6 +159,15 @@ impl CertStore {
             not_after: next.not_after,
             loaded_at: now_unix(),
             last_error: None,
+        };
+    }
+
+    /// Serves `cert` to TLS-ALPN-01 validation handshakes for `domain` (`None` removes it).
+    pub fn set_alpn_challenge(&self, domain: &str, cert: Option<Arc<CertifiedKey>>) {
+        let mut map = self.alpn_challenges.write();
+        match cert {
+            Some(c) => map.insert(domain.to_ascii_lowercase(), c),
+            None => map.remove(&domain.to_ascii_lowercase()),
         };
     }
 

@@ -32,7 +32,7 @@ impl Drop for Pebble {
     }
 }
 
-fn start_pebble(dir: &Path, http_port: u16) -> Pebble {
+fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
     let bin = ["/usr/bin/pebble", "/usr/local/bin/pebble"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -53,7 +53,7 @@ fn start_pebble(dir: &Path, http_port: u16) -> Pebble {
             "listenAddress": format!("127.0.0.1:{port}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt}"),
             "certificate": ca_pem, "privateKey": key_pem,
-            "httpPort": http_port, "tlsPort": free_port(),
+            "httpPort": http_port, "tlsPort": tls_port,
             "ocspResponderURL": "", "externalAccountBindingRequired": false
         }})
         .to_string(),
@@ -143,6 +143,17 @@ fn acme_gateway(
     storage: &Path,
     extra: &str,
 ) -> Harness {
+    acme_gateway_on(None, pebble_url, ca, http_port, storage, extra)
+}
+
+fn acme_gateway_on(
+    fixed_port: Option<u16>,
+    pebble_url: &str,
+    ca: &Path,
+    http_port: u16,
+    storage: &Path,
+    extra: &str,
+) -> Harness {
     let (url, ca, storage) = (
         pebble_url.to_string(),
         ca.display().to_string(),
@@ -151,12 +162,13 @@ fn acme_gateway(
     let extra = extra.to_string();
     Harness::start_with(KEYS, "", move |text| {
         let line = text.lines().next().unwrap().to_string();
-        let port = line
-            .split("port: ")
-            .nth(1)
-            .unwrap()
-            .trim_end_matches(" }")
-            .to_string();
+        let port = fixed_port.map(|p| p.to_string()).unwrap_or_else(|| {
+            line.split("port: ")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches(" }")
+                .to_string()
+        });
         *text = text.replace(
             &line,
             &format!(
@@ -185,7 +197,7 @@ async fn wait_for(
 async fn certificate_from_pebble_is_served_renewed_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let http_port = free_port();
-    let pebble = start_pebble(dir.path(), http_port);
+    let pebble = start_pebble(dir.path(), http_port, free_port());
     let storage = dir.path().join("acme");
     // renew_before longer than any certificate's life: every certificate is due at once, so
     // the test sees renewals (no sooner than retry_after, 1 s, apart).
@@ -271,7 +283,7 @@ async fn certificate_from_pebble_is_served_renewed_and_kept() {
 async fn a_wrong_directory_is_reported_and_the_gateway_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let http_port = free_port();
-    let pebble = start_pebble(dir.path(), http_port);
+    let pebble = start_pebble(dir.path(), http_port, free_port());
     let wrong = format!("https://127.0.0.1:{}/nowhere", free_port());
     let h = acme_gateway(
         &wrong,
@@ -309,4 +321,46 @@ async fn a_wrong_directory_is_reported_and_the_gateway_keeps_serving() {
     );
     let m = h.admin_text("/metrics").await;
     assert!(m.contains("certificate_expiry_seconds"), "expiry exported");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_alpn_01_is_answered_in_the_tls_listener_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, gw_port) = (free_port(), free_port());
+    // Pebble validates over TLS on the gateway's own HTTPS port; its HTTP-01 port points
+    // nowhere, so only the TLS-ALPN-01 answer can succeed.
+    let pebble = start_pebble(dir.path(), free_port(), gw_port);
+    let h = acme_gateway_on(
+        Some(gw_port),
+        &pebble.dir_url,
+        &pebble.ca_pem,
+        http_port,
+        &dir.path().join("acme"),
+        ", challenge: tls-alpn-01",
+    );
+    let tls = wait_for(&h, "an ACME certificate through tls-alpn-01", |t| {
+        t["source"] == "acme"
+    })
+    .await;
+    assert_eq!(tls["names"][0], "localhost", "{tls}");
+    let mgmt: SocketAddr = format!("127.0.0.1:{}", pebble.mgmt).parse().unwrap();
+    let ca = std::fs::read(&pebble.ca_pem).unwrap();
+    let root = get_tls(mgmt, "localhost", &[&ca], "/roots/0")
+        .await
+        .unwrap();
+    assert!(
+        served(h.gateway.proxy_addr, &[root.as_bytes()])
+            .await
+            .is_ok()
+    );
+    // Outside a validation, a client that offers only acme-tls/1 gets no certificate.
+    let tcp = tokio::net::TcpStream::connect(h.gateway.proxy_addr)
+        .await
+        .unwrap();
+    let mut cfg = (*client_config(&[root.as_bytes()])).clone();
+    cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let r = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await;
+    assert!(r.is_err(), "no challenge certificate outside an order");
 }

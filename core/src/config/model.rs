@@ -180,6 +180,8 @@ pub struct AcmeConfig {
     /// A PEM root to trust for the directory's own TLS (private CAs, Pebble).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
+    /// `http-01` (answered on `http_port`) or `tls-alpn-01` (answered on the TLS listener).
+    pub challenge: AcmeChallenge,
     /// Plain-HTTP port answering HTTP-01 challenges (other paths redirect to HTTPS).
     pub http_port: u16,
     /// Account, certificate and key (files 0600), relative to the config file's folder.
@@ -190,6 +192,18 @@ pub struct AcmeConfig {
     pub retry_after: ConfigDuration,
 }
 
+/// How the CA checks that the gateway controls a domain.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
+pub enum AcmeChallenge {
+    /// A file fetched over plain HTTP on port 80 (`http_port`).
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A special certificate in a TLS handshake on the HTTPS port (RFC 8737).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
 impl Default for AcmeConfig {
     fn default() -> Self {
         AcmeConfig {
@@ -198,6 +212,7 @@ impl Default for AcmeConfig {
             contact: None,
             directory_url: None,
             ca_file: None,
+            challenge: AcmeChallenge::Http01,
             http_port: 80,
             storage_dir: "data/acme".into(),
             renew_before: ConfigDuration::secs(30 * 86_400),
