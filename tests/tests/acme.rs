@@ -124,6 +124,23 @@ async fn get_tls(
         .unwrap_or_default())
 }
 
+/// A proxied generateContent over a new TLS connection: the status.
+async fn post_tls(addr: SocketAddr, root: &[u8]) -> u16 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(client_config(&[root]))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let body = gen_body("during renewal");
+    s.write_all(format!("POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nhost: localhost\r\nx-goog-api-key: client-token\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp).await;
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The leaf certificate the gateway serves now (DER), trusting `roots`.
 async fn served(addr: SocketAddr, roots: &[&[u8]]) -> Result<Vec<u8>, String> {
     let tcp = tokio::net::TcpStream::connect(addr)
@@ -236,19 +253,27 @@ async fn certificate_from_pebble_is_served_renewed_and_kept() {
         "{resp}"
     );
 
-    // Renewal: a new certificate replaces the first while handshakes go on.
+    // Renewal: a new certificate replaces the first while calls go on (each over a new
+    // connection, so each handshake sees the slot as it is then).
     let mut renewed = false;
+    let mut calls = 0;
     for _ in 0..300 {
         let now = served(addr, &[root.as_bytes()])
             .await
             .expect("no failed handshake during renewal");
+        assert_eq!(
+            post_tls(addr, root.as_bytes()).await,
+            200,
+            "call {calls} during renewal"
+        );
+        calls += 1;
         if now != first {
             renewed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(renewed, "the certificate was never renewed");
+    assert!(renewed, "the certificate was never renewed ({calls} calls)");
 
     // Stored with its key and the account, owner-only.
     #[cfg(unix)]
