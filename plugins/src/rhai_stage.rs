@@ -36,7 +36,7 @@ use std::time::Duration;
 use gemini_proxy_sdk::hooks::{
     HookCandidate, HookError, HookRequest, RouteChange, RouteDecision, Router, WeighDecision,
 };
-use gemini_proxy_sdk::{BuildEnv, Plugin, PluginError, PluginFactory};
+use gemini_proxy_sdk::{Action, ApiKind, BuildEnv, KeyState, Plugin, PluginError, PluginFactory};
 use rhai::packages::{Package, StandardPackage};
 use rhai::{AST, Array, CallFnOptions, Dynamic, Engine, EvalAltResult, Map, Module, Scope, Shared};
 use serde::Deserialize;
@@ -57,12 +57,6 @@ fn default_max_array_size() -> usize {
 }
 fn default_max_map_size() -> usize {
     1024
-}
-fn default_true() -> bool {
-    true
-}
-fn default_watch_ms() -> u64 {
-    scripting::DEFAULT_WATCH_INTERVAL.as_millis() as u64
 }
 
 /// Config of the `rhai` stage.
@@ -90,10 +84,10 @@ pub struct RhaiConfig {
     #[serde(default = "default_max_map_size")]
     pub max_map_size: usize,
     /// Recompile when the file changes.
-    #[serde(default = "default_true")]
+    #[serde(default = "scripting::default_true")]
     pub watch: bool,
     /// How often the file is checked, in ms.
-    #[serde(default = "default_watch_ms")]
+    #[serde(default = "scripting::default_watch_ms")]
     pub watch_interval_ms: u64,
 }
 
@@ -112,33 +106,13 @@ struct Key(Arc<HookCandidate>);
 /// Names a script reads often, allocated once (a getter returns a reference-counted copy).
 static NAMES: LazyLock<std::collections::HashMap<&'static str, rhai::ImmutableString>> =
     LazyLock::new(|| {
-        [
-            "native",
-            "openai",
-            "upload",
-            "generateContent",
-            "streamGenerateContent",
-            "countTokens",
-            "embedContent",
-            "batchEmbedContents",
-            "modelVerb",
-            "models.list",
-            "models.get",
-            "files",
-            "cachedContents",
-            "batches",
-            "chat.completions",
-            "embeddings",
-            "openai.models",
-            "other",
-            "active",
-            "cooling_down",
-            "half_open",
-            "disabled",
-        ]
-        .into_iter()
-        .map(|n| (n, rhai::ImmutableString::from(n)))
-        .collect()
+        ApiKind::ALL
+            .map(ApiKind::as_str)
+            .into_iter()
+            .chain(Action::ALL.map(Action::as_str))
+            .chain(KeyState::ALL.map(KeyState::as_str))
+            .map(|n| (n, rhai::ImmutableString::from(n)))
+            .collect()
     });
 
 fn name(n: &'static str) -> rhai::ImmutableString {

@@ -344,6 +344,16 @@ impl<P: Program> Plugin for ScriptStage<P> {
 /// Default interval between checks of a program file for changes.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// serde default of the stages' `watch` field.
+pub(crate) fn default_true() -> bool {
+    true
+}
+
+/// serde default of the stages' `watch_interval_ms` field.
+pub(crate) fn default_watch_ms() -> u64 {
+    DEFAULT_WATCH_INTERVAL.as_millis() as u64
+}
+
 /// Reads a program file for a stage, with the path in the error.
 pub fn read_program(path: &Path) -> Result<Vec<u8>, PluginError> {
     std::fs::read(path)

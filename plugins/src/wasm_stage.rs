@@ -65,7 +65,7 @@ use std::time::Duration;
 use gemini_proxy_sdk::hooks::{
     HookCandidate, HookError, HookRequest, RouteChange, RouteDecision, Router, WeighDecision,
 };
-use gemini_proxy_sdk::{BuildEnv, KeyState, Plugin, PluginError, PluginFactory};
+use gemini_proxy_sdk::{BuildEnv, Plugin, PluginError, PluginFactory};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use wasmtime::{
@@ -93,12 +93,6 @@ fn default_timeout_ms() -> u64 {
 fn default_max_memory() -> u64 {
     16 * 1024 * 1024
 }
-fn default_true() -> bool {
-    true
-}
-fn default_watch_ms() -> u64 {
-    scripting::DEFAULT_WATCH_INTERVAL.as_millis() as u64
-}
 
 /// Config of the `wasm` stage.
 #[derive(Debug, Clone, Deserialize)]
@@ -119,10 +113,10 @@ pub struct WasmConfig {
     #[serde(default = "default_max_memory")]
     pub max_memory: u64,
     /// Recompile when the file changes.
-    #[serde(default = "default_true")]
+    #[serde(default = "scripting::default_true")]
     pub watch: bool,
     /// How often the file is checked, in ms.
-    #[serde(default = "default_watch_ms")]
+    #[serde(default = "scripting::default_watch_ms")]
     pub watch_interval_ms: u64,
 }
 
@@ -394,15 +388,6 @@ impl Writer {
     }
 }
 
-fn state_code(s: KeyState) -> u32 {
-    match s {
-        KeyState::CoolingDown => 1,
-        KeyState::HalfOpen => 2,
-        KeyState::Disabled => 3,
-        _ => 0,
-    }
-}
-
 /// Lays out the request (and candidates) for a guest buffer at `base`; returns the bytes and
 /// the offset of the first candidate record.
 fn encode(base: u32, req: &HookRequest, cands: &[HookCandidate]) -> (Vec<u8>, usize) {
@@ -448,7 +433,7 @@ fn encode(base: u32, req: &HookRequest, cands: &[HookCandidate]) -> (Vec<u8>, us
         w.put_str(at, &c.id);
         w.put_str(at + 8, &c.project);
         w.put_u32(at + 16, c.weight);
-        w.put_u32(at + 20, state_code(c.state));
+        w.put_u32(at + 20, u32::from(c.state.code()));
         w.put_u32(at + 24, c.in_flight);
         let flags = u32::from(c.remaining_rpm.is_some())
             | if c.remaining_tpm.is_some() { 2 } else { 0 }

@@ -42,10 +42,10 @@ use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings, sabi_trait};
 
-use crate::KeyState;
 use crate::hooks::{
     HookCandidate, HookError, HookRequest, RouteChange, RouteDecision, Router, WeighDecision,
 };
+use crate::{Action, ApiKind, KeyState};
 
 /// The request, FFI-safe ([`HookRequest`] on the wire).
 ///
@@ -254,28 +254,12 @@ fn opt_u64(v: Option<u64>) -> ROption<u64> {
     v.map_or(ROption::RNone, ROption::RSome)
 }
 
-const APIS: [&str; 3] = ["native", "openai", "upload"];
-const ACTIONS: [&str; 16] = [
-    "generateContent",
-    "streamGenerateContent",
-    "countTokens",
-    "embedContent",
-    "batchEmbedContents",
-    "modelVerb",
-    "models.list",
-    "models.get",
-    "files",
-    "cachedContents",
-    "batches",
-    "upload",
-    "chat.completions",
-    "embeddings",
-    "openai.models",
-    "other",
-];
-
-fn known(s: &str, names: &[&'static str], default: &'static str) -> &'static str {
-    names.iter().copied().find(|n| *n == s).unwrap_or(default)
+fn known(
+    s: &str,
+    names: impl IntoIterator<Item = &'static str>,
+    default: &'static str,
+) -> &'static str {
+    names.into_iter().find(|n| *n == s).unwrap_or(default)
 }
 
 impl FfiRequest {
@@ -325,12 +309,12 @@ impl FfiRequest {
         HookRequest {
             method: self.method.to_string(),
             path: self.path.to_string(),
-            api: known(&self.api, &APIS, "native"),
-            action: known(&self.action, &ACTIONS, "other"),
+            api: known(&self.api, ApiKind::ALL.map(ApiKind::as_str), "native"),
+            action: known(&self.action, Action::ALL.map(Action::as_str), "other"),
             model: opt_string(&self.model),
             stream: self.stream,
             subject: opt_string(&self.subject),
-            role: opt_string(&self.role).map(|r| known(&r, &["user", "admin"], "user")),
+            role: opt_string(&self.role).map(|r| known(&r, ["user", "admin"], "user")),
             claims: if self.claims_json.is_empty() {
                 serde_json::Value::Null
             } else {
@@ -350,24 +334,6 @@ impl FfiRequest {
     }
 }
 
-fn state_code(s: KeyState) -> u8 {
-    match s {
-        KeyState::Active => 0,
-        KeyState::CoolingDown => 1,
-        KeyState::HalfOpen => 2,
-        KeyState::Disabled => 3,
-    }
-}
-
-fn state_of(code: u8) -> KeyState {
-    match code {
-        1 => KeyState::CoolingDown,
-        2 => KeyState::HalfOpen,
-        3 => KeyState::Disabled,
-        _ => KeyState::Active,
-    }
-}
-
 impl FfiCandidate {
     /// The wire form of a candidate.
     ///
@@ -380,7 +346,7 @@ impl FfiCandidate {
             id: c.id.as_ref().into(),
             project: c.project.as_ref().into(),
             weight: c.weight,
-            state: state_code(c.state),
+            state: c.state.code(),
             in_flight: c.in_flight,
             latency_ewma_ms: c.latency_ewma_ms,
             remaining_rpm: opt_u64(c.remaining_rpm),
@@ -400,7 +366,7 @@ impl FfiCandidate {
             id: Arc::from(self.id.as_str()),
             project: Arc::from(self.project.as_str()),
             weight: self.weight,
-            state: state_of(self.state),
+            state: KeyState::from_code(self.state),
             in_flight: self.in_flight,
             latency_ewma_ms: self.latency_ewma_ms,
             remaining_rpm: self.remaining_rpm.into_option(),
@@ -417,7 +383,7 @@ fn ffi_error(reason: &str, message: &str) -> (RString, RString) {
 const REASONS: [&str; 6] = ["runtime", "limit", "timeout", "trap", "invalid", "panic"];
 
 fn hook_error(reason: &RString, message: &RString) -> HookError {
-    HookError::new(known(reason, &REASONS, "runtime"), message.to_string())
+    HookError::new(known(reason, REASONS, "runtime"), message.to_string())
 }
 
 /// Wraps a [`Router`] as an FFI-safe trait object (what the export macro does).

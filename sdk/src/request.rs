@@ -22,6 +22,13 @@ pub enum ApiKind {
 }
 
 impl ApiKind {
+    /// Every family, for code that maps names back (FFI, scripts).
+    ///
+    /// ```
+    /// assert!(gemini_proxy_sdk::ApiKind::ALL.iter().any(|k| k.as_str() == "upload"));
+    /// ```
+    pub const ALL: [ApiKind; 3] = [ApiKind::Native, ApiKind::OpenAi, ApiKind::Upload];
+
     /// A short stable name, used in metrics labels and audit rows.
     ///
     /// ```
@@ -81,6 +88,30 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, for code that maps names back (FFI, scripts).
+    ///
+    /// ```
+    /// assert!(gemini_proxy_sdk::Action::ALL.iter().any(|a| a.as_str() == "countTokens"));
+    /// ```
+    pub const ALL: [Action; 16] = [
+        Action::GenerateContent,
+        Action::StreamGenerateContent,
+        Action::CountTokens,
+        Action::EmbedContent,
+        Action::BatchEmbedContents,
+        Action::ModelVerb,
+        Action::ListModels,
+        Action::GetModel,
+        Action::Files,
+        Action::CachedContents,
+        Action::Batches,
+        Action::Upload,
+        Action::ChatCompletions,
+        Action::Embeddings,
+        Action::OpenAiModels,
+        Action::Other,
+    ];
+
     /// A stable camelCase name, as Gemini spells its verbs.
     ///
     /// ```

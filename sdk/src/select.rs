@@ -20,6 +20,42 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// Every state, for code that maps names back (FFI, scripts).
+    ///
+    /// ```
+    /// assert_eq!(gemini_proxy_sdk::KeyState::ALL.len(), 4);
+    /// ```
+    pub const ALL: [KeyState; 4] = [
+        KeyState::Active,
+        KeyState::CoolingDown,
+        KeyState::HalfOpen,
+        KeyState::Disabled,
+    ];
+
+    /// The state's code in plugin ABIs (native and Wasm): its index in [`KeyState::ALL`]
+    /// (0 active, 1 cooling down, 2 half-open, 3 disabled).
+    ///
+    /// ```
+    /// use gemini_proxy_sdk::KeyState;
+    /// assert_eq!(KeyState::HalfOpen.code(), 2);
+    /// assert_eq!(KeyState::from_code(2), KeyState::HalfOpen);
+    /// ```
+    pub fn code(self) -> u8 {
+        KeyState::ALL.iter().position(|k| *k == self).unwrap_or(0) as u8
+    }
+
+    /// The state for an ABI code; unknown codes read as `Active`.
+    ///
+    /// ```
+    /// assert_eq!(gemini_proxy_sdk::KeyState::from_code(9), gemini_proxy_sdk::KeyState::Active);
+    /// ```
+    pub fn from_code(code: u8) -> KeyState {
+        KeyState::ALL
+            .get(usize::from(code))
+            .copied()
+            .unwrap_or(KeyState::Active)
+    }
+
     /// Stable lowercase name.
     ///
     /// ```
