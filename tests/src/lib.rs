@@ -245,3 +245,43 @@ pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
 }
+
+/// Rewrites the first line of a [`config_yaml`] config (`server: { host, port }`) to
+/// `server: { host: 127.0.0.1, port: PORT, EXTRA }`: its own port unless `port` is given.
+pub fn set_server_line(text: &mut String, port: Option<u16>, extra: &str) {
+    let line = text.lines().next().expect("server line").to_string();
+    let port = port.map(|p| p.to_string()).unwrap_or_else(|| {
+        line.split("port: ")
+            .nth(1)
+            .expect("port")
+            .trim_end_matches(" }")
+            .to_string()
+    });
+    *text = text.replace(
+        &line,
+        &format!("server: {{ host: 127.0.0.1, port: {port}, {extra} }}"),
+    );
+}
+
+/// A rustls client (ring) trusting the certificates in `roots_pem` and offering `alpn`.
+pub fn tls_client(
+    roots_pem: &[&[u8]],
+    alpn: &[&[u8]],
+) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in roots_pem {
+        for c in rustls_pemfile::certs(&mut &pem[..]) {
+            roots.add(c.expect("PEM certificate")).expect("root");
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    std::sync::Arc::new(cfg)
+}

@@ -14,7 +14,6 @@ use gemini_proxy_tests::*;
 use rcgen::{CertificateParams, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 const KEYS: &[(&str, &str, u32)] = &[("a", "valid-a", 1)];
 
@@ -81,20 +80,8 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
     }
 }
 
-fn client_config(roots_pem: &[&[u8]]) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for pem in roots_pem {
-        for c in rustls_pemfile::certs(&mut &pem[..]) {
-            roots.add(c.unwrap()).unwrap();
-        }
-    }
-    Arc::new(
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
+fn client_config(roots_pem: &[&[u8]]) -> Arc<tokio_rustls::rustls::ClientConfig> {
+    tls_client(roots_pem, &[])
 }
 
 /// GET over TLS (HTTP/1.1, connection closed): the body.
@@ -178,18 +165,11 @@ fn acme_gateway_on(
     );
     let extra = extra.to_string();
     Harness::start_with(KEYS, "", move |text| {
-        let line = text.lines().next().unwrap().to_string();
-        let port = fixed_port.map(|p| p.to_string()).unwrap_or_else(|| {
-            line.split("port: ")
-                .nth(1)
-                .unwrap()
-                .trim_end_matches(" }")
-                .to_string()
-        });
-        *text = text.replace(
-            &line,
+        set_server_line(
+            text,
+            fixed_port,
             &format!(
-                "server: {{ host: 127.0.0.1, port: {port}, tls: {{ enabled: true, acme: {{ enabled: true, domains: [localhost], contact: ops@example.com, directory_url: \"{url}\", ca_file: \"{ca}\", http_port: {http_port}, storage_dir: \"{storage}\", retry_after: 1s{extra} }} }} }}"
+                "tls: {{ enabled: true, acme: {{ enabled: true, domains: [localhost], contact: ops@example.com, directory_url: \"{url}\", ca_file: \"{ca}\", http_port: {http_port}, storage_dir: \"{storage}\", retry_after: 1s{extra} }} }}"
             ),
         );
     })
@@ -382,9 +362,7 @@ async fn tls_alpn_01_is_answered_in_the_tls_listener_itself() {
     let tcp = tokio::net::TcpStream::connect(h.gateway.proxy_addr)
         .await
         .unwrap();
-    let mut cfg = (*client_config(&[root.as_bytes()])).clone();
-    cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
-    let r = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let r = tokio_rustls::TlsConnector::from(tls_client(&[root.as_bytes()], &[b"acme-tls/1"]))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await;
     assert!(r.is_err(), "no challenge certificate outside an order");

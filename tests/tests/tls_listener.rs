@@ -2,14 +2,12 @@
 //! swapped in when the files change (no restart), a broken replacement refused while the
 //! previous certificate keeps serving, expiry in `/health` and `/metrics`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use gemini_proxy_tests::*;
 use rcgen::{CertificateParams, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
 
 const KEYS: &[(&str, &str, u32)] = &[("a", "valid-a", 1)];
 
@@ -39,21 +37,11 @@ async fn connect(
     trust: &[&Pem],
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-    let mut roots = RootCertStore::empty();
-    for p in trust {
-        roots.add(CertificateDer::from(p.der.clone())).unwrap();
-    }
-    let mut cfg =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let roots: Vec<&[u8]> = trust.iter().map(|p| p.cert.as_bytes()).collect();
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(tls_client(&roots, alpn))
         .connect(ServerName::try_from("gw.test").unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())
@@ -75,18 +63,10 @@ async fn tls_listener_serves_h2_and_swaps_certificates_from_files() {
         key_path.display().to_string(),
     );
     let h = Harness::start_with(KEYS, "", |text| {
-        let line = text.lines().next().unwrap().to_string();
-        let port = line
-            .split("port: ")
-            .nth(1)
-            .unwrap()
-            .trim_end_matches(" }")
-            .to_string();
-        *text = text.replace(
-            &line,
-            &format!(
-                "server: {{ host: 127.0.0.1, port: {port}, tls: {{ enabled: true, cert_path: \"{c}\", key_path: \"{k}\" }} }}"
-            ),
+        set_server_line(
+            text,
+            None,
+            &format!("tls: {{ enabled: true, cert_path: \"{c}\", key_path: \"{k}\" }}"),
         );
     });
     let addr = h.gateway.proxy_addr;
@@ -177,18 +157,10 @@ async fn the_admin_listener_can_speak_tls_with_the_same_certificate() {
         key_path.display().to_string(),
     );
     let h = Harness::start_with(KEYS, "", |text| {
-        let line = text.lines().next().unwrap().to_string();
-        let port = line
-            .split("port: ")
-            .nth(1)
-            .unwrap()
-            .trim_end_matches(" }")
-            .to_string();
-        *text = text.replace(
-            &line,
-            &format!(
-                "server: {{ host: 127.0.0.1, port: {port}, tls: {{ enabled: true, cert_path: \"{c}\", key_path: \"{k}\" }} }}"
-            ),
+        set_server_line(
+            text,
+            None,
+            &format!("tls: {{ enabled: true, cert_path: \"{c}\", key_path: \"{k}\" }}"),
         );
         *text = text.replace("prometheus_port: ", "tls: true, prometheus_port: ");
     });
