@@ -3,8 +3,6 @@
 //! SIGQUIT with a new process started with `--upgrade` hands the listening sockets over while a
 //! load runs, and no call fails.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -13,45 +11,14 @@ use std::time::{Duration, Instant};
 
 use gemini_proxy_core::mock::MockGemini;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{free_port, http};
 
-/// One HTTP/1.1 exchange on a fresh connection: (status, raw body).
+/// A call with the client's credential.
 fn call(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return (0, String::new());
-    };
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\nx-goog-api-key: client-token\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        raw.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default(),
-    )
+    let mut all = vec![("x-goog-api-key", "client-token")];
+    all.extend_from_slice(headers);
+    http(port, "POST", path, &all, body)
 }
 
 const BODY: &str = r#"{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}"#;
@@ -87,13 +54,8 @@ fn spawn(config: &Path, dir: &Path, upgrade: bool) -> Proc {
 fn wait_health(admin: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", admin)) {
-            let _ = s.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-            let mut r = String::new();
-            let _ = s.read_to_string(&mut r);
-            if r.starts_with("HTTP/1.1 200") {
-                return;
-            }
+        if http(admin, "GET", "/health", &[], "").0 == 200 {
+            return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -265,23 +227,13 @@ fn sigquit_hands_the_listeners_to_a_new_process_under_load_without_failures() {
     let mut rows = 0;
     let mut last = String::new();
     for _ in 0..100 {
-        let mut s = TcpStream::connect(("127.0.0.1", admin)).unwrap();
-        let body = r#"{"sql":"SELECT count(*) AS n FROM requests"}"#;
-        let _ = s.write_all(
-            format!(
-                "POST /api/sql HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        let mut r = String::new();
-        let _ = s.read_to_string(&mut r);
-        rows = r
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(b).ok())
+        let sql = r#"{"sql":"SELECT count(*) AS n FROM requests"}"#;
+        let (_, body) = http(admin, "POST", "/api/sql", &[], sql);
+        rows = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
             .and_then(|v| v["rows"][0][0].as_u64())
             .unwrap_or(0) as usize;
-        last = r;
+        last = body;
         if rows == want {
             break;
         }
