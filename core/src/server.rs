@@ -81,9 +81,9 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
     let listen = addr(&c.server.host, c.server.port);
     if let Some(store) = &shared.tls {
         // TLS 1.2 and 1.3 (Pingora's rustls builder), h2 then http/1.1, the swappable slot.
-        let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+        let mut settings = store
+            .listener_settings()
             .map_err(|e| format!("TLS listener {listen}: {e}"))?;
-        settings.set_cert_resolver(store.clone());
         let tls_alpn_01 =
             c.server.tls.acme.as_ref().is_some_and(|a| {
                 a.enabled && a.challenge == crate::config::AcmeChallenge::TlsAlpn01
@@ -156,9 +156,9 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
         let admin_addr = addr(&c.metrics.host, c.metrics.prometheus_port);
         match (&shared.tls, c.metrics.tls) {
             (Some(store), true) => {
-                let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+                let settings = store
+                    .listener_settings()
                     .map_err(|e| format!("admin TLS listener {admin_addr}: {e}"))?;
-                settings.set_cert_resolver(store.clone());
                 admin.add_tls_with_settings(&admin_addr, None, settings);
             }
             _ => admin.add_tcp(&admin_addr),

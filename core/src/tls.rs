@@ -171,6 +171,16 @@ impl CertStore {
         };
     }
 
+    /// Listener settings serving this slot: Pingora's rustls builder (TLS 1.2 and 1.3) with
+    /// this store as the certificate resolver; ALPN is the caller's to set.
+    pub fn listener_settings(
+        self: &Arc<Self>,
+    ) -> pingora::Result<pingora::listeners::tls::TlsSettings> {
+        let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")?;
+        settings.set_cert_resolver(self.clone());
+        Ok(settings)
+    }
+
     /// Records a failed replacement (the current certificate stays).
     pub fn failed(&self, error: String) {
         self.info.lock().last_error = Some(error);
