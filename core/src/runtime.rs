@@ -123,6 +123,9 @@ pub struct Runtime {
     pub auth: Option<Arc<gemini_proxy_plugins::auth::Verifier>>,
     /// `server.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<crate::proxy::Cidr>,
+    /// Masks every pooled key (configured, added or removed through the API) in what is relayed
+    /// or stored.
+    pub scrubber: Arc<crate::proxy::Scrubber>,
 }
 
 /// With `auth.enabled`, the pipeline starts with the `auth` stage (configured from the top-level
@@ -317,6 +320,13 @@ impl Runtime {
             http2: c.gemini.http2,
         };
         let live = pool.live_handles(keys.iter().map(|k| &k.id));
+        let scrubber = Arc::new(crate::proxy::Scrubber::new(
+            c.gemini
+                .api_keys
+                .iter()
+                .chain(overlay.added.iter())
+                .map(|k| k.key.as_str()),
+        ));
         let keys_have_rules = keys
             .iter()
             .any(|k| !k.models.is_empty() || k.not_before.is_some() || k.expires_at.is_some());
@@ -347,6 +357,7 @@ impl Runtime {
                 .iter()
                 .filter_map(|t| crate::proxy::Cidr::parse(t).ok())
                 .collect(),
+            scrubber,
         })
     }
 

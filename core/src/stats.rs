@@ -222,13 +222,30 @@ fn summarize(slot: &Slot, span: Duration) -> Value {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ErrorSample {
     pub at_unix_ms: u64,
-    pub request_id: String,
+    /// Only ids the gateway made (a client's own `x-request-id` is its text, not ours).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     pub status: u16,
     pub upstream_status: u16,
+    /// The upstream's error reason or status name, as a code word.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_reason: Option<String>,
     pub class: String,
     pub key_id: Option<String>,
-    pub path: String,
-    pub message: String,
+    pub api: &'static str,
+    pub action: &'static str,
+    /// The model label (known models only, as in the metrics).
+    pub model: String,
+}
+
+/// `s` when it is a code word (`CONSUMER_SUSPENDED`, `RESOURCE_EXHAUSTED`): upper-case letters,
+/// digits and `_`, at most 64. Free text (which may echo a client) is never kept.
+pub fn code_word(s: &str) -> Option<String> {
+    (!s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
+    .then(|| s.to_string())
 }
 
 /// What one finished call contributes.
@@ -376,13 +393,15 @@ mod tests {
                 overhead: Some(Duration::from_micros(300)),
                 error: (i % 10 == 0).then(|| ErrorSample {
                     at_unix_ms: 0,
-                    request_id: format!("r{i}"),
+                    request_id: Some(format!("r{i}")),
                     status: 502,
                     upstream_status: 0,
+                    upstream_reason: None,
                     class: "upstream_unreachable".into(),
                     key_id: Some("k".into()),
-                    path: "/v1beta/models".into(),
-                    message: "x".into(),
+                    api: "native",
+                    action: "models.list",
+                    model: "m".into(),
                 }),
             });
         }

@@ -27,9 +27,17 @@ async fn no_secret_in_any_output() {
         .with_env_filter(gemini_proxy_core::cli::log_filter("trace"))
         .with_writer(move || sink.clone())
         .init();
-    let pool = ["valid-SECRETPOOLKEY-1", "invalid-SECRETPOOLKEY-2"];
+    let pool = [
+        "valid-SECRETPOOLKEY-1",
+        "invalid-SECRETPOOLKEY-2",
+        "suspended-SECRETPOOLKEY-4",
+    ];
     let h = Harness::start_with(
-        &[("one", pool[0], 1), ("two", pool[1], 1)],
+        &[
+            ("one", pool[0], 1),
+            ("two", pool[1], 1),
+            ("four", pool[2], 1),
+        ],
         "pipeline: [request_log, key_select]\n",
         |_| {},
     );
@@ -40,6 +48,8 @@ async fn no_secret_in_any_output() {
         "/v1beta/models/mock-overloaded:generateContent",
         "/v1beta/models/mock-slow-10:streamGenerateContent?alt=sse",
         "/v1beta/models/mock-cut:streamGenerateContent?alt=sse",
+        "/v1beta/models/mock-leaky:generateContent",
+        "/v1beta/models/mock-leaky:streamGenerateContent?alt=sse",
         "/nowhere",
     ] {
         for cred in [
@@ -200,6 +210,11 @@ async fn no_secret_in_any_output() {
     }
     for secret in pool.iter().copied().chain([client_secret, "SECRETPOOLKEY"]) {
         assert!(!logs.contains(secret), "secret {secret} in logs");
-        assert!(!bodies.contains(secret), "secret {secret} in responses");
+        if let Some(i) = bodies.find(secret) {
+            panic!(
+                "secret {secret} in responses: {}",
+                &bodies[i.saturating_sub(300)..(i + 100).min(bodies.len())]
+            );
+        }
     }
 }

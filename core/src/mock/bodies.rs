@@ -14,10 +14,12 @@ pub fn err_leaked() -> Value {
     json!({"error": {"code": 403, "message": "Your API key was reported as leaked. Please use another API key.", "status": "PERMISSION_DENIED"}})
 }
 
-pub fn err_suspended() -> Value {
-    json!({"error": {"code": 403, "message": "Permission denied: Consumer 'api_key:mock' has been suspended.", "status": "PERMISSION_DENIED",
+/// Google names the caller's whole key in this one, in the message and the metadata.
+pub fn err_suspended(key: &str) -> Value {
+    json!({"error": {"code": 403, "message": format!("Permission denied: Consumer 'api_key:{key}' has been suspended."), "status": "PERMISSION_DENIED",
         "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "CONSUMER_SUSPENDED", "domain": "googleapis.com",
-                     "metadata": {"service": "generativelanguage.googleapis.com", "consumer": "projects/578829824020"}}]}})
+                     "metadata": {"service": "generativelanguage.googleapis.com", "consumer": "projects/578829824020",
+                                  "containerInfo": format!("api_key:{key}")}}]}})
 }
 
 pub fn err_unregistered() -> Value {

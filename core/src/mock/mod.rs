@@ -9,6 +9,9 @@
 //!   `mock-midstream-error` → two chunks then an error event; `mock-truncated` → a stream that
 //!   ends without `finishReason`; `mock-cut` → the connection drops mid-stream; `mock-empty`,
 //!   `mock-blocked`, `mock-fc` → the special bodies of §5.2; unknown `nosuch-*` models → 404.
+//! - `mock-leaky` answers with the key it was called with everywhere an upstream could put it:
+//!   in response headers, a `Location` with `?key=`, and the body (a stream cuts it across
+//!   chunks). The gateway must mask all of it.
 //! - headers: `x-mock-chunks: N` (stream length), `x-mock-event-delay-ms: N` (pause between
 //!   stream events).
 //!
@@ -478,6 +481,9 @@ async fn handle(
         if let Some(resp) = model_fault(model, openai).await {
             return Ok(resp);
         }
+        if model == "mock-leaky" {
+            return Ok(leaky(&key, verb == Some("streamGenerateContent")).await);
+        }
         return Ok(match verb {
             None => json_resp(200, &model_object(model)),
             Some("generateContent") => generate(&state, &project, model, &body),
@@ -536,7 +542,7 @@ fn key_fault(state: &State, key: &str, openai: bool) -> Option<Response<Body>> {
         return Some(google_error(403, err_leaked(), openai));
     }
     if k.starts_with("suspended-") {
-        return Some(google_error(403, err_suspended(), openai));
+        return Some(google_error(403, err_suspended(k), openai));
     }
     if k.starts_with("minute429-") {
         return Some(google_error(
@@ -588,6 +594,50 @@ fn key_fault(state: &State, key: &str, openai: bool) -> Option<Response<Body>> {
         }
     }
     None
+}
+
+/// An answer that carries `key` in headers and body (an upstream that should never be trusted
+/// with what it echoes).
+async fn leaky(key: &str, stream: bool) -> Response<Body> {
+    let text = format!("the key is {key}; as a consumer: api_key:{key}");
+    let mut resp = if stream {
+        let event = format!(
+            "data: {}\r\n\r\n",
+            json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
+                   "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1, "totalTokenCount": 2}})
+        );
+        let (tx, resp) = channel_body(200, "text/event-stream");
+        tokio::spawn(async move {
+            // Small pieces, so the key straddles chunk boundaries.
+            for piece in event.as_bytes().chunks(7) {
+                if tx.send(Ok(Bytes::copy_from_slice(piece))).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        resp
+    } else {
+        json_resp(
+            200,
+            &json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}]}),
+        )
+    };
+    let h = resp.headers_mut();
+    for (name, value) in [
+        ("x-mock-key", key.to_string()),
+        ("server-timing", format!("upstream;desc=\"{key}\"")),
+        (
+            "location",
+            format!("https://elsewhere.example/next?alt=sse&key={key}"),
+        ),
+        ("x-goog-upload-status", format!("active {key}")),
+    ] {
+        if let Ok(v) = value.parse() {
+            h.insert(hyper::header::HeaderName::from_static(name), v);
+        }
+    }
+    resp
 }
 
 async fn model_fault(model: &str, openai: bool) -> Option<Response<Body>> {

@@ -190,7 +190,7 @@ mod tests {
             Verdict::KeyDead(DeadReason::Leaked)
         );
         assert_eq!(
-            c(403, mock::err_suspended()),
+            c(403, mock::err_suspended("k")),
             Verdict::KeyDead(DeadReason::Suspended)
         );
         match c(429, mock::err_quota_minute("m", 10, "17s")) {

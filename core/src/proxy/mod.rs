@@ -6,6 +6,8 @@
 mod errors;
 mod inbound;
 mod observer;
+mod response_head;
+mod scrub;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,6 +28,7 @@ use pingora::proxy::{ProxyHttp, Session};
 pub use errors::{ErrorStyle, error_body};
 pub use inbound::{Cidr, Inbound, client_ip, sanitize_headers, split_key_param};
 pub use observer::{BodyFormat, Observed, Observer};
+pub use scrub::{Scrubber, StreamScrub};
 
 use crate::pipeline::StageFailure;
 use crate::pool::{Verdict, classify};
@@ -191,7 +194,11 @@ pub struct CallState {
     api: &'static str,
     action: &'static str,
     model: Option<String>,
-    error_message: Option<String>,
+    /// The upstream's error status or reason (`PERMISSION_DENIED`, `CONSUMER_SUSPENDED`):
+    /// what `/errors` shows instead of a message (messages echo what clients sent).
+    upstream_reason: Option<String>,
+    /// The client sent its own `x-request-id` (not shown on the open `/errors` page).
+    client_request_id: bool,
     counted_in_flight: bool,
     /// Index (in the runtime's keys) of the key of the last attempt.
     key_index: Option<usize>,
@@ -275,48 +282,39 @@ enum RequestBody {
     },
 }
 
-/// Response headers that describe a hop, not the message.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "alt-svc",
-];
-
-/// Rewrites an upstream upload URL to point at the gateway, dropping any `key=`.
-fn rewrite_upload_url(value: &str, public_base: &str) -> Option<String> {
-    let uri: http::Uri = value.parse().ok()?;
-    let pq = uri.path_and_query()?;
-    let query = pq.query().and_then(|q| split_key_param(q).0);
-    Some(match query {
-        Some(q) => format!("{public_base}{}?{q}", pq.path()),
-        None => format!("{public_base}{}", pq.path()),
-    })
-}
-
 impl GatewayProxy {
+    /// The gateway's origin as clients reach it, for upload URLs: `server.public_url`, else the
+    /// request's `Host` when it names this listener, else the address the connection reached.
+    /// An arbitrary `Host` is never believed: it would point a client's upload elsewhere.
     fn public_base(&self, rt: &Runtime, session: &Session) -> String {
         if let Some(u) = &rt.public_url {
             return u.clone();
         }
-        let req = session.req_header();
-        let host = req
+        let server = &rt.config.server;
+        let scheme = if server.tls.enabled { "https" } else { "http" };
+        let names: Vec<String> = server
+            .tls
+            .acme
+            .as_ref()
+            .map(|a| a.domains.clone())
+            .unwrap_or_default();
+        if let Some(host) = session
+            .req_header()
             .headers
             .get("host")
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri.authority().map(|a| a.to_string()))
-            .unwrap_or_else(|| format!("{}:{}", rt.config.server.host, rt.config.server.port));
-        let scheme = if rt.config.server.tls.enabled {
-            "https"
-        } else {
-            "http"
-        };
-        format!("{scheme}://{host}")
+            .filter(|h| crate::config::host_names_listener(h, &server.host, server.port, &names))
+        {
+            return format!("{scheme}://{host}");
+        }
+        match session
+            .downstream_session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+        {
+            Some(a) => format!("{scheme}://{a}"),
+            None => format!("{scheme}://{}:{}", server.host, server.port),
+        }
     }
 
     /// Answers a CORS preflight (no credential needed: browsers send none on preflight).
@@ -360,7 +358,6 @@ impl GatewayProxy {
     async fn write_failure(&self, session: &mut Session, ctx: &mut CallState, f: Failure) {
         ctx.done.status = f.status;
         ctx.done.error_class = Some(f.class.to_string());
-        ctx.error_message = Some(f.message.clone());
         if f.status == 499 || session.response_written().is_some() {
             return;
         }
@@ -787,23 +784,10 @@ impl GatewayProxy {
         let method = &session.req_header().method;
         let mut out = ResponseHeader::build(resp.status, Some(resp.headers.len() + 2))
             .map_err(|_| Failure::new(502, "upstream_protocol", "bad upstream status"))?;
-        for (name, value) in &resp.headers {
-            if HOP_BY_HOP.contains(&name.as_str()) {
-                continue;
-            }
-            if name.as_str() == "x-goog-upload-url" {
-                let base = self.public_base(rt, session);
-                if let Some(v) = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| rewrite_upload_url(v, &base))
-                    && let Ok(hv) = HeaderValue::from_str(&v)
-                {
-                    let _ = out.append_header(name.clone(), hv);
-                }
-                continue;
-            }
-            let _ = out.append_header(name.clone(), value.clone());
+        let base = || self.public_base(rt, session);
+        for (name, value) in response_head::client_headers(resp.headers.iter(), &rt.scrubber, &base)
+        {
+            let _ = out.append_header(name, value);
         }
         let _ = out.insert_header("x-request-id", ctx.request_id.as_str());
         cors_headers(rt, session, &mut out);
@@ -975,6 +959,8 @@ impl GatewayProxy {
                     "upstream error body too large",
                 ));
             }
+            // Google may name the key it was called with (a suspended consumer's 403).
+            rt.scrubber.mask(&mut buf);
             let bytes = buf.freeze();
             outcome.error = UpstreamError::parse(&bytes);
             error_body_bytes = Some(bytes);
@@ -986,11 +972,7 @@ impl GatewayProxy {
             }
         }
         if let Some(e) = &outcome.error {
-            ctx.error_message = Some(format!(
-                "upstream {}: {}",
-                e.status,
-                truncate(&e.message, 200)
-            ));
+            ctx.upstream_reason = crate::stats::code_word(e.reason.as_deref().unwrap_or(&e.status));
         }
 
         let resource = matches!(inbound.route.action, Action::Files | Action::CachedContents);
@@ -1106,6 +1088,7 @@ impl GatewayProxy {
         let mut idle_done = false;
         let mut complete = false;
         let mut client_gone = false;
+        let mut scrubbed = StreamScrub::default();
         loop {
             let next = tokio::select! {
                 biased;
@@ -1117,47 +1100,42 @@ impl GatewayProxy {
                     }
                 }
             };
-            match next {
-                Ok(Some(first)) => {
-                    // Chunks the upstream already delivered (one read often carries several
-                    // SSE events) go out in one write: no added latency, fewer syscalls.
-                    let (chunk, ended) = coalesce_ready(&mut up, first);
-                    observer.feed(&chunk);
-                    if observe_chunks {
-                        let cx = ctx.cx.as_mut().expect("context");
-                        rt.pipeline.response_chunk(cx, &chunk);
-                    }
-                    ctx.done.response_bytes += chunk.len() as u64;
-                    if session
-                        .write_response_body(Some(chunk), false)
-                        .await
-                        .is_err()
-                    {
-                        client_gone = true;
-                        break;
-                    }
-                    match ended {
-                        Some(Ok(())) => {
-                            complete = true;
-                            break;
-                        }
-                        Some(Err(e)) => {
-                            tracing::warn!(request_id = %ctx.request_id, key_id = %key.id, error = %e.etype().as_str(), "upstream body failed mid-stream");
-                            ctx.done.error_class = Some("stream_interrupted".into());
-                            break;
-                        }
-                        None => {}
-                    }
+            let (chunk, ended) = match next {
+                // Chunks the upstream already delivered (one read often carries several SSE
+                // events) go out in one write: no added latency, fewer syscalls.
+                Ok(Some(first)) => coalesce_ready(&mut up, first),
+                Ok(None) => (Bytes::new(), Some(Ok(()))),
+                Err(e) => (Bytes::new(), Some(Err(e))),
+            };
+            let last = matches!(ended, Some(Ok(())));
+            let chunk = scrubbed.feed(&rt.scrubber, chunk, last);
+            if !chunk.is_empty() {
+                observer.feed(&chunk);
+                if observe_chunks {
+                    let cx = ctx.cx.as_mut().expect("context");
+                    rt.pipeline.response_chunk(cx, &chunk);
                 }
-                Ok(None) => {
+                ctx.done.response_bytes += chunk.len() as u64;
+                if session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
+                {
+                    client_gone = true;
+                    break;
+                }
+            }
+            match ended {
+                Some(Ok(())) => {
                     complete = true;
                     break;
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::warn!(request_id = %ctx.request_id, key_id = %key.id, error = %e.etype().as_str(), "upstream body failed mid-stream");
                     ctx.done.error_class = Some("stream_interrupted".into());
                     break;
                 }
+                None => {}
             }
         }
         ctx.done.upstream_latency = Some(upstream_started.elapsed());
@@ -1178,7 +1156,7 @@ impl GatewayProxy {
         ctx.done.truncated = observed.truncated;
         if let Some(m) = &observed.midstream_error {
             ctx.done.error_class = Some("midstream_error".into());
-            ctx.error_message = Some(truncate(m, 200));
+            tracing::debug!(request_id = %ctx.request_id, message = %truncate(m, 200), "error inside the stream");
         } else if observed.truncated && ctx.done.error_class.is_none() && !client_gone {
             ctx.done.error_class = Some("truncated_stream".into());
         }
@@ -1441,7 +1419,8 @@ impl ProxyHttp for GatewayProxy {
             api: "unknown",
             action: "unknown",
             model: None,
-            error_message: None,
+            upstream_reason: None,
+            client_request_id: false,
             counted_in_flight: false,
             key_index: None,
             extra: crate::audit::CallExtra::default(),
@@ -1469,7 +1448,10 @@ impl ProxyHttp for GatewayProxy {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok());
         ctx.request_id = match incoming {
-            Some(v) if valid_request_id(v) => v.to_string(),
+            Some(v) if valid_request_id(v) => {
+                ctx.client_request_id = true;
+                v.to_string()
+            }
             _ => new_request_id(),
         };
         ctx.style = ErrorStyle::for_path(session.req_header().uri.path());
@@ -1557,17 +1539,19 @@ impl ProxyHttp for GatewayProxy {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
-            request_id: ctx.request_id.clone(),
+            request_id: (!ctx.client_request_id).then(|| ctx.request_id.clone()),
             status,
             upstream_status: ctx.done.upstream_status,
+            upstream_reason: ctx.upstream_reason.clone(),
             class: ctx
                 .done
                 .error_class
                 .clone()
                 .unwrap_or_else(|| classify_status(status).into()),
             key_id: ctx.done.key_id.clone(),
-            path: session.req_header().uri.path().chars().take(200).collect(),
-            message: ctx.error_message.clone().unwrap_or_default(),
+            api: ctx.api,
+            action: ctx.action,
+            model: model.clone(),
         });
         if let Some(k) = ctx.done.key_id.as_deref() {
             let t = self.shared.anomalies.observe(
