@@ -160,19 +160,27 @@ impl History {
     }
 }
 
-/// The config as JSON with every secret replaced by `"<redacted>"`.
+/// What the redacted config shows in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+/// Field names whose values are secrets (redacted on the way out, restored on the way in).
+pub const SECRET_FIELDS: &[&str] = &[
+    "key",
+    "jwt_secret",
+    "admin_password",
+    "admin_password_hash",
+    "secret",
+];
+
+/// The config as JSON with every secret replaced by [`REDACTED`].
 pub fn redacted(c: &crate::config::Config) -> Value {
     let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
     fn scrub(v: &mut Value) {
         match v {
             Value::Object(m) => {
                 for (k, x) in m.iter_mut() {
-                    let secret = matches!(
-                        k.as_str(),
-                        "key" | "jwt_secret" | "admin_password" | "admin_password_hash" | "secret"
-                    );
-                    if secret && !x.is_null() {
-                        *x = Value::String("<redacted>".into());
+                    if SECRET_FIELDS.contains(&k.as_str()) && !x.is_null() {
+                        *x = Value::String(REDACTED.into());
                     } else {
                         scrub(x);
                     }

@@ -30,14 +30,8 @@ fn serve(args: ServeArgs) -> i32 {
     for f in &security.findings {
         tracing::warn!(target: "gemini_proxy::security", id = f.id, severity = ?f.severity, cwe = f.cwe, fix = f.fix, "{}", f.title);
     }
-    if c.server.mode == gemini_proxy_core::config::ServerMode::Production
-        && security.blocks_production
-    {
-        eprintln!(
-            "error: production mode refuses to start (critical finding or score under {}):\n{}",
-            security.min_score,
-            security.text()
-        );
+    if let Some(why) = gemini_proxy_core::security::production_refusal(&loaded) {
+        eprintln!("error: production mode refuses to start {why}");
         return 2;
     }
     let shared = match Shared::new(&loaded, gemini_proxy_core::builtin_registry()) {

@@ -48,6 +48,9 @@ pub async fn reload_as(
     let s = shared.clone();
     let built = tokio::task::spawn_blocking(move || {
         let loaded = load_file(&path, &process_env).map_err(|e| e.to_string())?;
+        if let Some(why) = crate::security::production_refusal(&loaded) {
+            return Err(format!("production mode refuses this config {why}"));
+        }
         s.pool.set_keys_file(crate::runtime::keys_file_of(&loaded));
         let current = s.runtime.load_full();
         let rt = Runtime::build(&loaded, &s.registry, Some(&current), &s.pool)

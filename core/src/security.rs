@@ -139,6 +139,22 @@ fn program_files(loaded: &LoadedConfig) -> Vec<(&'static str, std::path::PathBuf
     out
 }
 
+/// Why production mode refuses `loaded` (at start-up, on reload and on `PUT /api/config`), if
+/// it does: a critical finding or a score under the minimum (`(...):` then the report).
+pub fn production_refusal(loaded: &LoadedConfig) -> Option<String> {
+    if loaded.config.server.mode != crate::config::ServerMode::Production {
+        return None;
+    }
+    let r = assess(loaded);
+    r.blocks_production.then(|| {
+        format!(
+            "(critical finding or score under {}):\n{}",
+            r.min_score,
+            r.text()
+        )
+    })
+}
+
 pub fn assess(loaded: &LoadedConfig) -> Report {
     let c = &loaded.config;
     let mut f: Vec<Finding> = Vec::new();

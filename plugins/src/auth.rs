@@ -396,8 +396,29 @@ impl Verifier {
         if !matches!(claims.role.as_deref(), None | Some("user") | Some("admin")) {
             return Err(AuthError::BadRole);
         }
+        if check_subject(&claims.sub).is_err() {
+            return Err(AuthError::Malformed);
+        }
         Ok(claims)
     }
+}
+
+/// Longest `sub` accepted.
+pub const MAX_SUBJECT: usize = 256;
+
+/// A subject ends up in log lines, audit rows and metrics: no control characters (a newline
+/// would forge a log line), not empty, at most [`MAX_SUBJECT`] bytes.
+pub fn check_subject(sub: &str) -> Result<(), String> {
+    if sub.trim().is_empty() {
+        return Err("sub is empty".into());
+    }
+    if sub.len() > MAX_SUBJECT {
+        return Err(format!("sub is longer than {MAX_SUBJECT} bytes"));
+    }
+    if sub.chars().any(char::is_control) {
+        return Err("sub holds control characters".into());
+    }
+    Ok(())
 }
 
 /// Verified tokens remembered per verifier (the cache starts over when full).
@@ -590,6 +611,12 @@ mod tests {
         let mut bad_role = good.clone();
         bad_role.role = Some("root".into());
         assert_eq!(v.verify(&token(&bad_role)), Err(AuthError::BadRole));
+        // A subject that would forge a log line.
+        let mut forging = good.clone();
+        forging.sub = "alice\n2026-01-01T00:00:00Z INFO admin logged in".into();
+        assert_eq!(v.verify(&token(&forging)), Err(AuthError::Malformed));
+        forging.sub = "x".repeat(MAX_SUBJECT + 1);
+        assert_eq!(v.verify(&token(&forging)), Err(AuthError::Malformed));
     }
 
     #[test]

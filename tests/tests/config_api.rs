@@ -23,7 +23,12 @@ async fn req(
         .request(m, h.admin(path))
         .header("authorization", format!("Bearer {token}"));
     if let Some(b) = body {
-        r = r.body(b);
+        let media = if path == "/api/config" {
+            "application/yaml"
+        } else {
+            "application/json"
+        };
+        r = r.header("content-type", media).body(b);
     }
     json_of(r.send().await.unwrap()).await
 }

@@ -66,8 +66,74 @@ pub fn load_file(path: &Path, env: EnvLookup<'_>) -> Result<LoadedConfig, Config
     Ok(loaded)
 }
 
+/// Deepest nesting a config may have (real ones stay under 10); deeper documents cost the
+/// YAML parser quadratic time before its own limit.
+const MAX_NESTING: usize = 64;
+
+/// The line where `text` nests deeper than [`MAX_NESTING`]: flow brackets, block sequence
+/// dashes on one line, or indentation (outside quoted strings and comments).
+fn too_deep(text: &str) -> Option<usize> {
+    let mut flow = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches([' ', '-', '\t']).len();
+        if indent > MAX_NESTING * 8 {
+            return Some(n + 1);
+        }
+        let mut quote: Option<char> = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    flow += 1;
+                    if flow > MAX_NESTING {
+                        return Some(n + 1);
+                    }
+                }
+                (None, ']' | '}') => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// A secret field (anywhere) that holds the redaction placeholder: never a real value.
+fn placeholder_secret(v: &Value, at: &str) -> Option<String> {
+    use crate::config_history::{REDACTED, SECRET_FIELDS};
+    match v {
+        Value::Mapping(m) => m.iter().find_map(|(k, x)| {
+            let name = k.as_str().unwrap_or("");
+            let path = if at.is_empty() {
+                name.to_string()
+            } else {
+                format!("{at}.{name}")
+            };
+            if SECRET_FIELDS.contains(&name) && x.as_str() == Some(REDACTED) {
+                Some(path)
+            } else {
+                placeholder_secret(x, &path)
+            }
+        }),
+        Value::Sequence(s) => s
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| placeholder_secret(x, &format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
 pub fn load_str(text: &str, file: &str, env: EnvLookup<'_>) -> Result<LoadedConfig, ConfigError> {
     let source_hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
+    if let Some(line) = too_deep(text) {
+        return Err(ConfigError::new(
+            file,
+            format!("line {line}"),
+            format!("nested more than {MAX_NESTING} levels deep"),
+        ));
+    }
     let mut value: Value = serde_yaml::from_str(text).map_err(|e| {
         let at = e
             .location()
@@ -77,6 +143,16 @@ pub fn load_str(text: &str, file: &str, env: EnvLookup<'_>) -> Result<LoadedConf
     })?;
     if value.is_null() {
         value = Value::Mapping(Mapping::new());
+    }
+    if let Some(path) = placeholder_secret(&value, "") {
+        return Err(ConfigError::new(
+            file,
+            path,
+            format!(
+                "holds `{}`, the placeholder the admin API shows for a secret: write the secret itself",
+                crate::config_history::REDACTED
+            ),
+        ));
     }
     if !value.is_mapping() {
         return Err(ConfigError::new(
@@ -320,6 +396,12 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
         if secret.is_empty() {
             return err(format!("gemini.api_keys[{i}].key"), "is empty".into());
         }
+        if secret == crate::config_history::REDACTED {
+            return err(
+                format!("gemini.api_keys[{i}].key"),
+                "is the placeholder the admin API shows for a secret: send the key itself".into(),
+            );
+        }
         if secret.bytes().any(|b| b.is_ascii_control() || b == b' ') {
             return err(
                 format!("gemini.api_keys[{i}].key"),
@@ -517,6 +599,40 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_quickly() {
+        for text in [
+            format!("a: {}{}", "[".repeat(100_000), "]".repeat(100_000)),
+            format!("{}x", "- ".repeat(5_000)),
+            (0..200)
+                .map(|i| format!("{}k{i}:\n", " ".repeat(i * 4)))
+                .collect::<String>(),
+        ] {
+            let started = std::time::Instant::now();
+            let Err(e) = load_str(&text, "t", &no_env) else {
+                panic!("accepted")
+            };
+            assert!(e.to_string().contains("nested more than"), "{e}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        }
+        // Brackets inside strings and comments do not count.
+        let ok = format!(
+            "server: {{ host: \"{}\" }} # {}\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(too_deep(&ok).is_none());
+    }
+
+    #[test]
+    fn the_redaction_placeholder_is_never_a_secret() {
+        let text = MINIMAL.replace("your-gemini-api-key", "<redacted>");
+        let Err(e) = load_str(&text, "t", &no_env) else {
+            panic!("accepted")
+        };
+        assert!(e.to_string().contains("gemini.api_keys[0].key"), "{e}");
     }
 
     const MINIMAL: &str = r#"

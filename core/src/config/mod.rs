@@ -31,8 +31,8 @@ pub fn host_names_listener(value: &str, listen_host: &str, port: u16, names: &[S
     };
     let port_ok = match given {
         Some(p) => p.parse::<u16>().ok() == Some(port),
-        // Browsers leave out the scheme's default port.
-        None => port == 80 || port == 443,
+        // No port: not what a browser sends to a non-default port, so not a rebinding page.
+        None => true,
     };
     if !port_ok || name.is_empty() {
         return false;
@@ -76,7 +76,7 @@ mod host_tests {
             "rebinding"
         );
         assert!(!ok("127.0.0.1:9091", "127.0.0.1", 9090, none), "other port");
-        assert!(!ok("127.0.0.1", "127.0.0.1", 9090, none), "default port");
+        assert!(ok("127.0.0.1", "127.0.0.1", 9090, none), "no port");
         assert!(!ok("::1:9090", "127.0.0.1", 9090, none), "unbracketed v6");
         assert!(!ok("127.0.0.1:x", "127.0.0.1", 9090, none));
         assert!(!ok(":9090", "127.0.0.1", 9090, none));

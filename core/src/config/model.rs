@@ -457,6 +457,11 @@ pub struct MetricsConfig {
     /// Serve the admin listener over TLS too, with the proxy's certificate (needs
     /// `server.tls.enabled`).
     pub tls: bool,
+    /// DNS names (besides loopback names, the bound address and, on a wildcard bind, address
+    /// literals) that the admin listener answers to in `Host`; any other name is refused, which
+    /// stops DNS rebinding from a browser.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for MetricsConfig {
@@ -466,6 +471,7 @@ impl Default for MetricsConfig {
             host: "127.0.0.1".into(),
             prometheus_port: 9090,
             tls: false,
+            allowed_hosts: Vec::new(),
         }
     }
 }

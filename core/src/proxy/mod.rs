@@ -25,7 +25,7 @@ use pingora::prelude::*;
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::{ProxyHttp, Session};
 
-pub use errors::{ErrorStyle, error_body};
+pub use errors::{ErrorStyle, error_body, grpc_status};
 pub use inbound::{Cidr, Inbound, client_ip, sanitize_headers, split_key_param};
 pub use observer::{BodyFormat, Observed, Observer};
 pub use scrub::{Scrubber, StreamScrub};

@@ -1,0 +1,84 @@
+//! The public monitoring routes: `/health`, `/metrics`, `/performance`, `/errors`. What they
+//! show is the gateway's own: key ids, configured names, code words; never a secret, a message
+//! or a path a client sent.
+
+use http::Response;
+use serde_json::json;
+
+use super::{AdminApp, json_response};
+
+impl AdminApp {
+    pub(super) fn health(&self) -> Response<Vec<u8>> {
+        json_response(200, &self.health_value())
+    }
+
+    fn health_value(&self) -> serde_json::Value {
+        let rt = self.shared.runtime.load();
+        let keys = &rt.config.gemini.api_keys;
+        json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.shared.started.elapsed().as_secs(),
+            "config_generation": rt.generation,
+            "keys": {"configured": keys.len(), "enabled": keys.iter().filter(|k| k.enabled).count()},
+            "upstream": {"host": rt.upstream.target.host, "tls": rt.upstream.target.tls},
+            "pipeline": rt.pipeline.stages.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
+            "tls": self.shared.tls.as_ref().map(|t| {
+                let info = t.info();
+                json!({
+                    "source": info.source,
+                    "names": info.names,
+                    "not_after": info.not_after,
+                    "expires_in_seconds": t.expires_in(),
+                    "loaded_at": info.loaded_at,
+                    "last_error": info.last_error,
+                })
+            }),
+        })
+    }
+
+    pub(super) fn metrics(&self) -> Response<Vec<u8>> {
+        self.shared.metrics.publish_pool(&self.shared.pool.report());
+        self.shared.metrics.publish_scripts();
+        if let Some(t) = &self.shared.tls {
+            self.shared.metrics.certificate_expiry.set(t.expires_in());
+        }
+        if let Some(a) = &self.shared.audit {
+            self.shared
+                .metrics
+                .audit_dropped
+                .set(a.dropped.load(std::sync::atomic::Ordering::Relaxed) as i64);
+            self.shared
+                .metrics
+                .audit_written
+                .set(a.written.load(std::sync::atomic::Ordering::Relaxed) as i64);
+            self.shared
+                .metrics
+                .audit_queue_depth
+                .set(a.queue_depth() as i64);
+            self.shared
+                .metrics
+                .audit_db_errors
+                .set(a.db_errors.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        }
+        let body = self.shared.metrics.render();
+        Response::builder()
+            .status(200)
+            .header("content-type", "text/plain; version=0.0.4")
+            .header("content-length", body.len())
+            .body(body)
+            .expect("valid response")
+    }
+
+    pub(super) fn performance(&self) -> Response<Vec<u8>> {
+        self.shared
+            .report_anomalies(self.shared.anomalies.tick(crate::anomaly::now_ms()));
+        let mut v = self.shared.stats.performance();
+        v["anomalies"] = self.shared.anomalies.report();
+        json_response(200, &v)
+    }
+
+    pub(super) fn errors(&self) -> Response<Vec<u8>> {
+        json_response(200, &self.shared.stats.errors())
+    }
+}
