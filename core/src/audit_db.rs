@@ -25,6 +25,10 @@ use crate::pool::clock;
 /// Version of the tables below; stored in `audit_meta`.
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// The tables and views, as one script (the SQL guard's private copy is built from it).
+pub static SCHEMA_AND_VIEWS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("{SCHEMA}\n{VIEWS}"));
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit_meta (name VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS requests (
@@ -538,142 +542,6 @@ pub fn limit_rows(keys: &[crate::config::ApiKeyConfig]) -> Vec<LimitRow> {
 
 // ---------------------------------------------------------------- analyst SQL
 
-/// Words that never start a read-only statement.
-const FIRST_WORDS: &[&str] = &[
-    "SELECT",
-    "WITH",
-    "FROM",
-    "VALUES",
-    "TABLE",
-    "DESCRIBE",
-    "SHOW",
-    "SUMMARIZE",
-    "EXPLAIN",
-];
-
-/// Words refused anywhere outside string literals and quoted names.
-const REFUSED_WORDS: &[&str] = &[
-    "INSERT",
-    "UPDATE",
-    "DELETE",
-    "MERGE",
-    "UPSERT",
-    "CREATE",
-    "DROP",
-    "ALTER",
-    "TRUNCATE",
-    "ATTACH",
-    "DETACH",
-    "COPY",
-    "EXPORT",
-    "IMPORT",
-    "INSTALL",
-    "LOAD",
-    "FORCE",
-    "PRAGMA",
-    "SET",
-    "RESET",
-    "CALL",
-    "CHECKPOINT",
-    "VACUUM",
-    "BEGIN",
-    "COMMIT",
-    "ROLLBACK",
-    "ABORT",
-    "GRANT",
-    "REVOKE",
-    "USE",
-    "PREPARE",
-    "EXECUTE",
-    "DEALLOCATE",
-    "SECRET",
-];
-
-/// Refuses anything but one read-only statement (the first layer; the rolled-back transaction
-/// and the instance's disabled file access are the others).
-pub fn check_read_only(sql: &str) -> Result<(), DbError> {
-    let refuse = |m: &str| Err(DbError::Refused(m.to_string()));
-    let b = sql.as_bytes();
-    let mut words: Vec<String> = Vec::new();
-    let mut i = 0;
-    let mut after_semicolon = false;
-    while i < b.len() {
-        let c = b[i];
-        match c {
-            b'\'' | b'"' => {
-                // A literal or quoted name: skip to its closing quote ('' and "" escape).
-                let q = c;
-                i += 1;
-                loop {
-                    if i >= b.len() {
-                        return refuse("unterminated quote");
-                    }
-                    if b[i] == q {
-                        if i + 1 < b.len() && b[i + 1] == q {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-                if after_semicolon {
-                    return refuse("one statement per call");
-                }
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                i += 2;
-                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                    i += 1;
-                }
-                i += 2;
-            }
-            b'$' => return refuse("dollar-quoted strings are not accepted"),
-            b';' => {
-                after_semicolon = true;
-                i += 1;
-            }
-            c if c.is_ascii_alphabetic() || c == b'_' => {
-                let start = i;
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
-                    i += 1;
-                }
-                if after_semicolon {
-                    return refuse("one statement per call");
-                }
-                words.push(sql[start..i].to_ascii_uppercase());
-            }
-            c if c.is_ascii_whitespace() || c == b'(' => i += 1,
-            _ => {
-                if after_semicolon {
-                    return refuse("one statement per call");
-                }
-                i += 1;
-            }
-        }
-    }
-    let Some(first) = words.first() else {
-        return refuse("empty statement");
-    };
-    if !FIRST_WORDS.contains(&first.as_str()) {
-        return refuse(&format!(
-            "only read-only statements are accepted (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN), not {first}"
-        ));
-    }
-    if let Some(w) = words.iter().find(|w| REFUSED_WORDS.contains(&w.as_str())) {
-        return refuse(&format!(
-            "{w} is not accepted: the SQL endpoint is read-only"
-        ));
-    }
-    Ok(())
-}
-
 /// Bounds of one analyst query.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
@@ -691,9 +559,10 @@ pub struct QueryResult {
     pub elapsed_ms: f64,
 }
 
-/// Runs one read-only statement within limits, in a transaction that is rolled back.
+/// Runs one read-only query (checked by [`crate::sql_guard`]) within limits, in a read-only
+/// transaction that is rolled back.
 pub fn query(conn: &Connection, sql: &str, limits: QueryLimits) -> Result<QueryResult, DbError> {
-    check_read_only(sql)?;
+    crate::sql_guard::check(sql)?;
     let started = Instant::now();
     // The watchdog interrupts the query at its deadline; dropping `stop` ends it early.
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -709,7 +578,7 @@ pub fn query(conn: &Connection, sql: &str, limits: QueryLimits) -> Result<QueryR
     });
     let in_tx = conn.is_autocommit();
     if in_tx {
-        conn.execute_batch("BEGIN TRANSACTION")?;
+        conn.execute_batch("BEGIN TRANSACTION READ ONLY")?;
     }
     let result = run_rows(conn, sql, limits.max_rows);
     if in_tx {
@@ -1042,14 +911,24 @@ mod tests {
     fn read_only_check() {
         for ok in [
             "SELECT 1",
-            "  -- comment\n select * from requests where action = 'DELETE x; DROP'",
+            "  -- comment\n select * from requests where path = 'DELETE x; DROP'",
             "WITH t AS (SELECT 1) SELECT * FROM t;",
             "from requests limit 3",
             "(SELECT 1)",
             "DESCRIBE requests",
+            "SUMMARIZE requests",
+            "SHOW TABLES",
+            "EXPLAIN SELECT * FROM requests",
+            "explain analyze select count(*) from requests",
+            "VALUES (1), (2)",
             "select \"set\" from (select 1 as \"set\")",
+            "SELECT E'it''s', $$dollar; DELETE$$",
         ] {
-            assert!(check_read_only(ok).is_ok(), "{ok}");
+            assert!(
+                crate::sql_guard::check(ok).is_ok(),
+                "{ok}: {:?}",
+                crate::sql_guard::check(ok)
+            );
         }
         for bad in [
             "DELETE FROM requests",
@@ -1057,20 +936,129 @@ mod tests {
             "WITH x AS (SELECT 1) DELETE FROM requests",
             "SELECT 1; DROP TABLE requests",
             "SELECT 1; SELECT 2",
+            "SELECT E'\\'' ; COMMIT ; DELETE FROM requests ; -- '",
+            "SELECT $$x$$; DELETE FROM requests",
+            "SELECT $t$;$t$; DELETE FROM requests",
+            "EXPLAIN ANALYZE DELETE FROM requests",
+            "EXPLAIN DELETE FROM requests",
             "ATTACH 'x.db'",
             "COPY requests TO 'x.csv'",
+            "COPY (SELECT 1) TO 'x.csv'",
+            "EXPORT DATABASE 'x'",
             "INSTALL httpfs",
             "LOAD httpfs",
             "PRAGMA version",
+            "/* x */ pragma database_list",
+            "PRAGMA threads = 8",
+            "PRAGMA enable_profiling",
             "SET threads = 8",
+            "RESET threads",
             "CALL checkpoint()",
+            "CHECKPOINT",
+            "BEGIN",
+            "COMMIT",
+            "CREATE TABLE t (a INT)",
+            "CREATE MACRO m(a) AS a",
+            "UPDATE requests SET status = 0",
             "SELECT 'unterminated",
+            "SELECT * FROM read_text('/etc/passwd')",
+            "SELECT * FROM nosuch_table",
             "",
             "  -- only a comment",
-            "select $$x$$",
+            "SELECT 1\0; DELETE FROM requests",
         ] {
-            assert!(check_read_only(bad).is_err(), "{bad}");
+            assert!(crate::sql_guard::check(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The attacks run against a real audit database change nothing in it, and write no file.
+    #[test]
+    fn attacks_through_query_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let exports = dir.path().join("exports");
+        let opts = DbOptions {
+            path: dir.path().join("audit.duckdb"),
+            threads: 1,
+            memory_limit: "256MB".into(),
+            export_dir: Some(exports.clone()),
+            read_only: false,
+            lock_down: true,
+        };
+        let conn = open(&opts).unwrap();
+        {
+            let mut app = Appenders::new(&conn).unwrap();
+            for i in 0..3 {
+                app.append(&call_at("2026-11-20", &format!("r{i}")))
+                    .unwrap();
+            }
+            app.flush().unwrap();
+        }
+        let limits = QueryLimits {
+            max_rows: 100,
+            timeout: Duration::from_secs(5),
+        };
+        let count = |c: &Connection| {
+            query(c, "SELECT count(*) FROM requests", limits)
+                .unwrap()
+                .rows[0][0]
+                .clone()
+        };
+        assert_eq!(count(&conn), json!(3));
+        let out = exports.join("stolen.csv").display().to_string();
+        for attack in [
+            "SELECT E'\\'' ; COMMIT ; DELETE FROM requests ; -- '".to_string(),
+            "SELECT 1; COMMIT; DROP TABLE requests".to_string(),
+            format!("SELECT 1; COMMIT; COPY requests TO '{out}'"),
+            format!("COPY (SELECT * FROM requests) TO '{out}'"),
+            "EXPLAIN ANALYZE DELETE FROM requests".to_string(),
+            "WITH d AS (DELETE FROM requests RETURNING *) SELECT * FROM d".to_string(),
+        ] {
+            assert!(query(&conn, &attack, limits).is_err(), "{attack}");
+            assert_eq!(count(&conn), json!(3), "{attack}");
+        }
+        assert!(!std::path::Path::new(&out).exists());
+        // Random mutations of queries and attacks (the stable stand-in for a fuzzer on the
+        // guard): whatever the guard lets through, the database and the export folder stay as
+        // they were.
+        let seeds = [
+            "SELECT E'\\'' ; COMMIT ; DELETE FROM requests ; -- '".to_string(),
+            "SELECT $$;$$; DELETE FROM requests".to_string(),
+            format!("SELECT 1 /* ; */; COPY requests TO '{out}'"),
+            "WITH t AS (SELECT * FROM requests) SELECT count(*) FROM t".to_string(),
+            "EXPLAIN ANALYZE DELETE FROM requests".to_string(),
+            "SELECT 'a'';DELETE FROM requests;--'".to_string(),
+        ];
+        const ALPHABET: &[u8] = b";'\"$E -/*\nDELETEFROMrequests()COMMIT";
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for i in 0..1500 {
+            let mut q = seeds[i % seeds.len()].clone().into_bytes();
+            for _ in 0..(next() % 5) {
+                let r = next();
+                let pos = (r as usize >> 8) % (q.len() + 1);
+                match r % 3 {
+                    0 => q.insert(pos, ALPHABET[(r >> 40) as usize % ALPHABET.len()]),
+                    1 if pos < q.len() => {
+                        q.remove(pos);
+                    }
+                    _ => {}
+                }
+            }
+            let q = String::from_utf8_lossy(&q).into_owned();
+            let _ = query(&conn, &q, limits);
+            assert_eq!(count(&conn), json!(3), "{q}");
+        }
+        assert!(!std::path::Path::new(&out).exists());
+        // Even a statement the guard let through could not write: the transaction is read-only.
+        conn.execute_batch("BEGIN TRANSACTION READ ONLY").unwrap();
+        assert!(conn.execute_batch("DELETE FROM requests").is_err());
+        conn.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(count(&conn), json!(3));
     }
 
     fn call_at(day: &str, id: &str) -> AuditEvent {

@@ -20,6 +20,7 @@ pub mod reload;
 pub mod runtime;
 pub mod security;
 pub mod server;
+pub mod sql_guard;
 pub mod stats;
 pub mod tls;
 
