@@ -140,6 +140,7 @@ pub struct StageFailure {
 pub struct Pipeline {
     pub stages: Vec<Arc<Stage>>,
     admit: Vec<Arc<Stage>>,
+    body: Vec<Arc<Stage>>,
     select: Vec<Arc<Stage>>,
     upstream: Vec<Arc<Stage>>,
     response: Vec<Arc<Stage>>,
@@ -247,6 +248,7 @@ impl Pipeline {
         let phases = stage.plugin.phases();
         for (phase, list) in [
             (Phases::ADMIT, &mut self.admit),
+            (Phases::BODY, &mut self.body),
             (Phases::SELECT, &mut self.select),
             (Phases::UPSTREAM, &mut self.upstream),
             (Phases::RESPONSE, &mut self.response),
@@ -294,6 +296,26 @@ impl Pipeline {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => Self::on_error(stage, "admit", e)?,
                 Err(p) => Self::on_error(stage, "admit", PluginError::new(panic_message(p)))?,
+            }
+        }
+        Ok(None)
+    }
+
+    /// The body phase (after a buffered body is read): first rejection wins.
+    pub fn body(
+        &self,
+        cx: &mut RequestContext,
+        body: &[u8],
+    ) -> Result<Option<Rejection>, StageFailure> {
+        for stage in &self.body {
+            if !stage.applies(cx) {
+                continue;
+            }
+            match std::panic::catch_unwind(AssertUnwindSafe(|| stage.plugin.on_body(cx, body))) {
+                Ok(Ok(Admission::Reject(rej))) => return Ok(Some(rej)),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => Self::on_error(stage, "body", e)?,
+                Err(p) => Self::on_error(stage, "body", PluginError::new(panic_message(p)))?,
             }
         }
         Ok(None)

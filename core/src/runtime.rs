@@ -35,7 +35,14 @@ pub struct UpstreamKey {
 
 impl UpstreamKey {
     /// Whether the key may serve `model` at `now` (its model list and validity window).
-    pub fn admits(&self, model: Option<&str>, now: std::time::SystemTime) -> bool {
+    /// `model_bound`: the call is of a kind a model list applies to (see
+    /// [`gemini_proxy_sdk::Action::model_bound`]); one whose model is unknown is then refused.
+    pub fn admits(
+        &self,
+        model: Option<&str>,
+        model_bound: bool,
+        now: std::time::SystemTime,
+    ) -> bool {
         if self.not_before.is_some_and(|t| now < t) || self.expires_at.is_some_and(|t| now >= t) {
             return false;
         }
@@ -48,7 +55,7 @@ impl UpstreamKey {
                 .iter()
                 .any(|g| crate::pipeline::glob_match(g, m)),
             // Calls without a model (files, model lists) may use any key.
-            None => true,
+            None => !model_bound,
         }
     }
 }

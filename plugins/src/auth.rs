@@ -480,6 +480,36 @@ fn rand_u128() -> u128 {
     (u128::from(h.finish()) << 64) | (t ^ u128::from(n))
 }
 
+/// A token's `models` globs against the call's model. A call of a model-bound kind whose model
+/// is unknown is refused for a restricted token, except on OpenAI-style paths before the body
+/// (where the model is) has been read.
+fn model_allowed(models: &[String], cx: &RequestContext, body_read: bool) -> Result<(), Rejection> {
+    let action = cx.request.action;
+    if models.is_empty() || !action.model_bound() {
+        return Ok(());
+    }
+    match cx.request.model.as_deref() {
+        Some(m) if models.iter().any(|g| gemini_proxy_sdk::glob_match(g, m)) => Ok(()),
+        Some(m) => Err(
+            Rejection::new(403, format!("model `{m}` is not allowed for this token"))
+                .reason("model_not_allowed"),
+        ),
+        None if !body_read
+            && matches!(
+                action,
+                gemini_proxy_sdk::Action::ChatCompletions | gemini_proxy_sdk::Action::Embeddings
+            ) =>
+        {
+            Ok(())
+        }
+        None => Err(Rejection::new(
+            403,
+            "this token may use only some models, and this call's model cannot be determined",
+        )
+        .reason("model_unknown")),
+    }
+}
+
 /// The `auth` stage.
 pub struct Auth {
     verifier: Verifier,
@@ -498,27 +528,7 @@ impl Auth {
         } else {
             Role::User
         };
-        if !claims.models.is_empty() {
-            let model = cx.request.model.as_deref();
-            let allowed = match model {
-                Some(m) => claims
-                    .models
-                    .iter()
-                    .any(|g| gemini_proxy_sdk::glob_match(g, m)),
-                // Calls without a model (files, lists) are allowed to any caller.
-                None => true,
-            };
-            if !allowed {
-                return Err(Rejection::new(
-                    403,
-                    format!(
-                        "model `{}` is not allowed for this token",
-                        model.unwrap_or("")
-                    ),
-                )
-                .reason("model_not_allowed"));
-            }
-        }
+        model_allowed(&claims.models, cx, false)?;
         let mut id = Identity::new(claims.sub.clone(), role);
         id.claims = serde_json::to_value(&claims).unwrap_or_default();
         cx.identity = Some(id);
@@ -533,11 +543,25 @@ impl Plugin for Auth {
     }
 
     fn phases(&self) -> Phases {
-        Phases::ADMIT
+        Phases::ADMIT | Phases::BODY
     }
 
     async fn on_admit(&self, cx: &mut RequestContext) -> Result<Admission, PluginError> {
         Ok(match self.admit_sync(cx) {
+            Ok(()) => Admission::Continue,
+            Err(r) => Admission::Reject(r),
+        })
+    }
+
+    /// The model of an OpenAI-style call is known now.
+    fn on_body(&self, cx: &mut RequestContext, _body: &[u8]) -> Result<Admission, PluginError> {
+        let models: Vec<String> = cx
+            .identity
+            .as_ref()
+            .and_then(|i| i.claims.get("models"))
+            .and_then(|m| serde_json::from_value(m.clone()).ok())
+            .unwrap_or_default();
+        Ok(match model_allowed(&models, cx, true) {
             Ok(()) => Admission::Continue,
             Err(r) => Admission::Reject(r),
         })

@@ -3,8 +3,12 @@
 //! 60-second window of one-second buckets, so 200 simultaneous calls against a limit of 50 let
 //! exactly 50 through, and no 60-second window ever holds more than the limit.
 //!
-//! Tokens are estimated before the call (request bytes / 4) and corrected from the upstream's
-//! `usageMetadata` when it ends. A user's token may carry its own `limits` claim
+//! Tokens are estimated from the bytes of the request: first from its `Content-Length` at
+//! admission, then from the bytes actually read once the body is in (a chunked body declares no
+//! length; the second check refuses it when it would go over, under the same lock, so parallel
+//! calls cannot all slip under one limit), and corrected from the upstream's `usageMetadata`
+//! when the call ends. Calls in flight count with their estimate until then. An OpenAI-style
+//! `stream: true`, known once the body is read, counts as a stream then. A user's token may carry its own `limits` claim
 //! (`{"rpm": .., "tpm": .., "concurrent_streams": ..}`), which overrides the configured ones.
 
 use std::collections::{HashMap, VecDeque};
@@ -88,6 +92,16 @@ impl Log {
         }
     }
 
+    /// Takes back one request and its `tokens` from second `sec`'s bucket.
+    fn remove(&mut self, sec: u64, tokens: u64) {
+        if let Some(b) = self.buckets.iter_mut().find(|b| b.0 == sec) {
+            b.1 = b.1.saturating_sub(1);
+            b.2 = b.2.saturating_sub(tokens);
+            self.requests = self.requests.saturating_sub(1);
+            self.tokens = self.tokens.saturating_sub(tokens);
+        }
+    }
+
     /// When the oldest counted bucket leaves the window.
     fn retry_after(&self, sec: u64) -> Duration {
         let secs = self
@@ -126,20 +140,54 @@ fn limits_from_claims(cx: &RequestContext) -> Option<Limits> {
     serde_json::from_value(l.clone()).ok()
 }
 
+/// Tokens a request body of `bytes` is estimated to hold.
+fn estimate_of(bytes: u64) -> u64 {
+    bytes / 4 + 1
+}
+
+fn over_tpm(tpm: u64, what: &str, log: &Log, sec: u64) -> Rejection {
+    Rejection::new(
+        429,
+        format!("rate limit: more than {tpm} tokens a minute for this {what}"),
+    )
+    .retry_after(log.retry_after(sec))
+    .reason("tpm")
+}
+
+fn over_streams(max: u64, what: &str) -> Rejection {
+    Rejection::new(
+        429,
+        format!("rate limit: {max} streams already open for this {what}"),
+    )
+    .retry_after(Duration::from_secs(1))
+    .reason("streams")
+}
+
 impl RateLimit {
-    fn check(&self, cx: &mut RequestContext) -> Result<(), Rejection> {
-        let sec = self.epoch.elapsed().as_secs();
-        let estimate = cx.request.body_size.unwrap_or(0) / 4 + 1;
-        let mut scopes: Vec<(String, Limits, &'static str)> = Vec::new();
+    /// The scopes a call counts in: (map key, limits, what to call it in a refusal).
+    fn scopes(&self, cx: &RequestContext) -> Vec<(String, Limits, &'static str)> {
+        let mut scopes = Vec::new();
         if let Some(ip) = cx.request.client_ip {
-            scopes.push((format!("ip:{ip}"), self.config.per_ip, "client IP"));
+            scopes.push((
+                format!("ip:{}", ip_scope(ip)),
+                self.config.per_ip,
+                "client IP",
+            ));
         }
         if let Some(id) = &cx.identity {
             let limits = limits_from_claims(cx).unwrap_or(self.config.per_user);
             scopes.push((format!("user:{}", id.subject), limits, "user"));
         }
+        scopes
+    }
+
+    fn check(&self, cx: &mut RequestContext) -> Result<(), Rejection> {
+        let sec = self.epoch.elapsed().as_secs();
+        let estimate = estimate_of(cx.request.body_size.unwrap_or(0));
+        let scopes = self.scopes(cx);
         let stream = cx.request.stream;
         let mut logs = self.logs.lock();
+        prune_if_full(&mut logs, sec);
         // Decide for every scope before recording anything, so a refusal costs no quota.
         for (key, limits, what) in &scopes {
             let log = logs.entry(key.clone()).or_default();
@@ -157,23 +205,13 @@ impl RateLimit {
             if let Some(tpm) = limits.tpm
                 && log.tokens + estimate > tpm
             {
-                return Err(Rejection::new(
-                    429,
-                    format!("rate limit: more than {tpm} tokens a minute for this {what}"),
-                )
-                .retry_after(log.retry_after(sec))
-                .reason("tpm"));
+                return Err(over_tpm(tpm, what, log, sec));
             }
             if stream
                 && let Some(max) = limits.concurrent_streams
                 && log.streams >= max
             {
-                return Err(Rejection::new(
-                    429,
-                    format!("rate limit: {max} streams already open for this {what}"),
-                )
-                .retry_after(Duration::from_secs(1))
-                .reason("streams"));
+                return Err(over_streams(max, what));
             }
         }
         let mut ticket = Ticket {
@@ -205,6 +243,92 @@ impl RateLimit {
         });
         Ok(())
     }
+
+    /// The body is in: charge its real size instead of the declared one, and count an
+    /// OpenAI-style stream. A refusal takes back what admission counted.
+    fn check_body(&self, cx: &mut RequestContext, bytes: u64) -> Result<(), Rejection> {
+        let Some(mut ticket) = cx.extensions.remove::<Ticket>() else {
+            return Ok(());
+        };
+        let actual = estimate_of(bytes);
+        let scopes = self.scopes(cx);
+        let new_stream = cx.request.stream && ticket.streams.is_empty();
+        let mut logs = self.logs.lock();
+        let refusal = scopes.iter().find_map(|(key, limits, what)| {
+            let log = logs.get(key)?;
+            if let Some(tpm) = limits.tpm
+                && actual > ticket.estimate
+                && log.tokens - ticket.estimate.min(log.tokens) + actual > tpm
+            {
+                return Some(over_tpm(tpm, what, log, ticket.sec));
+            }
+            match limits.concurrent_streams {
+                Some(max) if new_stream && log.streams >= max => Some(over_streams(max, what)),
+                _ => None,
+            }
+        });
+        if let Some(r) = refusal {
+            for key in &ticket.keys {
+                if let Some(log) = logs.get_mut(key) {
+                    log.remove(ticket.sec, ticket.estimate);
+                }
+            }
+            for key in &ticket.streams {
+                if let Some(log) = logs.get_mut(key) {
+                    log.streams = log.streams.saturating_sub(1);
+                }
+            }
+            return Err(r);
+        }
+        for (key, limits, _) in &scopes {
+            if let Some(log) = logs.get_mut(key) {
+                log.correct(ticket.sec, ticket.estimate, actual);
+                if new_stream && limits.concurrent_streams.is_some() {
+                    log.streams += 1;
+                    ticket.streams.push(key.clone());
+                }
+            }
+        }
+        drop(logs);
+        ticket.estimate = actual;
+        cx.extensions.insert(ticket);
+        Ok(())
+    }
+}
+
+/// An IPv6 client counts as its /64 (one subscriber's range, and what keeps one host from
+/// filling the map with fresh addresses).
+fn ip_scope(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => {
+            std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())
+        }
+        v4 => v4,
+    }
+}
+
+/// Callers remembered at most: idle ones are forgotten first; when every one is busy, the
+/// oldest go (their limits start over, which only ever lets fewer calls through than the
+/// attacker filling the map paid for).
+const MAX_CALLERS: usize = 100_000;
+
+fn prune_if_full(logs: &mut HashMap<String, Log>, sec: u64) {
+    if logs.len() < MAX_CALLERS {
+        return;
+    }
+    logs.retain(|_, l| {
+        l.prune(sec);
+        !l.buckets.is_empty() || l.streams > 0
+    });
+    if logs.len() >= MAX_CALLERS {
+        let mut newest: Vec<u64> = logs
+            .values()
+            .map(|l| l.buckets.back().map_or(0, |b| b.0))
+            .collect();
+        newest.sort_unstable();
+        let cut = newest[newest.len() / 2];
+        logs.retain(|_, l| l.streams > 0 || l.buckets.back().is_some_and(|b| b.0 > cut));
+    }
 }
 
 #[gemini_proxy_sdk::async_trait]
@@ -214,11 +338,18 @@ impl Plugin for RateLimit {
     }
 
     fn phases(&self) -> Phases {
-        Phases::ADMIT | Phases::COMPLETE
+        Phases::ADMIT | Phases::BODY | Phases::COMPLETE
     }
 
     async fn on_admit(&self, cx: &mut RequestContext) -> Result<Admission, PluginError> {
         Ok(match self.check(cx) {
+            Ok(()) => Admission::Continue,
+            Err(r) => Admission::Reject(r),
+        })
+    }
+
+    fn on_body(&self, cx: &mut RequestContext, body: &[u8]) -> Result<Admission, PluginError> {
+        Ok(match self.check_body(cx, body.len() as u64) {
             Ok(()) => Admission::Continue,
             Err(r) => Admission::Reject(r),
         })
@@ -244,14 +375,6 @@ impl Plugin for RateLimit {
             if let Some(log) = logs.get_mut(key) {
                 log.streams = log.streams.saturating_sub(1);
             }
-        }
-        // Forget idle callers so the map does not grow without bound.
-        if logs.len() > 100_000 {
-            let sec = self.epoch.elapsed().as_secs();
-            logs.retain(|_, l| {
-                l.prune(sec);
-                !l.buckets.is_empty() || l.streams > 0
-            });
         }
     }
 }

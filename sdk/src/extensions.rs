@@ -39,6 +39,20 @@ impl Extensions {
         self.map.get(&TypeId::of::<T>())?.downcast_ref()
     }
 
+    /// Takes the value of type `T` out, if present.
+    ///
+    /// ```
+    /// let mut ext = gemini_proxy_sdk::Extensions::default();
+    /// ext.insert(1u32);
+    /// assert_eq!(ext.remove::<u32>(), Some(1));
+    /// assert!(ext.get::<u32>().is_none());
+    /// ```
+    pub fn remove<T: Any + Send + Sync>(&mut self) -> Option<T> {
+        self.map
+            .remove(&TypeId::of::<T>())
+            .and_then(|old| old.downcast::<T>().ok().map(|b| *b))
+    }
+
     /// Mutably borrows the value of type `T`, if present.
     ///
     /// ```

@@ -28,8 +28,10 @@ impl Phases {
     pub const RESPONSE: Phases = Phases(1 << 3);
     /// [`Plugin::on_complete`].
     pub const COMPLETE: Phases = Phases(1 << 4);
+    /// [`Plugin::on_body`].
+    pub const BODY: Phases = Phases(1 << 5);
     /// Every hook.
-    pub const ALL: Phases = Phases(0b1_1111);
+    pub const ALL: Phases = Phases(0b11_1111);
 
     /// True if every hook in `other` is in `self`.
     ///
@@ -101,6 +103,15 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Admission: authenticate, limit, score or reject. May await (no locks held across it).
     async fn on_admit(&self, _cx: &mut RequestContext) -> Result<Admission, PluginError> {
+        Ok(Admission::Continue)
+    }
+
+    /// The request body has been read whole (buffered calls; uploads are streamed and skip this):
+    /// the second half of admission. `cx.request.body_size` is now the size read, and on
+    /// OpenAI-style paths `cx.request.model` and `cx.request.stream` come from the body. Charge
+    /// what depends on the body here (tokens), refuse what the body reveals (a model the
+    /// caller may not use). Runs before any key is chosen.
+    fn on_body(&self, _cx: &mut RequestContext, _body: &[u8]) -> Result<Admission, PluginError> {
         Ok(Admission::Continue)
     }
 

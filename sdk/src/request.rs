@@ -138,6 +138,32 @@ impl Action {
         }
     }
 
+    /// True for calls that a model restriction applies to: those that name a model (in the
+    /// path, or in the body on OpenAI-style paths) and those of a kind the gateway cannot see
+    /// into ([`Action::Other`], e.g. `tunedModels/...:generateContent`). Files, caches,
+    /// batches, uploads and model lists name none.
+    ///
+    /// ```
+    /// use gemini_proxy_sdk::Action;
+    /// assert!(Action::ChatCompletions.model_bound() && Action::Other.model_bound());
+    /// assert!(!Action::Files.model_bound());
+    /// ```
+    pub fn model_bound(self) -> bool {
+        matches!(
+            self,
+            Action::GenerateContent
+                | Action::StreamGenerateContent
+                | Action::CountTokens
+                | Action::EmbedContent
+                | Action::BatchEmbedContents
+                | Action::ModelVerb
+                | Action::GetModel
+                | Action::ChatCompletions
+                | Action::Embeddings
+                | Action::Other
+        )
+    }
+
     /// True for calls that generate tokens (and so spend generation quota).
     ///
     /// ```

@@ -82,12 +82,85 @@ pub fn sanitize_headers(src: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// The path as Google will read it: `%XX` escapes of letters, digits, `-._~` and `:` decoded
+/// (`/v1beta/%6Dodels/...` is `models`, and is checked as such). Any other escape is refused:
+/// no Gemini path needs one, and a path the gateway read differently from Google would slip
+/// past its model checks.
+pub fn normalized_path(path: &str) -> Result<std::borrow::Cow<'_, str>, &'static str> {
+    if !path.contains('%') {
+        return Ok(std::borrow::Cow::Borrowed(path));
+    }
+    let b = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            out.push(b[i] as char);
+            i += 1;
+            continue;
+        }
+        let byte = path
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or("the path has a malformed % escape")?;
+        if !(byte.is_ascii_alphanumeric() || b"-._~:".contains(&byte)) {
+            return Err("the path has a % escape the gateway does not accept");
+        }
+        out.push(byte as char);
+        i += 3;
+    }
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// Longest model name accepted.
+pub const MAX_MODEL: usize = 128;
+
+/// A model name the gateway stores, counts and matches: 1-128 letters, digits, `.`, `_`, `-`.
+pub fn valid_model(m: &str) -> bool {
+    !m.is_empty()
+        && m.len() <= MAX_MODEL
+        && m.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// What the gateway reads of an OpenAI-style body: the model (without `models/`) and
+/// `stream`. Other fields are skipped unread.
+#[derive(Debug, PartialEq)]
+pub struct OpenAiHead {
+    pub model: String,
+    pub stream: bool,
+}
+
+impl OpenAiHead {
+    /// `None` unless the body is a JSON object with a valid `model`.
+    pub fn parse(body: &[u8]) -> Option<OpenAiHead> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            model: Option<String>,
+            #[serde(default)]
+            stream: Option<bool>,
+        }
+        let h: Head = serde_json::from_slice(body).ok()?;
+        let model = h.model?;
+        let model = model.strip_prefix("models/").unwrap_or(&model);
+        valid_model(model).then(|| OpenAiHead {
+            model: model.to_string(),
+            stream: h.stream.unwrap_or(false),
+        })
+    }
+}
+
 impl Inbound {
-    /// `None` when the path is not one the gateway serves.
-    pub fn parse(method: &str, uri: &http::Uri, headers: &HeaderMap) -> Option<Inbound> {
-        let path = uri.path();
+    /// `None` when the path is not one the gateway serves. `path` is the
+    /// [`normalized_path`].
+    pub fn parse(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<Inbound> {
         let route = classify(method, path)?;
-        let (query, query_key) = match uri.query() {
+        let (query, query_key) = match query {
             Some(q) => split_key_param(q),
             None => (None, None),
         };
@@ -154,10 +227,7 @@ mod tests {
         h.insert("connection", "keep-alive, x-secret-hop".parse().unwrap());
         h.insert("x-secret-hop", "1".parse().unwrap());
         h.insert("x-goog-api-client", "sdk".parse().unwrap());
-        let uri: http::Uri = "http://generativelanguage.googleapis.com/v1beta/models?key=q"
-            .parse()
-            .unwrap();
-        let i = Inbound::parse("GET", &uri, &h).unwrap();
+        let i = Inbound::parse("GET", "/v1beta/models", Some("key=q"), &h).unwrap();
         assert_eq!(i.path, "/v1beta/models");
         assert_eq!(i.credential.as_ref().unwrap().value(), "tok");
         assert_eq!(
@@ -215,6 +285,55 @@ pub fn resource_refs(path: &str, query: Option<&str>, body: Option<&[u8]>) -> Ve
         }
     }
     out
+}
+
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_read_as_google_reads_them() {
+        assert_eq!(
+            normalized_path("/v1beta/%6Dodels/gemini-2.5-pro%3AgenerateContent").unwrap(),
+            "/v1beta/models/gemini-2.5-pro:generateContent"
+        );
+        assert_eq!(normalized_path("/v1beta/models").unwrap(), "/v1beta/models");
+        for bad in [
+            "/v1beta/models/a%20b",
+            "/v1beta/%zz",
+            "/v1beta/%4",
+            "/v1beta/%c3%a9",
+        ] {
+            assert!(normalized_path(bad).is_err(), "{bad}");
+        }
+        assert!(valid_model("gemini-2.5-flash-preview-09-2025"));
+        for bad in ["", "a b", "m;x", "m/x", "é", &"x".repeat(129)] {
+            assert!(!valid_model(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn openai_heads() {
+        assert_eq!(
+            OpenAiHead::parse(
+                br#"{"messages": [], "model": "models/gemini-2.5-pro", "stream": true}"#
+            ),
+            Some(OpenAiHead {
+                model: "gemini-2.5-pro".into(),
+                stream: true
+            })
+        );
+        assert!(!OpenAiHead::parse(br#"{"model": "m"}"#).unwrap().stream);
+        for bad in [
+            &b"{}"[..],
+            b"not json",
+            br#"{"model": 3}"#,
+            br#"{"model": "a b"}"#,
+            br#"[1]"#,
+        ] {
+            assert!(OpenAiHead::parse(bad).is_none());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -428,7 +428,11 @@ impl GatewayProxy {
             )
             .unread());
         }
-        let Some(mut inbound) = Inbound::parse(method.as_str(), &req.uri, &req.headers) else {
+        let path = inbound::normalized_path(req.uri.path())
+            .map_err(|why| Failure::new(400, "bad_path", why).unread())?;
+        let Some(mut inbound) =
+            Inbound::parse(method.as_str(), &path, req.uri.query(), &req.headers)
+        else {
             return Err(Failure::new(
                 404,
                 "not_found",
@@ -436,6 +440,11 @@ impl GatewayProxy {
             )
             .unread());
         };
+        if let Some(m) = &inbound.route.model
+            && !inbound::valid_model(m)
+        {
+            return Err(bad_model().unread());
+        }
         ctx.api = inbound.route.api_kind.as_str();
         ctx.action = inbound.route.action.as_str();
         ctx.model = inbound.route.model.clone();
@@ -456,28 +465,7 @@ impl GatewayProxy {
 
         match rt.pipeline.admit(cx).await {
             Ok(None) => {}
-            Ok(Some(rejection)) => {
-                if matches!(rejection.status, 401 | 403) {
-                    self.shared
-                        .metrics
-                        .auth_failures
-                        .with_label_values(&[rejection.reason.unwrap_or("other")])
-                        .inc();
-                    tracing::info!(target: "gemini_proxy::security", request_id = %ctx.request_id, status = rejection.status, reason = rejection.reason.unwrap_or("other"), client_ip = ?ctx.cx.as_ref().and_then(|c| c.request.client_ip), "call refused");
-                }
-                if matches!(rejection.status, 401 | 403 | 429) {
-                    self.shared.audit(crate::audit::security_event(
-                        &format!("request refused: {}", rejection.reason.unwrap_or("other")),
-                        "Blocked",
-                        ctx.cx
-                            .as_ref()
-                            .and_then(|c| c.request.client_ip)
-                            .map(|ip| ip.to_string()),
-                        serde_json::json!({"request_id": ctx.request_id, "status": rejection.status}),
-                    ));
-                }
-                return Err(Failure::rejected(rejection));
-            }
+            Ok(Some(rejection)) => return Err(self.refused(ctx, rejection)),
             Err(stage) => return Err(Failure::stage(&ctx.request_id, stage).unread()),
         }
         if let Some(cx) = ctx.cx.as_mut()
@@ -517,9 +505,63 @@ impl GatewayProxy {
         };
         if let RequestBody::Buffered(b) = &body {
             ctx.done.request_bytes = b.len() as u64;
+            self.admit_body(ctx, &rt, &inbound, b)?;
         }
 
         self.attempts(session, ctx, &rt, &inbound, body).await
+    }
+
+    /// The second half of admission, once a buffered body is in: the model and `stream` of an
+    /// OpenAI-style call come from it, then the pipeline's body phase (token charge, model
+    /// permissions) decides.
+    fn admit_body(
+        &self,
+        ctx: &mut CallState,
+        rt: &Runtime,
+        inbound: &Inbound,
+        body: &Bytes,
+    ) -> Result<(), Failure> {
+        let cx = ctx.cx.as_mut().expect("set by handle");
+        cx.request.body_size = Some(body.len() as u64);
+        if matches!(
+            inbound.route.action,
+            Action::ChatCompletions | Action::Embeddings
+        ) {
+            let head = inbound::OpenAiHead::parse(body).ok_or_else(bad_model)?;
+            cx.request.model = Some(head.model.clone());
+            cx.request.stream = head.stream;
+            ctx.done.streamed |= head.stream;
+            ctx.model = Some(head.model);
+        }
+        let cx = ctx.cx.as_mut().expect("set by handle");
+        match rt.pipeline.body(cx, body) {
+            Ok(None) => Ok(()),
+            Ok(Some(rejection)) => Err(self.refused(ctx, rejection)),
+            Err(stage) => Err(Failure::stage(&ctx.request_id, stage)),
+        }
+    }
+
+    /// A pipeline refusal: counted, logged and audited like every refused call.
+    fn refused(&self, ctx: &CallState, rejection: Rejection) -> Failure {
+        let reason = rejection.reason.unwrap_or("other");
+        let ip = ctx.cx.as_ref().and_then(|c| c.request.client_ip);
+        if matches!(rejection.status, 401 | 403) {
+            self.shared
+                .metrics
+                .auth_failures
+                .with_label_values(&[reason])
+                .inc();
+            tracing::info!(target: "gemini_proxy::security", request_id = %ctx.request_id, status = rejection.status, reason, client_ip = ?ip, "call refused");
+        }
+        if matches!(rejection.status, 401 | 403 | 429) {
+            self.shared.audit(crate::audit::security_event(
+                &format!("request refused: {reason}"),
+                "Blocked",
+                ip.map(|ip| ip.to_string()),
+                serde_json::json!({"request_id": ctx.request_id, "status": rejection.status}),
+            ));
+        }
+        Failure::rejected(rejection)
     }
 
     /// Tries keys until one answers, a budget runs out, or no key is left.
@@ -561,8 +603,9 @@ impl GatewayProxy {
             let mut sel = Selection::new(&rt.candidates).with_stats(&stats);
             if rt.keys_have_rules {
                 let now = SystemTime::now();
+                let bound = inbound.route.action.model_bound();
                 for (i, k) in rt.keys.iter().enumerate() {
-                    if !k.admits(ctx.model.as_deref(), now) {
+                    if !k.admits(ctx.model.as_deref(), bound, now) {
                         sel.exclude(i);
                     }
                 }
@@ -1198,6 +1241,14 @@ impl GatewayProxy {
     }
 }
 
+fn bad_model() -> Failure {
+    Failure::new(
+        400,
+        "bad_model",
+        "the model name is missing or invalid (1-128 characters: letters, digits, `.`, `_`, `-`)",
+    )
+}
+
 /// The answer when no key may serve the call: 429 with the earliest recovery while keys rest,
 /// 503 when none is alive.
 fn no_key_failure(gate: &crate::pool::Gate, model: Option<&str>) -> Failure {
@@ -1249,11 +1300,16 @@ pub fn fuzz_inbound(data: &[u8]) {
         &headers,
         &[Cidr::parse("10.0.0.0/8").expect("cidr")],
     );
-    if let Ok(uri) = target.parse::<http::Uri>() {
+    if let Ok(uri) = target.parse::<http::Uri>()
+        && let Ok(path) = inbound::normalized_path(uri.path())
+    {
         for m in ["GET", "POST", "DELETE", "PATCH"] {
-            let _ = Inbound::parse(m, &uri, &headers);
+            if let Some(i) = Inbound::parse(m, &path, uri.query(), &headers) {
+                let _ = i.route.model.as_deref().map(inbound::valid_model);
+            }
         }
     }
+    let _ = inbound::OpenAiHead::parse(data);
 }
 
 /// Adds `Access-Control-Allow-Origin` when the request's origin is allowed.

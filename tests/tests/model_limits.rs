@@ -1,0 +1,270 @@
+//! A token's `models` and a key's `models` hold whatever the spelling of the call: the model of
+//! an OpenAI-style call is read from its body, percent-encoded paths are read as Google reads
+//! them, calls whose model cannot be known are refused for restricted tokens, and token limits
+//! count the bytes actually sent (chunked bodies declare none) and OpenAI `stream: true`.
+
+use std::time::Duration;
+
+use gemini_proxy_plugins::auth::{new_claims, sign};
+use gemini_proxy_sdk::Role;
+use gemini_proxy_tests::*;
+use serde_json::json;
+
+const SECRET: &str = "Model-limits-JWT-secret-0123456789-abcdef!";
+
+fn start(keys: &[(&str, &str, u32)], extra: &str) -> Harness {
+    let text = format!(
+        "auth: {{ enabled: true, jwt_secret: \"{SECRET}\" }}\npool: {{ state_file: \"\", keys_file: \"\" }}\n{extra}"
+    );
+    Harness::start_with(keys, &text, |_| {})
+}
+
+fn token(sub: &str, models: &[&str]) -> String {
+    let c = new_claims(
+        sub,
+        Role::User,
+        Duration::from_secs(300),
+        models.iter().map(|m| m.to_string()).collect(),
+    );
+    sign(SECRET, "HS256", None, &c).unwrap()
+}
+
+fn chat(model: &str, stream: bool) -> String {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
+        .to_string()
+}
+
+async fn post(h: &Harness, path: &str, token: &str, body: String) -> (u16, serde_json::Value) {
+    json_of(
+        h.client
+            .post(h.url(path))
+            .bearer_auth(token)
+            .header("x-goog-api-key", token)
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_limited_to_some_models_reaches_no_other() {
+    let h = start(&[("a", "valid-a", 1)], "");
+    let flash = token("limited", &["gemini-2.5-flash*"]);
+    let chat_path = "/v1beta/openai/chat/completions";
+    let (s, _) = post(&h, chat_path, &flash, chat("gemini-2.5-flash", false)).await;
+    assert_eq!(s, 200);
+    h.mock.clear();
+    for (path, body, want) in [
+        (chat_path, chat("gemini-2.5-pro", false), 403),
+        (chat_path, chat("models/gemini-2.5-pro", true), 403),
+        (
+            "/v1beta/openai/embeddings",
+            json!({"model": "text-embedding-004", "input": "x"}).to_string(),
+            403,
+        ),
+        (chat_path, json!({"messages": []}).to_string(), 400),
+        (chat_path, "not json".to_string(), 400),
+        (chat_path, chat("gemini-2.5-flash; x", false), 400),
+        (
+            "/v1beta/%6Dodels/gemini-2.5-pro:generateContent",
+            gen_body("x"),
+            403,
+        ),
+        (
+            "/v1beta/models/gemini-2.5-pro%3AgenerateContent",
+            gen_body("x"),
+            403,
+        ),
+        (
+            "/v1beta/models/gemini-2.5-pro%3agenerateContent",
+            gen_body("x"),
+            403,
+        ),
+        (
+            "/v1beta/tunedModels/mine:generateContent",
+            gen_body("x"),
+            403,
+        ),
+        ("/v1beta/models/a%20b:generateContent", gen_body("x"), 400),
+        (
+            "/v1beta/models/gemini%2D2.5-pro:generateContent",
+            gen_body("x"),
+            403,
+        ),
+    ] {
+        let (s, v) = post(&h, path, &flash, body).await;
+        assert_eq!(s, want, "{path}: {v}");
+    }
+    let long = format!("/v1beta/models/{}:generateContent", "m".repeat(200));
+    let (s, _) = post(&h, &long, &flash, gen_body("x")).await;
+    assert_eq!(s, 400);
+    assert!(
+        h.mock.requests().is_empty(),
+        "nothing refused reached the upstream"
+    );
+    // The same calls with an unrestricted token go through (the model is read the same way).
+    let any = token("free", &[]);
+    let (s, _) = post(&h, chat_path, &any, chat("gemini-2.5-pro", false)).await;
+    assert_eq!(s, 200);
+    let (s, _) = post(
+        &h,
+        "/v1beta/%6Dodels/gemini-2.5-pro:generateContent",
+        &any,
+        gen_body("x"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        h.mock.requests().last().unwrap().path,
+        "/v1beta/models/gemini-2.5-pro:generateContent",
+        "the upstream gets the path as the gateway read it"
+    );
+    // Calls that name no model stay open to a restricted token.
+    let r = h
+        .client
+        .get(h.url("/v1beta/models"))
+        .header("x-goog-api-key", &flash)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_limited_to_some_models_serves_no_other_on_any_path() {
+    let h = start(&[("flash-only", "valid-f", 1)], "");
+    let any = token("free", &[]);
+    // Restrict the key through the config file.
+    let text = h.config_text().replace(
+        "{ id: flash-only, key: valid-f, weight: 1 }",
+        "{ id: flash-only, key: valid-f, weight: 1, models: [\"gemini-2.5-flash*\"] }",
+    );
+    h.write_config(&text);
+    h.wait_generation(2).await;
+    h.mock.clear();
+    for (path, body) in [
+        (
+            "/v1beta/openai/chat/completions",
+            chat("gemini-2.5-pro", false),
+        ),
+        (
+            "/v1beta/%6Dodels/gemini-2.5-pro:generateContent",
+            gen_body("x"),
+        ),
+        ("/v1beta/tunedModels/mine:generateContent", gen_body("x")),
+    ] {
+        let (s, v) = post(&h, path, &any, body).await;
+        assert_eq!(s, 503, "{path}: {v}");
+    }
+    assert!(h.mock.requests().is_empty());
+    let (s, _) = post(
+        &h,
+        "/v1beta/openai/chat/completions",
+        &any,
+        chat("gemini-2.5-flash", false),
+    )
+    .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_bodies_are_charged_what_they_carry() {
+    let h = start(
+        &[("a", "valid-a", 1)],
+        "pipeline:\n  - rate_limit: { per_user: { tpm: 1000 } }\n  - key_select\n",
+    );
+    let t = token("chunky", &[]);
+    // Ten parallel calls of ~40k tokens each, with no Content-Length.
+    let text = "word ".repeat(32_000);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (client, url, t, body) = (
+            h.client.clone(),
+            h.url("/v1beta/models/gemini-2.5-flash:generateContent"),
+            t.clone(),
+            gen_body(&text),
+        );
+        tasks.push(tokio::spawn(async move {
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> = body
+                .into_bytes()
+                .chunks(16 * 1024)
+                .map(|c| Ok(c.to_vec()))
+                .collect();
+            client
+                .post(url)
+                .header("x-goog-api-key", t)
+                .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    chunks,
+                )))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 429);
+    }
+    assert!(h.mock.requests().is_empty(), "none reached the upstream");
+    // The refusals cost nothing: a small call still fits.
+    let r = h
+        .client
+        .post(h.url("/v1beta/models/gemini-2.5-flash:generateContent"))
+        .header("x-goog-api-key", &t)
+        .body(gen_body("small"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_streams_count_as_streams() {
+    let h = start(
+        &[("a", "valid-a", 1)],
+        "pipeline:\n  - rate_limit: { per_user: { concurrent_streams: 1 } }\n  - key_select\n",
+    );
+    let t = token("streamer", &[]);
+    let first = {
+        let (client, url, t) = (
+            h.client.clone(),
+            h.url("/v1beta/openai/chat/completions"),
+            t.clone(),
+        );
+        tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .bearer_auth(t)
+                .header("x-mock-event-delay-ms", "300")
+                .body(chat("gemini-2.5-flash", true))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let _ = r.text().await;
+            status
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (s, v) = post(
+        &h,
+        "/v1beta/openai/chat/completions",
+        &t,
+        chat("gemini-2.5-flash", true),
+    )
+    .await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(first.await.unwrap(), 200);
+    // Released when the first one ends.
+    let (s, _) = post(
+        &h,
+        "/v1beta/openai/chat/completions",
+        &t,
+        chat("gemini-2.5-flash", true),
+    )
+    .await;
+    assert_eq!(s, 200);
+}
