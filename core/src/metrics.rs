@@ -25,7 +25,10 @@ pub fn global_stage_error(stage: &str, phase: &str) {
     STAGE_ERRORS.with_label_values(&[stage, phase]).inc();
 }
 
-/// Caps the distinct values a label may take; extra values become `other`.
+/// The distinct values a label may take (model names): a name becomes a label only once the
+/// upstream has answered a call for it with success ([`LabelCap::learn`]), so neither
+/// unauthenticated calls nor made-up names can fill the set; at most `max` names, the rest are
+/// `other`.
 pub struct LabelCap {
     max: usize,
     seen: Mutex<HashSet<String>>,
@@ -39,26 +42,41 @@ impl LabelCap {
         }
     }
 
-    pub fn get(&self, value: &str) -> String {
+    fn shape(value: &str) -> Option<&'static str> {
         if value.is_empty() {
-            return "none".into();
+            return Some("none");
         }
-        if value.len() > 64
-            || !value
+        let plain = value.len() <= 64
+            && value
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return "invalid".into();
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        (!plain).then_some("invalid")
+    }
+
+    /// The label for `value`: itself once learned, else `other`.
+    pub fn get(&self, value: &str) -> String {
+        if let Some(s) = Self::shape(value) {
+            return s.into();
+        }
+        if self.seen.lock().contains(value) {
+            value.to_string()
+        } else {
+            "other".into()
+        }
+    }
+
+    /// Like [`get`](Self::get), first learning `value` if there is room (call it for a name
+    /// the upstream has just served).
+    pub fn learn(&self, value: &str) -> String {
+        if let Some(s) = Self::shape(value) {
+            return s.into();
         }
         let mut seen = self.seen.lock();
-        if seen.contains(value) {
+        if seen.contains(value) || seen.len() < self.max {
+            seen.insert(value.to_string());
             return value.to_string();
         }
-        if seen.len() >= self.max {
-            return "other".into();
-        }
-        seen.insert(value.to_string());
-        value.to_string()
+        "other".into()
     }
 }
 
@@ -400,10 +418,12 @@ mod tests {
     #[test]
     fn label_cap_bounds_values() {
         let cap = LabelCap::new(2);
+        assert_eq!(cap.get("a"), "other", "not served yet");
+        assert_eq!(cap.learn("a"), "a");
+        assert_eq!(cap.learn("b"), "b");
+        assert_eq!(cap.learn("c"), "other");
         assert_eq!(cap.get("a"), "a");
-        assert_eq!(cap.get("b"), "b");
         assert_eq!(cap.get("c"), "other");
-        assert_eq!(cap.get("a"), "a");
         assert_eq!(cap.get("bad value\n"), "invalid");
         assert_eq!(cap.get(&"x".repeat(100)), "invalid");
     }

@@ -179,40 +179,56 @@ pub struct Revocations {
 static REVOCATIONS: LazyLock<parking_lot::Mutex<HashMap<PathBuf, Arc<Revocations>>>> =
     LazyLock::new(Default::default);
 
+/// The list used when no file is configured: one per process, so revocations made through the
+/// admin API reach every verifier (the proxy's and the admin API's) even without a file.
+static IN_MEMORY: LazyLock<Arc<Revocations>> = LazyLock::new(Default::default);
+
 impl Revocations {
-    /// The list kept in `file` (one per file per process; loaded on first use).
-    pub fn for_file(file: Option<&Path>) -> Arc<Revocations> {
+    /// The list kept in `file` (one per file per process; loaded on first use). A file that
+    /// exists but cannot be read as a list is an error: loading it as empty would make every
+    /// revoked token valid again.
+    pub fn for_file(file: Option<&Path>) -> Result<Arc<Revocations>, String> {
         let Some(file) = file else {
-            return Arc::new(Revocations::default());
+            return Ok(IN_MEMORY.clone());
         };
-        REVOCATIONS
-            .lock()
-            .entry(file.to_path_buf())
-            .or_insert_with(|| {
-                let ids = std::fs::read(file)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<BTreeSet<String>>(&b).ok())
-                    .unwrap_or_default();
-                Arc::new(Revocations {
-                    ids: RwLock::new(ids),
-                    file: Some(file.to_path_buf()),
-                })
-            })
-            .clone()
+        let mut all = REVOCATIONS.lock();
+        if let Some(r) = all.get(file) {
+            return Ok(r.clone());
+        }
+        let ids = match std::fs::read(file) {
+            Ok(b) => serde_json::from_slice::<BTreeSet<String>>(&b).map_err(|e| {
+                format!(
+                    "revocations_file {}: not a JSON list of token ids ({e}); fix or restore it (revoked tokens would work again)",
+                    file.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => {
+                return Err(format!(
+                    "revocations_file {}: cannot read: {e}",
+                    file.display()
+                ));
+            }
+        };
+        let r = Arc::new(Revocations {
+            ids: RwLock::new(ids),
+            file: Some(file.to_path_buf()),
+        });
+        all.insert(file.to_path_buf(), r.clone());
+        Ok(r)
     }
 
     pub fn contains(&self, jti: &str) -> bool {
         self.ids.read().contains(jti)
     }
 
-    /// Revokes `jti` and writes the file (mode 0600).
+    /// Revokes `jti` and writes the file (mode 0600). The write happens under the lock, so
+    /// the file always ends with the latest list.
     pub fn revoke(&self, jti: &str) -> std::io::Result<()> {
-        let bytes = {
-            let mut ids = self.ids.write();
-            ids.insert(jti.to_string());
-            serde_json::to_vec_pretty(&*ids).map_err(std::io::Error::other)?
-        };
+        let mut ids = self.ids.write();
+        ids.insert(jti.to_string());
         if let Some(f) = &self.file {
+            let bytes = serde_json::to_vec_pretty(&*ids).map_err(std::io::Error::other)?;
             gemini_proxy_sdk::write_private(f, &bytes)?;
         }
         Ok(())
@@ -292,7 +308,7 @@ impl Verifier {
             return Err("no verification key: set auth.jwt_secret (or auth.keys)".into());
         }
         let revocations =
-            Revocations::for_file(c.revocations_file.as_ref().map(|f| dir.join(f)).as_deref());
+            Revocations::for_file(c.revocations_file.as_ref().map(|f| dir.join(f)).as_deref())?;
         Ok(Verifier {
             cache: parking_lot::Mutex::new(HashMap::new()),
             default,
@@ -673,10 +689,34 @@ mod tests {
         v.revocations().revoke(c.jti.as_deref().unwrap()).unwrap();
         assert_eq!(v.verify(&token(&c)), Err(AuthError::Revoked));
         // Another verifier on the same file sees it (restart).
-        let again = Revocations::for_file(Some(&dir.join("revoked.json")));
+        let again = Revocations::for_file(Some(&dir.join("revoked.json"))).unwrap();
         assert!(again.contains(c.jti.as_deref().unwrap()));
         let saved = std::fs::read_to_string(dir.join("revoked.json")).unwrap();
         assert!(saved.contains(c.jti.as_deref().unwrap()));
+    }
+
+    #[test]
+    fn a_broken_revocation_file_is_an_error_and_no_file_still_shares() {
+        let dir = tempfile_dir();
+        let f = dir.join("broken.json");
+        std::fs::write(&f, b"[\"jti-1\", oops").unwrap();
+        let Err(e) = Revocations::for_file(Some(&f)) else {
+            panic!("a broken file was accepted")
+        };
+        assert!(e.contains("revoked tokens would work again"), "{e}");
+        let c: AuthStageConfig = serde_json::from_value(serde_json::json!({
+            "jwt_secret": SECRET, "revocations_file": f.display().to_string()
+        }))
+        .unwrap();
+        assert!(Verifier::new(&c, Path::new(".")).is_err());
+        // Without a file, two verifiers (proxy and admin API) share one list.
+        let (a, b) = (
+            verifier(serde_json::json!({})),
+            verifier(serde_json::json!({})),
+        );
+        let t = new_claims("x", Role::User, Duration::from_secs(60), vec![]);
+        a.revocations().revoke(t.jti.as_deref().unwrap()).unwrap();
+        assert_eq!(b.verify(&token(&t)), Err(AuthError::Revoked));
     }
 
     #[test]

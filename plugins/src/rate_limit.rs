@@ -503,6 +503,70 @@ mod tests {
     }
 
     #[test]
+    fn a_flood_of_addresses_keeps_the_map_bounded() {
+        let p = RateLimit {
+            config: serde_json::from_value(serde_json::json!({"per_ip": {"rpm": 1000}})).unwrap(),
+            logs: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        };
+        for i in 0..(MAX_CALLERS as u32 * 2 + 10) {
+            let mut cx = call(&std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(), None);
+            p.check(&mut cx).unwrap();
+        }
+        assert!(
+            p.logs.lock().len() <= MAX_CALLERS,
+            "{}",
+            p.logs.lock().len()
+        );
+        // Fresh IPv6 addresses of one /64 are one caller.
+        for i in 0..1000u128 {
+            let ip = std::net::Ipv6Addr::from((0x2001_0db8_0000_0001u128 << 64) | i);
+            p.check(&mut call(&ip.to_string(), None)).unwrap();
+        }
+        assert_eq!(
+            p.logs
+                .lock()
+                .keys()
+                .filter(|k| k.starts_with("ip:2001:db8"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_body_phase_charges_what_was_read_and_a_refusal_costs_nothing() {
+        let p = stage(serde_json::json!({"per_user": {"tpm": 1000}}));
+        let mut a = call("10.0.0.1", Some("u"));
+        a.request.body_size = None;
+        assert!(
+            matches!(admit(&*p, &mut a), Admission::Continue),
+            "no length: 1 token"
+        );
+        let big = vec![b'x'; 8000];
+        assert!(
+            matches!(p.on_body(&mut a, &big).unwrap(), Admission::Reject(r) if r.reason == Some("tpm"))
+        );
+        // Taken back: a call of 900 tokens still fits.
+        let mut b = call("10.0.0.1", Some("u"));
+        b.request.body_size = None;
+        assert!(matches!(admit(&*p, &mut b), Admission::Continue));
+        assert!(matches!(
+            p.on_body(&mut b, &vec![b'x'; 3600]).unwrap(),
+            Admission::Continue
+        ));
+        let mut c = call("10.0.0.1", Some("u"));
+        c.request.body_size = None;
+        assert!(matches!(admit(&*p, &mut c), Admission::Continue));
+        assert!(
+            matches!(
+                p.on_body(&mut c, &vec![b'x'; 800]).unwrap(),
+                Admission::Reject(_)
+            ),
+            "the first body is charged"
+        );
+    }
+
+    #[test]
     fn zero_limits_are_config_errors() {
         let e = crate::builtin_registry()
             .build(

@@ -71,6 +71,19 @@ struct IpHistory {
     auth_failures: VecDeque<Instant>,
 }
 
+/// Addresses remembered at most.
+const MAX_IPS: usize = 100_000;
+/// Auth failures kept per address (the signal saturates at four).
+const MAX_FAILURES_KEPT: usize = 16;
+
+/// An IPv6 client is its /64: fresh addresses from one range are one caller.
+fn ip_scope(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// The `security_score` stage.
 pub struct SecurityScore {
     config: SecurityScoreConfig,
@@ -146,7 +159,7 @@ impl SecurityScore {
             Some(ip) => {
                 let sec = self.epoch.elapsed().as_secs();
                 let mut ips = self.ips.lock();
-                let h = ips.entry(ip).or_default();
+                let h = ips.entry(ip_scope(ip)).or_default();
                 while let Some(&(s, n)) = h.calls.front() {
                     if s + 10 > sec {
                         break;
@@ -211,20 +224,28 @@ impl Plugin for SecurityScore {
     }
 
     fn on_complete(&self, cx: &RequestContext, done: &CompletedRequest) {
+        let sec = self.epoch.elapsed().as_secs();
+        let mut ips = self.ips.lock();
         if matches!(done.status, 401 | 403)
             && let Some(ip) = cx.request.client_ip
         {
-            self.ips
-                .lock()
-                .entry(ip)
-                .or_default()
-                .auth_failures
-                .push_back(Instant::now());
+            let h = ips.entry(ip_scope(ip)).or_default();
+            // The score stops growing at a few failures: more need not be kept.
+            if h.auth_failures.len() >= MAX_FAILURES_KEPT {
+                h.auth_failures.pop_front();
+            }
+            h.auth_failures.push_back(Instant::now());
+            h.last_seen = sec;
         }
-        let mut ips = self.ips.lock();
-        if ips.len() > 100_000 {
-            let sec = self.epoch.elapsed().as_secs();
-            ips.retain(|_, h| sec < h.last_seen + 300 || !h.auth_failures.is_empty());
+        if ips.len() > MAX_IPS {
+            // Whatever an address did, it is forgotten 300 s after its last call.
+            ips.retain(|_, h| sec < h.last_seen + 300);
+            if ips.len() > MAX_IPS {
+                let mut seen: Vec<u64> = ips.values().map(|h| h.last_seen).collect();
+                seen.sort_unstable();
+                let cut = seen[seen.len() / 2];
+                ips.retain(|_, h| h.last_seen > cut);
+            }
         }
     }
 }
@@ -264,6 +285,36 @@ mod tests {
         );
         c.request.body_size = Some(100);
         c
+    }
+
+    #[test]
+    fn callers_that_only_fail_auth_do_not_grow_the_map() {
+        let p = SecurityScore {
+            config: SecurityScoreConfig::default(),
+            ips: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        };
+        let mut done = CompletedRequest::default();
+        done.status = 401;
+        for i in 0..(MAX_IPS as u32 * 2 + 10) {
+            let mut cx =
+                gemini_proxy_sdk::testing::request("POST", "/v1beta/models/m:generateContent");
+            cx.request.client_ip = Some(IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i)));
+            p.on_complete(&cx, &done);
+        }
+        assert!(p.ips.lock().len() <= MAX_IPS + 1);
+        let mut cx = gemini_proxy_sdk::testing::request("POST", "/v1beta/models/m:generateContent");
+        cx.request.client_ip = Some("10.9.9.9".parse().unwrap());
+        for _ in 0..10_000 {
+            p.on_complete(&cx, &done);
+        }
+        let ips = p.ips.lock();
+        assert!(
+            ips[&"10.9.9.9".parse::<IpAddr>().unwrap()]
+                .auth_failures
+                .len()
+                <= MAX_FAILURES_KEPT
+        );
     }
 
     #[test]

@@ -146,6 +146,8 @@ struct PoolState {
     affinity: HashMap<String, Affinity>,
     /// Keys that are dead or whose breaker is not closed (the only ones `gate` looks at).
     troubled: std::collections::HashSet<Arc<str>>,
+    /// When `usage`, `project_model` and `key_model` were last swept while full.
+    swept: [u64; 3],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,6 +155,26 @@ struct Affinity {
     key_id: String,
     /// Unix seconds after which the entry is forgotten.
     until: u64,
+}
+
+/// Most (project or key, model) entries kept per map. Model names come from clients (a flood of
+/// made-up names gets a 404 each): past this, entries that no longer count are dropped, and if
+/// none can go, a new name is not remembered.
+const MAX_MODEL_STATE: usize = 10_000;
+
+/// Whether `map` may take one more entry, after dropping those `keep` rejects when full. A full
+/// map is swept at most once a second (`swept`: when it last was), so a flood costs no more
+/// than a lookup per call.
+fn has_room<K, V>(map: &mut HashMap<K, V>, swept: &mut u64, keep: impl Fn(&V) -> bool) -> bool {
+    if map.len() < MAX_MODEL_STATE {
+        return true;
+    }
+    let now = now_unix();
+    if *swept != now {
+        *swept = now;
+        map.retain(|_, v| keep(v));
+    }
+    map.len() < MAX_MODEL_STATE
 }
 
 /// Most resources remembered; older entries are dropped first when full.
@@ -338,10 +360,18 @@ impl KeyPool {
     fn with_usage(&self, project: &Arc<str>, model: Option<&str>, f: impl FnOnce(&mut Usage)) {
         let now = now_unix();
         let mut st = self.state.lock();
-        let u = st
-            .usage
-            .entry((project.clone(), model_key(model).to_string()))
-            .or_default();
+        let key = (project.clone(), model_key(model).to_string());
+        let st = &mut *st;
+        if !st.usage.contains_key(&key)
+            && !has_room(&mut st.usage, &mut st.swept[0], |u| {
+                let mut u = *u;
+                u.roll(now);
+                u.minute_requests > 0 || u.day_requests > 0
+            })
+        {
+            return;
+        }
+        let u = st.usage.entry(key).or_default();
         u.roll(now);
         f(u);
     }
@@ -814,6 +844,12 @@ impl KeyPool {
                 };
                 let until = clock::unix_secs(until) + 1;
                 let key = (h.project.clone(), model);
+                let open = clock::unix_secs(now);
+                if !st.project_model.contains_key(&key)
+                    && !has_room(&mut st.project_model, &mut st.swept[1], |c| c.until > open)
+                {
+                    return None;
+                }
                 let entry = st.project_model.entry(key).or_insert(Cooldown {
                     until: 0,
                     reason: String::new(),
@@ -828,6 +864,11 @@ impl KeyPool {
                     dirty = true;
                 }
             }
+            Verdict::ModelUnavailable | Verdict::BareRateLimit
+                if !st.key_model.contains_key(&(id.clone(), model.clone()))
+                    && !has_room(&mut st.key_model, &mut st.swept[2], |c| {
+                        c.until > clock::unix_secs(now)
+                    }) => {}
             Verdict::ModelUnavailable => {
                 st.key_model.insert(
                     (id, model),
@@ -1086,6 +1127,32 @@ mod tests {
         let mut sel = Selection::new(cands);
         let g = pool.gate(&PoolIndex::new(cands), Some(model), &mut sel);
         (sel.eligible().map(|(_, c)| c.id.to_string()).collect(), g)
+    }
+
+    #[test]
+    fn made_up_model_names_cannot_grow_the_pool_state() {
+        let (p, _) = pool(&[("a", "p1")]);
+        let project: Arc<str> = Arc::from("p1");
+        for i in 0..(MAX_MODEL_STATE * 3) {
+            let m = format!("nosuch-{i}");
+            p.count_request(&project, Some(&m));
+            p.record(&cfg(), "a", Some(&m), &Verdict::ModelUnavailable, None);
+            p.record(
+                &cfg(),
+                "a",
+                Some(&m),
+                &Verdict::ProjectQuota {
+                    window: QuotaWindow::Minute,
+                    retry_delay: Some(Duration::from_secs(30)),
+                    quota_id: "q".into(),
+                },
+                None,
+            );
+        }
+        let st = p.state.lock();
+        assert!(st.usage.len() <= MAX_MODEL_STATE, "{}", st.usage.len());
+        assert!(st.key_model.len() <= MAX_MODEL_STATE);
+        assert!(st.project_model.len() <= MAX_MODEL_STATE);
     }
 
     #[test]

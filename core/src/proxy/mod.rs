@@ -1545,7 +1545,13 @@ impl ProxyHttp for GatewayProxy {
         m.request_duration
             .with_label_values(&[ctx.api])
             .observe(ctx.done.total_latency.as_secs_f64());
-        let model = m.models.get(ctx.model.as_deref().unwrap_or(""));
+        // Only a model the upstream has served becomes a label (see `LabelCap`).
+        let name = ctx.model.as_deref().unwrap_or("");
+        let model = if (200..300).contains(&ctx.done.upstream_status) {
+            m.models.learn(name)
+        } else {
+            m.models.get(name)
+        };
         if ctx.done.attempts > 0 {
             m.gemini_calls
                 .with_label_values(&[ctx.action, &model, &status_label])
