@@ -10,6 +10,7 @@ pub mod audit_db;
 pub mod cli;
 pub mod config;
 pub mod config_history;
+pub mod connections;
 pub mod metrics;
 pub mod mock;
 pub mod pipeline;

@@ -96,6 +96,8 @@ pub struct Metrics {
     pub gemini_calls: IntCounterVec,
     pub key_usage: IntCounterVec,
     pub key_errors: IntCounterVec,
+    /// Client connections closed at accept because the listener was full.
+    pub connections_refused: IntCounterVec,
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub ttfb: HistogramVec,
@@ -164,6 +166,11 @@ impl Metrics {
             &["action", "model", "status"],
         );
         let key_usage = counter("api_key_usage", "Upstream attempts per key id", &["key_id"]);
+        let connections_refused = counter(
+            "client_connections_refused_total",
+            "Client connections closed at accept: the listener had server.clients.max_connections open",
+            &["listener"],
+        );
         let key_errors = counter(
             "api_key_errors_total",
             "Failed upstream attempts per key id and class",
@@ -336,6 +343,7 @@ impl Metrics {
             gemini_calls,
             key_usage,
             key_errors,
+            connections_refused,
             request_duration,
             upstream_duration,
             ttfb,

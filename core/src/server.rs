@@ -12,6 +12,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::LoadedConfig;
+use crate::connections::Capped;
 use crate::proxy::GatewayProxy;
 use crate::reload::{ReloadService, ResolveService};
 use crate::runtime::Shared;
@@ -73,10 +74,23 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let clients = &c.server.clients;
+    let mut app = pingora::proxy::HttpProxy::new(
         GatewayProxy::new(shared.clone()),
-        "gemini-proxy",
+        server.configuration.clone(),
+    );
+    app.handle_init_modules();
+    app.server_options = Some(crate::connections::server_options(clients));
+    let mut proxy = Service::new(
+        "gemini-proxy".to_string(),
+        Capped::new(
+            app,
+            clients.max_connections,
+            shared
+                .metrics
+                .connections_refused
+                .with_label_values(&["proxy"]),
+        ),
     );
     let listen = addr(&c.server.host, c.server.port);
     if let Some(store) = &shared.tls {
@@ -149,9 +163,19 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
     server.add_service(proxy);
 
     if c.metrics.enabled {
+        let mut admin_app =
+            pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone()));
+        admin_app.server_options = Some(crate::connections::server_options(clients));
         let mut admin = Service::new(
             "gemini-proxy admin".to_string(),
-            AdminApp::new(shared.clone()),
+            Capped::new(
+                admin_app,
+                clients.max_connections,
+                shared
+                    .metrics
+                    .connections_refused
+                    .with_label_values(&["admin"]),
+            ),
         );
         let admin_addr = addr(&c.metrics.host, c.metrics.prometheus_port);
         match (&shared.tls, c.metrics.tls) {

@@ -42,6 +42,7 @@ impl AdminApp {
 
     async fn serve(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let rt = self.shared.runtime.load_full();
+        session.set_write_timeout(Some(rt.config.server.clients.write_timeout.0));
         if let Err(r) = gate::same_site(session, &rt, self.shared.tls.as_deref()) {
             return *r;
         }
@@ -148,10 +149,17 @@ fn error(status: u16, message: impl std::fmt::Display) -> Response<Vec<u8>> {
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
+/// Longest an admin request body may take to arrive.
+const ADMIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
     let mut body = Vec::new();
+    let until = tokio::time::Instant::now() + ADMIN_BODY_TIMEOUT;
     loop {
-        match session.read_request_body().await {
+        let Ok(next) = tokio::time::timeout_at(until, session.read_request_body()).await else {
+            return Err(error(408, "the request body arrived too slowly"));
+        };
+        match next {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_ADMIN_BODY {
                     return Err(error(413, "request body too large"));

@@ -354,6 +354,22 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
             format!("port {} is already the proxy's server.port", c.server.port),
         );
     }
+    let cl = &c.server.clients;
+    if cl.max_connections == 0 {
+        return err(
+            "server.clients.max_connections".into(),
+            "must be above 0".into(),
+        );
+    }
+    for (name, d) in [
+        ("head_timeout", cl.head_timeout),
+        ("body_timeout", cl.body_timeout),
+        ("write_timeout", cl.write_timeout),
+    ] {
+        if d.0.is_zero() {
+            return err(format!("server.clients.{name}"), "must be above 0".into());
+        }
+    }
     if c.server.max_body_bytes == 0 {
         return err("server.max_body_bytes".into(), "must be above 0".into());
     }

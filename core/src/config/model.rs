@@ -75,6 +75,38 @@ pub struct ServerConfig {
     /// Browser clients: which origins may call the proxy (none by default).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsConfig>,
+    /// How long and how many clients may hold the listeners (proxy and admin alike).
+    pub clients: ClientLimits,
+}
+
+/// Bounds on what a slow or idle client may hold.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimits {
+    /// Open client connections per listener; past it, new ones are closed at once.
+    pub max_connections: usize,
+    /// From the first byte of a request head to its end (HTTP/1).
+    pub head_timeout: ConfigDuration,
+    /// A whole buffered request body; for streamed uploads, the longest wait for one chunk.
+    pub body_timeout: ConfigDuration,
+    /// Slowest average upload rate accepted (bytes a second), checked once the upload has run
+    /// for `body_timeout`.
+    pub min_body_rate: u64,
+    /// Longest a single write toward the client may block (a client that stops reading a
+    /// stream loses it, and its upstream connection and key slot are freed).
+    pub write_timeout: ConfigDuration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_connections: 10_000,
+            head_timeout: ConfigDuration::secs(10),
+            body_timeout: ConfigDuration::secs(60),
+            min_body_rate: 1024,
+            write_timeout: ConfigDuration::secs(30),
+        }
+    }
 }
 
 /// CORS for browser clients.
@@ -142,6 +174,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             max_header_bytes: 64 * 1024,
             cors: None,
+            clients: ClientLimits::default(),
         }
     }
 }

@@ -13,7 +13,7 @@
 //!   in response headers, a `Location` with `?key=`, and the body (a stream cuts it across
 //!   chunks). The gateway must mask all of it.
 //! - headers: `x-mock-chunks: N` (stream length), `x-mock-event-delay-ms: N` (pause between
-//!   stream events).
+//!   stream events), `x-mock-pad: N` (an SSE comment of N bytes before each event).
 //!
 //! Every request is recorded (method, path, query, headers, body hash) for assertions.
 
@@ -383,6 +383,10 @@ async fn handle(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     );
+    let pad: usize = header(&req, "x-mock-pad")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0usize)
+        .min(64 * 1024);
     let openai = path.contains("/openai/");
     let header_key = header(&req, "x-goog-api-key").map(str::to_string);
     let bearer = header(&req, "authorization").map(str::to_string);
@@ -489,7 +493,7 @@ async fn handle(
             Some("generateContent") => generate(&state, &project, model, &body),
             Some("streamGenerateContent") => {
                 let sse = query_param(query.as_deref(), "alt") == Some("sse");
-                stream(model, &body, chunks, delay, sse)
+                stream(model, &body, chunks, delay, sse, pad)
             }
             Some("countTokens") => json_resp(200, &count_tokens(&body)),
             Some("embedContent") => {
@@ -700,8 +704,21 @@ fn generate(state: &State, project: &str, model: &str, body: &[u8]) -> Response<
     json_resp(200, &generate_response(model, body))
 }
 
-fn stream(model: &str, body: &[u8], chunks: usize, delay: Duration, sse: bool) -> Response<Body> {
+fn stream(
+    model: &str,
+    body: &[u8],
+    chunks: usize,
+    delay: Duration,
+    sse: bool,
+    pad: usize,
+) -> Response<Body> {
     let events = stream_events(model, body, chunks);
+    // An SSE comment before each event: bulk for tests of clients that stop reading.
+    let padding = if sse && pad > 0 {
+        format!(": {}\r\n", "x".repeat(pad))
+    } else {
+        String::new()
+    };
     let ct = if sse {
         "text/event-stream"
     } else {
@@ -721,7 +738,7 @@ fn stream(model: &str, body: &[u8], chunks: usize, delay: Duration, sse: bool) -
             }
             let text = serde_json::to_string(&ev).unwrap_or_default();
             let frame = if sse {
-                format!("data: {text}\r\n\r\n")
+                format!("{padding}data: {text}\r\n\r\n")
             } else if i == 0 {
                 format!("[{}", serde_json::to_string_pretty(&ev).unwrap_or_default())
             } else {

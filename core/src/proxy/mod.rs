@@ -247,14 +247,32 @@ async fn send_continue(session: &mut Session) -> pingora::Result<()> {
     Ok(())
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes.
-async fn read_body(session: &mut Session, limit: u64) -> Result<Bytes, Failure> {
+fn body_too_slow(what: &str) -> Failure {
+    Failure::new(
+        408,
+        "client_timeout",
+        format!("the {what} arrived too slowly"),
+    )
+    .unread()
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes or one that takes longer than
+/// `deadline` (`server.clients.body_timeout`).
+async fn read_body(
+    session: &mut Session,
+    limit: u64,
+    deadline: Duration,
+) -> Result<Bytes, Failure> {
     send_continue(session)
         .await
         .map_err(|_| Failure::new(499, "client_gone", "client went away"))?;
+    let until = tokio::time::Instant::now() + deadline;
     let mut buf = BytesMut::new();
     loop {
-        match session.downstream_session.read_request_body().await {
+        let next = tokio::time::timeout_at(until, session.downstream_session.read_request_body())
+            .await
+            .map_err(|_| body_too_slow("request body"))?;
+        match next {
             Ok(Some(chunk)) => {
                 if (buf.len() + chunk.len()) as u64 > limit {
                     return Err(Failure::too_large("request body", limit));
@@ -501,7 +519,9 @@ impl GatewayProxy {
         let body = if upload {
             RequestBody::Streamed { limit }
         } else {
-            RequestBody::Buffered(read_body(session, limit).await?)
+            RequestBody::Buffered(
+                read_body(session, limit, rt.config.server.clients.body_timeout.0).await?,
+            )
         };
         if let RequestBody::Buffered(b) = &body {
             ctx.done.request_bytes = b.len() as u64;
@@ -924,8 +944,14 @@ impl GatewayProxy {
             .await;
             let wrote = match (body, wrote) {
                 (RequestBody::Streamed { limit }, Ok(())) => {
-                    match stream_request_body(session, &mut up, *limit, &mut ctx.done.request_bytes)
-                        .await
+                    match stream_request_body(
+                        session,
+                        &mut up,
+                        *limit,
+                        &mut ctx.done.request_bytes,
+                        &rt.config.server.clients,
+                    )
+                    .await
                     {
                         Ok(()) => Ok(()),
                         Err(StreamErr::Client(f)) => return Err(f),
@@ -1414,18 +1440,30 @@ enum StreamErr {
     Upstream(Box<pingora::Error>),
 }
 
-/// Copies an upload body from the client to the upstream chunk by chunk.
+/// Copies an upload body from the client to the upstream chunk by chunk. Each chunk must come
+/// within `body_timeout`, and once the upload has run that long its average rate must stay at
+/// `min_body_rate` or more: a trickling client does not hold an upstream connection.
 async fn stream_request_body(
     session: &mut Session,
     up: &mut UpstreamSession,
     limit: u64,
     count: &mut u64,
+    clients: &crate::config::ClientLimits,
 ) -> Result<(), StreamErr> {
     send_continue(session)
         .await
         .map_err(|_| StreamErr::Client(Failure::new(499, "client_gone", "client went away")))?;
+    let started = Instant::now();
+    let wait = clients.body_timeout.0;
     loop {
-        match session.downstream_session.read_request_body().await {
+        let next = tokio::time::timeout(wait, session.downstream_session.read_request_body())
+            .await
+            .map_err(|_| StreamErr::Client(body_too_slow("upload")))?;
+        let ran = started.elapsed();
+        if ran > wait && (*count as f64) < clients.min_body_rate as f64 * ran.as_secs_f64() {
+            return Err(StreamErr::Client(body_too_slow("upload")));
+        }
+        match next {
             Ok(Some(chunk)) => {
                 *count += chunk.len() as u64;
                 if *count > limit {
@@ -1511,6 +1549,10 @@ impl ProxyHttp for GatewayProxy {
             _ => new_request_id(),
         };
         ctx.style = ErrorStyle::for_path(session.req_header().uri.path());
+        // A client that stops reading (a stream it never drains) loses the call.
+        session
+            .downstream_session
+            .set_write_timeout(Some(ctx.runtime.config.server.clients.write_timeout.0));
         self.shared.metrics.in_flight.inc();
         ctx.counted_in_flight = true;
         if let Err(f) = self.handle(session, ctx).await {

@@ -89,6 +89,12 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// If set, an HTTP/1 request head must arrive whole within this long of its first byte
+    /// (added by gemini-proxy: without it, a byte every few seconds keeps a connection).
+    ///
+    /// Default: `None`
+    pub h1_request_head_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -356,6 +362,10 @@ where
                 self.server_options()
                     .and_then(|opts| opts.keepalive_request_limit),
             );
+            let head_timeout = self
+                .server_options()
+                .and_then(|opts| opts.h1_request_head_timeout);
+            session.set_request_head_timeout(head_timeout);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
@@ -363,6 +373,7 @@ where
                 if let Some(persistent_settings) = persistent_settings {
                     persistent_settings.apply_to_session(&mut session);
                 }
+                session.set_request_head_timeout(head_timeout);
 
                 result = self.process_new_http(session, shutdown).await;
             }

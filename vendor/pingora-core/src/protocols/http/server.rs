@@ -385,6 +385,14 @@ impl Session {
         }
     }
 
+    /// Sets how long a request head may take from its first byte (h1 only). Added by
+    /// gemini-proxy.
+    pub fn set_request_head_timeout(&mut self, timeout: Option<Duration>) {
+        if let Self::H1(s) = self {
+            s.set_request_head_timeout(timeout);
+        }
+    }
+
     /// Gets the downstream read timeout if set.
     pub fn get_read_timeout(&self) -> Option<Duration> {
         match self {

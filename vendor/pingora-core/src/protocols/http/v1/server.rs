@@ -103,6 +103,8 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     read_timeout: Option<Duration>,
     write_timeout: Option<Duration>,
+    /// The whole request head must arrive within this long of its first byte (gemini-proxy).
+    request_head_timeout: Option<Duration>,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
@@ -188,6 +190,7 @@ impl HttpSession {
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
+            request_head_timeout: None,
             total_drain_timeout: None,
             body_bytes_sent: 0,
             body_bytes_read: 0,
@@ -304,6 +307,10 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        let mut head_deadline = self
+            .request_head_timeout
+            .filter(|_| already_read != 0)
+            .map(|t| tokio::time::Instant::now() + t);
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -323,10 +330,38 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
             } else {
-                return Ok(None);
+                let read = self.read_request_buf(&mut buf, already_read);
+                // Once the head has begun, the rest must come within `request_head_timeout`:
+                // a per-read timeout alone lets a client send a byte at a time forever.
+                let read = match (head_deadline, already_read) {
+                    (Some(deadline), n) if n > 0 => {
+                        match tokio::time::timeout_at(deadline, read).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                return Error::e_explain(
+                                    ReadTimedout,
+                                    format!(
+                                        "request head not complete within {:?}",
+                                        self.request_head_timeout.unwrap_or_default()
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    _ => read.await,
+                };
+                match read? {
+                    Some(n) => {
+                        if already_read == 0 {
+                            head_deadline = self
+                                .request_head_timeout
+                                .map(|t| tokio::time::Instant::now() + t);
+                        }
+                        already_read += n;
+                    }
+                    None => return Ok(None),
+                }
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -1330,6 +1365,12 @@ impl HttpSession {
 
     /// Sets the downstream read timeout. This will trigger if we're unable
     /// to read from the stream after `timeout`.
+    /// Sets how long the whole request head may take from its first byte (`None`: no bound
+    /// beyond the per-read timeout). Added by gemini-proxy.
+    pub fn set_request_head_timeout(&mut self, timeout: Option<Duration>) {
+        self.request_head_timeout = timeout;
+    }
+
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
     }
@@ -1890,6 +1931,34 @@ mod tests_stream {
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
         assert_eq!(b"/\x01\xF0\x90\x80", http_stream.get_path());
+    }
+
+    #[tokio::test]
+    async fn request_head_timeout_bounds_a_slow_head() {
+        init_log();
+        // The head arrives in pieces that each come well inside the per-read timeout.
+        let mock_io = Builder::new()
+            .read(b"GET / HTTP/1.1\r\n")
+            .wait(Duration::from_millis(60))
+            .read(b"Host: a\r\n")
+            .wait(Duration::from_millis(60))
+            .read(b"\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_read_timeout(Some(Duration::from_secs(5)));
+        http_stream.set_request_head_timeout(Some(Duration::from_millis(100)));
+        let err = http_stream.read_request().await.unwrap_err();
+        assert_eq!(*err.etype(), ErrorType::ReadTimedout);
+
+        // Within the bound, the same head is read.
+        let mock_io = Builder::new()
+            .read(b"GET / HTTP/1.1\r\n")
+            .wait(Duration::from_millis(20))
+            .read(b"Host: a\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_request_head_timeout(Some(Duration::from_millis(500)));
+        assert!(http_stream.read_request().await.unwrap().is_some());
     }
 
     #[tokio::test]

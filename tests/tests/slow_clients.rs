@@ -1,0 +1,152 @@
+//! Slow and idle clients cannot hold the gateway: a head sent a byte at a time, a body that
+//! trickles, a stream nobody reads, and more open connections than the listener allows.
+
+use std::time::{Duration, Instant};
+
+use gemini_proxy_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn start(limits: &str) -> Harness {
+    Harness::start_with(&[("a", "valid-a", 1)], "", |t| {
+        set_server_line(t, None, &format!("clients: {{ {limits} }}"));
+    })
+}
+
+/// Reads until the peer closes (or `within` passes); returns what came and when it closed.
+async fn until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, Option<Duration>) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, Some(started.elapsed())),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_sent_a_byte_at_a_time_is_cut_off() {
+    let h = start("head_timeout: 1s");
+    let mut s = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let head = b"GET /v1beta/models HTTP/1.1\r\nhost: x\r\nx-goog-api-key: client-token\r\n\r\n";
+    let started = Instant::now();
+    let mut closed_at = None;
+    for b in head {
+        if s.write_all(&[*b]).await.is_err() {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut probe = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
+        {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("the connection was closed before the head was done");
+    assert!(closed_at < Duration::from_secs(4), "{closed_at:?}");
+    assert!(h.mock.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_past_the_cap_are_closed_and_half_heads_expire() {
+    let h = start("max_connections: 20, head_timeout: 1s");
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+        s.write_all(b"GET /v1beta/models HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The 21st connection is closed as soon as it is accepted.
+    let mut extra = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /v1beta/models HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let (got, closed) = until_closed(&mut extra, Duration::from_secs(2)).await;
+    assert!(
+        closed.is_some() && got.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let m = h.admin_text("/metrics").await;
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("client_connections_refused_total{listener=\"proxy\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{m}"
+    );
+    // The twenty half heads are closed by the head deadline.
+    for s in &mut held {
+        let (_, closed) = until_closed(s, Duration::from_secs(5)).await;
+        assert!(closed.is_some(), "a half head stayed open");
+    }
+    // And the listener serves again.
+    let r = h
+        .client
+        .get(h.url("/v1beta/models"))
+        .header(CLIENT.0, CLIENT.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trickling_body_gets_408() {
+    let h = start("body_timeout: 1s");
+    let mut s = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    s.write_all(
+        b"POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nhost: x\r\nx-goog-api-key: client-token\r\ncontent-length: 1000\r\n\r\n{\"contents\":",
+    )
+    .await
+    .unwrap();
+    let (got, closed) = until_closed(&mut s, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(closed.is_some());
+    assert!(h.mock.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_nobody_reads_frees_its_key() {
+    let h = start("write_timeout: 1s");
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut s = sock.connect(h.gateway.proxy_addr).await.unwrap();
+    let body = gen_body("x");
+    s.write_all(
+        format!(
+            "POST /v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse HTTP/1.1\r\nhost: x\r\nx-goog-api-key: client-token\r\nx-mock-chunks: 10000\r\nx-mock-pad: 16384\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut first = [0u8; 512];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    // Stop reading. The gateway's writes block; after write_timeout it gives the call up.
+    let live = h.gateway.shared.runtime.load().live[0].clone();
+    assert_eq!(live.in_flight(), 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while live.in_flight() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the key stayed in flight for a client that never reads"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(s);
+    let r = h.generate("next").await;
+    assert_eq!(r.status(), 200);
+}
