@@ -98,6 +98,9 @@ pub struct TokenArgs {
     /// Models the token may use (globs, comma-separated); default any.
     #[arg(long, value_delimiter = ',')]
     pub models: Vec<String>,
+    /// Tenant the caller acts for: what it creates is shared by the tenant's tokens.
+    #[arg(long)]
+    pub tenant: Option<String>,
 }
 
 /// `token`: prints a token, or an error; returns the exit code.
@@ -136,7 +139,14 @@ pub fn run_token(a: &TokenArgs) -> i32 {
             return 2;
         }
     };
+    for (flag, value) in [("--sub", Some(&a.sub)), ("--tenant", a.tenant.as_ref())] {
+        if let Some(Err(e)) = value.map(|v| gemini_proxy_plugins::auth::check_subject(v)) {
+            eprintln!("error: {flag}: {e}");
+            return 2;
+        }
+    }
     let mut claims = gemini_proxy_plugins::auth::new_claims(&a.sub, role, ttl, a.models.clone());
+    claims.tenant = a.tenant.clone();
     claims.iss = auth.issuer.clone();
     claims.aud = auth.audience.clone();
     match gemini_proxy_plugins::auth::sign(

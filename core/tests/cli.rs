@@ -166,6 +166,8 @@ fn token_command_prints_a_token_the_gateway_accepts() {
             "10m",
             "--models",
             "gemini-2.5-*,gemma-*",
+            "--tenant",
+            "acme",
             "--config",
         ])
         .arg(&cfg)
@@ -188,6 +190,15 @@ fn token_command_prints_a_token_the_gateway_accepts() {
     assert_eq!(claims.role.as_deref(), Some("admin"));
     assert_eq!(claims.models, vec!["gemini-2.5-*", "gemma-*"]);
     assert!(claims.exp - claims.iat.unwrap() == 600);
+    assert_eq!(claims.tenant.as_deref(), Some("acme"));
+    // A subject that would forge a log line is refused.
+    let out = bin()
+        .args(["token", "--sub", "a\nb", "--config"])
+        .arg(&cfg)
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
     // hash-password prints an Argon2 hash.
     use std::io::Write;
     let mut child = bin()

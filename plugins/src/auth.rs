@@ -85,6 +85,9 @@ pub struct Claims {
     pub models: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<TokenLimits>,
+    /// The tenant the caller acts for: resources it creates are the tenant's (default: `sub`'s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
@@ -412,7 +415,12 @@ impl Verifier {
         if !matches!(claims.role.as_deref(), None | Some("user") | Some("admin")) {
             return Err(AuthError::BadRole);
         }
-        if check_subject(&claims.sub).is_err() {
+        if check_subject(&claims.sub).is_err()
+            || claims
+                .tenant
+                .as_deref()
+                .is_some_and(|t| check_subject(t).is_err())
+        {
             return Err(AuthError::Malformed);
         }
         Ok(claims)
@@ -472,6 +480,7 @@ pub fn new_claims(sub: &str, role: Role, ttl: Duration, models: Vec<String>) -> 
         role: Some(role.as_str().to_string()),
         models,
         limits: None,
+        tenant: None,
         exp: now + ttl.as_secs(),
         nbf: Some(now),
         iat: Some(now),

@@ -20,6 +20,8 @@ impl AdminApp {
             models: Vec<String>,
             #[serde(default)]
             limits: Option<gemini_proxy_plugins::auth::TokenLimits>,
+            #[serde(default)]
+            tenant: Option<String>,
         }
         let rt = self.shared.runtime.load_full();
         let Some(secret) = rt
@@ -43,9 +45,17 @@ impl AdminApp {
         if let Err(e) = gemini_proxy_plugins::auth::check_subject(&req.sub) {
             return error(400, e);
         }
+        if let Some(Err(e)) = req
+            .tenant
+            .as_deref()
+            .map(gemini_proxy_plugins::auth::check_subject)
+        {
+            return error(400, format!("tenant: {e}"));
+        }
         let ttl = req.ttl.map_or(rt.config.auth.token_ttl.0, |d| d.0);
         let mut claims = gemini_proxy_plugins::auth::new_claims(&req.sub, role, ttl, req.models);
         claims.limits = req.limits;
+        claims.tenant = req.tenant;
         let jti = claims.jti.clone();
         match sign_claims(&rt, secret, claims) {
             Ok(token) => {

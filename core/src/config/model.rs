@@ -425,6 +425,9 @@ pub struct AuthConfig {
     pub admin_password_hash: Option<String>,
     /// Allows `enabled: false` on a non-loopback listener (development only).
     pub allow_unauthenticated: bool,
+    /// Each caller (a token's `tenant` claim, else its `sub`) sees only the files, caches,
+    /// batches and other resources it created through the gateway; admins see all.
+    pub tenant_isolation: bool,
 }
 
 impl Default for AuthConfig {
@@ -442,6 +445,7 @@ impl Default for AuthConfig {
             admin_password: None,
             admin_password_hash: None,
             allow_unauthenticated: false,
+            tenant_isolation: true,
         }
     }
 }

@@ -155,6 +155,9 @@ struct Affinity {
     key_id: String,
     /// Unix seconds after which the entry is forgotten.
     until: u64,
+    /// Who created it (`user:SUB` or `tenant:NAME`), when a caller was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
 }
 
 /// Most (project or key, model) entries kept per map. Model names come from clients (a flood of
@@ -617,8 +620,8 @@ impl KeyPool {
         self.mark_dirty();
     }
 
-    /// Remembers that `key_id` created `resource`, for `ttl`.
-    pub fn pin(&self, resource: &str, key_id: &str, ttl: Duration) {
+    /// Remembers that `key_id` created `resource` for `owner`, for `ttl`.
+    pub fn pin(&self, resource: &str, key_id: &str, ttl: Duration, owner: Option<&str>) {
         let now = now_unix();
         let mut st = self.state.lock();
         if st.affinity.len() >= MAX_AFFINITY {
@@ -632,11 +635,21 @@ impl KeyPool {
             }
         }
         self.any_pins.store(true, Ordering::Relaxed);
+        // The first owner stays: reading a resource (which names it again) never takes it over,
+        // and another caller creating the same name in another project never re-points it.
+        let owner = match st.affinity.get(resource).filter(|a| a.until > now) {
+            Some(a) if a.owner.is_some() && a.owner.as_deref() != owner && a.key_id != key_id => {
+                return;
+            }
+            Some(a) => a.owner.clone(),
+            None => owner.map(str::to_string),
+        };
         st.affinity.insert(
             resource.to_string(),
             Affinity {
                 key_id: key_id.to_string(),
                 until: now + ttl.as_secs(),
+                owner,
             },
         );
         drop(st);
@@ -650,6 +663,16 @@ impl KeyPool {
             .get(resource)
             .filter(|a| a.until > now_unix())
             .map(|a| a.key_id.clone())
+    }
+
+    /// Who created `resource`: `None` when the gateway never saw it created (or forgot it),
+    /// `Some(None)` when it was created without a known caller.
+    pub fn owner_of(&self, resource: &str) -> Option<Option<String>> {
+        let st = self.state.lock();
+        st.affinity
+            .get(resource)
+            .filter(|a| a.until > now_unix())
+            .map(|a| a.owner.clone())
     }
 
     /// Whether any resource was ever pinned (lets callers skip scanning bodies).
@@ -1312,8 +1335,22 @@ mod tests {
         let (p, _) = pool(&[("a", "a")]);
         p.set_state_file(Some(file.clone()));
         assert!(!p.has_pins());
-        p.pin("files/abc", "a", Duration::from_secs(3600));
-        p.pin("upload:old", "a", Duration::from_secs(0));
+        p.pin("files/abc", "a", Duration::from_secs(3600), Some("user:x"));
+        p.pin("upload:old", "a", Duration::from_secs(0), None);
+        // Named again by someone else (an admin reading it): the owner stays.
+        p.pin(
+            "files/abc",
+            "a",
+            Duration::from_secs(3600),
+            Some("user:admin"),
+        );
+        assert_eq!(p.owner_of("files/abc"), Some(Some("user:x".into())));
+        // The same name made by another caller in another project does not re-point it.
+        let (p2, _) = pool(&[("a", "a"), ("b", "b")]);
+        p2.pin("files/n", "a", Duration::from_secs(3600), Some("user:x"));
+        p2.pin("files/n", "b", Duration::from_secs(3600), Some("user:y"));
+        assert_eq!(p2.pinned("files/n").as_deref(), Some("a"));
+        assert_eq!(p2.owner_of("files/n"), Some(Some("user:x".into())));
         assert_eq!(p.pinned("files/abc").as_deref(), Some("a"));
         assert_eq!(p.pinned("upload:old"), None, "expired");
         p.save().unwrap();

@@ -241,52 +241,6 @@ mod tests {
     }
 }
 
-/// Project-bound resources a request refers to, most specific first: the one in the path,
-/// an upload session (`upload:ID`), then references in the body (`files/..`,
-/// `cachedContents/..`) when `body` is given.
-pub fn resource_refs(path: &str, query: Option<&str>, body: Option<&[u8]>) -> Vec<String> {
-    let mut out = Vec::new();
-    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    for w in segs.windows(2) {
-        if matches!(w[0], "files" | "cachedContents" | "batches") {
-            let id = w[1].split(':').next().unwrap_or("");
-            if !id.is_empty() {
-                out.push(format!("{}/{id}", w[0]));
-            }
-        }
-    }
-    if let Some(q) = query {
-        for pair in q.split('&') {
-            if let Some(id) = pair.strip_prefix("upload_id=")
-                && !id.is_empty()
-            {
-                out.push(format!("upload:{id}"));
-            }
-        }
-    }
-    if let Some(b) = body {
-        for prefix in ["cachedContents/", "files/"] {
-            for at in memchr::memmem::find_iter(b, prefix.as_bytes()) {
-                let rest = &b[at + prefix.len()..];
-                let len = rest
-                    .iter()
-                    .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b'_')
-                    .count();
-                if len > 0 {
-                    let r = format!("{prefix}{}", String::from_utf8_lossy(&rest[..len]));
-                    if !out.contains(&r) {
-                        out.push(r);
-                    }
-                }
-                if out.len() >= 16 {
-                    return out;
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod model_tests {
     use super::*;
@@ -333,37 +287,6 @@ mod model_tests {
         ] {
             assert!(OpenAiHead::parse(bad).is_none());
         }
-    }
-}
-
-#[cfg(test)]
-mod resource_tests {
-    use super::resource_refs;
-
-    #[test]
-    fn finds_path_upload_and_body_references() {
-        assert_eq!(
-            resource_refs("/v1beta/files/abc-1", None, None),
-            vec!["files/abc-1"]
-        );
-        assert_eq!(
-            resource_refs("/v1beta/batches/b7:cancel", None, None),
-            vec!["batches/b7"]
-        );
-        assert!(resource_refs("/v1beta/files", None, None).is_empty());
-        assert_eq!(
-            resource_refs(
-                "/upload/v1beta/files",
-                Some("upload_id=u9&upload_protocol=resumable"),
-                None
-            ),
-            vec!["upload:u9"]
-        );
-        let body = br#"{"cachedContent":"cachedContents/cc1","contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/f2"}}]}]}"#;
-        assert_eq!(
-            resource_refs("/v1beta/models/m:generateContent", None, Some(body)),
-            vec!["cachedContents/cc1", "files/f2"]
-        );
     }
 }
 

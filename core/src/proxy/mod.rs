@@ -8,6 +8,7 @@ mod inbound;
 mod observer;
 mod response_head;
 mod scrub;
+pub mod tenancy;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +38,34 @@ use crate::stats::{CallRecord, ErrorSample};
 
 /// Largest upstream error body read to classify it.
 const MAX_ERROR_BODY: usize = 1024 * 1024;
+/// Largest resource listing read to cut it down to the caller's own.
+const MAX_LISTING: usize = 8 * 1024 * 1024;
+
+/// Reads a whole upstream body of at most `max` bytes.
+async fn read_whole(up: &mut UpstreamSession, max: usize, what: &str) -> Result<BytesMut, Failure> {
+    let mut buf = BytesMut::new();
+    loop {
+        match up.read_response_body().await {
+            Ok(Some(c)) => {
+                if buf.len() + c.len() > max {
+                    return Err(Failure::new(
+                        502,
+                        "upstream_protocol",
+                        format!("upstream {what} too large"),
+                    ));
+                }
+                buf.extend_from_slice(&c);
+            }
+            Ok(None) => return Ok(buf),
+            Err(e) => {
+                return Err(Failure::from_upstream(
+                    &e,
+                    &format!("while reading the {what}"),
+                ));
+            }
+        }
+    }
+}
 
 /// Why a call failed before (or while) answering; turned into a client error.
 #[derive(Debug)]
@@ -199,6 +228,10 @@ pub struct CallState {
     upstream_reason: Option<String>,
     /// The client sent its own `x-request-id` (not shown on the open `/errors` page).
     client_request_id: bool,
+    /// Who owns what this call creates (see `tenancy`).
+    owner: Option<String>,
+    /// A listing to cut down to the caller's own resources.
+    own_listing: bool,
     counted_in_flight: bool,
     /// Index (in the runtime's keys) of the key of the last attempt.
     key_index: Option<usize>,
@@ -527,8 +560,58 @@ impl GatewayProxy {
             ctx.done.request_bytes = b.len() as u64;
             self.admit_body(ctx, &rt, &inbound, b)?;
         }
+        let cx = ctx.cx.as_ref().expect("set by handle");
+        let isolated = tenancy::isolated(cx, rt.config.auth.tenant_isolation);
+        ctx.owner = tenancy::owner(cx);
+        // Resources the call names (path, upload session, body): their project, their owner.
+        let refs = if isolated || self.shared.pool.has_pins() {
+            let scan = match &body {
+                RequestBody::Buffered(b) if !b.is_empty() => Some(&b[..]),
+                _ => None,
+            };
+            tenancy::resource_refs(&inbound.path, inbound.query.as_deref(), scan)
+        } else {
+            Vec::new()
+        };
+        if isolated {
+            self.own_resources_only(ctx, &method, &inbound, &refs)?;
+        }
+        self.attempts(session, ctx, &rt, &inbound, body, &refs)
+            .await
+    }
 
-        self.attempts(session, ctx, &rt, &inbound, body).await
+    /// A non-admin caller reaches only resources it created: others are 404, as if they did
+    /// not exist, and a listing shows only its own.
+    fn own_resources_only(
+        &self,
+        ctx: &mut CallState,
+        method: &http::Method,
+        inbound: &Inbound,
+        refs: &[String],
+    ) -> Result<(), Failure> {
+        if refs.len() > tenancy::MAX_REFS {
+            return Err(Failure::new(
+                400,
+                "bad_request",
+                format!("a call may name at most {} resources", tenancy::MAX_REFS),
+            ));
+        }
+        for r in refs {
+            let key = r
+                .strip_prefix("upload:")
+                .map(|_| r.clone())
+                .or_else(|| tenancy::resource_key(r));
+            let Some(key) = key else { continue };
+            if self.shared.pool.owner_of(&key).flatten() != ctx.owner {
+                return Err(Failure::new(
+                    404,
+                    "not_found",
+                    format!("{key} was not found"),
+                ));
+            }
+        }
+        ctx.own_listing = tenancy::listed_collection(method, &inbound.path).is_some();
+        Ok(())
     }
 
     /// The second half of admission, once a buffered body is in: the model and `stream` of an
@@ -592,6 +675,7 @@ impl GatewayProxy {
         rt: &Arc<Runtime>,
         inbound: &Inbound,
         body: RequestBody,
+        refs: &[String],
     ) -> Result<(), Failure> {
         let cfg = &rt.config.pool;
         let retryable_body = matches!(body, RequestBody::Buffered(_));
@@ -602,18 +686,10 @@ impl GatewayProxy {
         let mut transient_keys: Vec<Arc<str>> = Vec::new();
         let mut last_transient = false;
         // Files, cached contents, batches and upload sessions live in the project that made them.
-        let pinned: Option<usize> = if self.shared.pool.has_pins() {
-            let scan = match &body {
-                RequestBody::Buffered(b) if !b.is_empty() => Some(&b[..]),
-                _ => None,
-            };
-            inbound::resource_refs(&inbound.path, inbound.query.as_deref(), scan)
-                .iter()
-                .find_map(|r| self.shared.pool.pinned(r))
-                .and_then(|id| rt.keys.iter().position(|k| *k.id == *id))
-        } else {
-            None
-        };
+        let pinned: Option<usize> = refs
+            .iter()
+            .find_map(|r| self.shared.pool.pinned(r))
+            .and_then(|id| rt.keys.iter().position(|k| *k.id == *id));
         loop {
             let cx = ctx.cx.as_mut().expect("set by handle");
             let stats = LiveStats {
@@ -841,7 +917,7 @@ impl GatewayProxy {
         session: &Session,
         ctx: &CallState,
         resp: &ResponseHeader,
-        error_body: Option<&Bytes>,
+        whole_body: Option<&Bytes>,
     ) -> Result<ResponseHeader, Failure> {
         let status = resp.status.as_u16();
         let method = &session.req_header().method;
@@ -854,7 +930,7 @@ impl GatewayProxy {
         }
         let _ = out.insert_header("x-request-id", ctx.request_id.as_str());
         cors_headers(rt, session, &mut out);
-        match error_body {
+        match whole_body {
             Some(b) => {
                 let _ = out.insert_header("content-length", b.len().to_string());
             }
@@ -999,40 +1075,29 @@ impl GatewayProxy {
         let status = resp.status.as_u16();
         ctx.done.upstream_status = status;
 
-        // Errors are small: read them whole to classify, then pass them on unchanged.
-        let mut error_body_bytes: Option<Bytes> = None;
+        // Errors are small: read them whole to classify, then pass them on (masked). A listing
+        // held to the caller's own resources is read whole too, to be cut down.
+        let mut whole_body: Option<Bytes> = None;
         let mut outcome = UpstreamOutcome::new(key.id.to_string(), status);
         outcome.latency = head_latency;
         if status >= 400 {
-            let mut buf = BytesMut::new();
-            let mut complete = true;
-            loop {
-                match up.read_response_body().await {
-                    Ok(Some(c)) => {
-                        if buf.len() + c.len() > MAX_ERROR_BODY {
-                            complete = false;
-                            break;
-                        }
-                        buf.extend_from_slice(&c);
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Err(Failure::from_upstream(&e, "while reading the error body"));
-                    }
-                }
-            }
-            if !complete {
-                return Err(Failure::new(
-                    502,
-                    "upstream_protocol",
-                    "upstream error body too large",
-                ));
-            }
+            let mut buf = read_whole(&mut up, MAX_ERROR_BODY, "error body").await?;
             // Google may name the key it was called with (a suspended consumer's 403).
             rt.scrubber.mask(&mut buf);
             let bytes = buf.freeze();
             outcome.error = UpstreamError::parse(&bytes);
-            error_body_bytes = Some(bytes);
+            whole_body = Some(bytes);
+        } else if ctx.own_listing && (200..300).contains(&status) {
+            let mut buf = read_whole(&mut up, MAX_LISTING, "listing").await?;
+            rt.scrubber.mask(&mut buf);
+            let owner = ctx.owner.clone();
+            let pool = &self.shared.pool;
+            whole_body = Some(
+                match tenancy::filter_listing(&buf, |k| pool.owner_of(k).flatten() == owner) {
+                    Some(own) => Bytes::from(own),
+                    None => buf.freeze(),
+                },
+            );
         }
         {
             let cx = ctx.cx.as_ref().expect("context");
@@ -1075,7 +1140,7 @@ impl GatewayProxy {
         if verdict == Verdict::GatewayBug {
             tracing::error!(request_id = %ctx.request_id, key_id = %key.id, status, "upstream refused the gateway's credential handling (gateway bug?)");
         }
-        if let Some(b) = &error_body_bytes
+        if let Some(b) = whole_body.as_ref().filter(|_| status >= 400)
             && budget.allows(&verdict)
         {
             // The error body was read to its end: the connection can serve another call.
@@ -1098,11 +1163,14 @@ impl GatewayProxy {
             .and_then(|v| v.to_str().ok())
             .and_then(upload_id_of)
         {
-            self.shared
-                .pool
-                .pin(&format!("upload:{id}"), &key.id, UPLOAD_AFFINITY);
+            self.shared.pool.pin(
+                &format!("upload:{id}"),
+                &key.id,
+                UPLOAD_AFFINITY,
+                ctx.owner.as_deref(),
+            );
         }
-        let out = self.client_head(rt, session, ctx, &resp, error_body_bytes.as_ref())?;
+        let out = self.client_head(rt, session, ctx, &resp, whole_body.as_ref())?;
         let content_type = out
             .headers
             .get("content-type")
@@ -1139,7 +1207,7 @@ impl GatewayProxy {
         }
         ctx.done.time_to_first_byte = Some(ctx.started.elapsed());
 
-        if let Some(b) = error_body_bytes {
+        if let Some(b) = whole_body {
             observer.feed(&b);
             ctx.done.response_bytes = b.len() as u64;
             let _ = session.write_response_body(Some(b), true).await;
@@ -1150,7 +1218,9 @@ impl GatewayProxy {
                     .release_http_session(up, &peer, peer.options.idle_timeout)
                     .await;
             }
-            ctx.done.error_class = Some(classify_status(status).into());
+            if status >= 400 {
+                ctx.done.error_class = Some(classify_status(status).into());
+            }
             return Ok(Forwarded::Done);
         }
 
@@ -1215,10 +1285,17 @@ impl GatewayProxy {
         {
             let ttl = if name.starts_with("files/") {
                 FILE_AFFINITY
+            } else if ["tunedModels/", "fileSearchStores/", "corpora/"]
+                .iter()
+                .any(|c| name.starts_with(c))
+            {
+                LASTING_AFFINITY
             } else {
                 RESOURCE_AFFINITY
             };
-            self.shared.pool.pin(name, &key.id, ttl);
+            self.shared
+                .pool
+                .pin(name, &key.id, ttl, ctx.owner.as_deref());
         }
         ctx.done.usage = observed.usage;
         ctx.done.finish_reason = observed.finish_reason.clone();
@@ -1320,7 +1397,7 @@ pub fn fuzz_inbound(data: &[u8]) {
     if let Some((_, q)) = target.split_once('?') {
         let _ = split_key_param(q);
     }
-    let _ = inbound::resource_refs(target, target.split_once('?').map(|(_, q)| q), Some(data));
+    let _ = tenancy::resource_refs(target, target.split_once('?').map(|(_, q)| q), Some(data));
     let _ = client_ip(
         Some(std::net::IpAddr::from([10, 0, 0, 1])),
         &headers,
@@ -1363,6 +1440,9 @@ fn cors_headers(rt: &Runtime, session: &Session, out: &mut ResponseHeader) {
 const FILE_AFFINITY: Duration = Duration::from_secs(48 * 3600);
 /// Cached contents and batches: a week (their own TTLs are usually shorter).
 const RESOURCE_AFFINITY: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Tuned models, file search stores and corpora last until deleted: their owner is kept a year
+/// after the gateway last saw them named.
+const LASTING_AFFINITY: Duration = Duration::from_secs(400 * 24 * 3600);
 /// Upload sessions: Google's resumable sessions last about a week.
 const UPLOAD_AFFINITY: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -1515,6 +1595,8 @@ impl ProxyHttp for GatewayProxy {
             model: None,
             upstream_reason: None,
             client_request_id: false,
+            owner: None,
+            own_listing: false,
             counted_in_flight: false,
             key_index: None,
             extra: crate::audit::CallExtra::default(),

@@ -87,20 +87,17 @@ struct Event {
     /// Upload finalisation: `{"file": {"name": ...}}`.
     #[serde(default)]
     file: Option<Named>,
+    /// An OpenAI-style created resource: `{"id": ..., "object": "file" | "batch"}`.
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    object: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct Named {
     #[serde(default)]
     name: Option<String>,
-}
-
-/// `files/x`, `cachedContents/y` or `batches/z`: resources that live in one project.
-pub fn is_resource_name(n: &str) -> bool {
-    ["files/", "cachedContents/", "batches/"].iter().any(|p| {
-        n.strip_prefix(p)
-            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
-    })
 }
 
 /// What the observer concluded once the body ended.
@@ -210,10 +207,15 @@ impl Observer {
     fn event(&mut self, ev: Event) {
         self.out.events += 1;
         let name = ev.name.or(ev.file.and_then(|f| f.name));
-        if let Some(n) = name
-            && is_resource_name(&n)
-        {
-            self.out.resource_name = Some(n);
+        let key = name
+            .as_deref()
+            .and_then(super::tenancy::resource_key)
+            .or_else(|| {
+                let item = serde_json::json!({"id": ev.id?, "object": ev.object});
+                super::tenancy::member_key(&item)
+            });
+        if key.is_some() {
+            self.out.resource_name = key;
         }
         if let Some(u) = ev.usage_metadata {
             self.out.usage = Some(Usage {
