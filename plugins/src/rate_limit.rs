@@ -46,6 +46,13 @@ pub struct RateLimitConfig {
     /// Per authenticated user (`sub`); a token's `limits` claim overrides it.
     #[serde(default)]
     pub per_user: Limits,
+    /// Callers (addresses and users) remembered at most (at least 100); see `prune_if_full`.
+    #[serde(default = "d_max_callers")]
+    pub max_callers: usize,
+}
+
+fn d_max_callers() -> usize {
+    100_000
 }
 
 /// One caller's last minute in one-second buckets (requests, tokens), and streams open now.
@@ -187,7 +194,7 @@ impl RateLimit {
         let scopes = self.scopes(cx);
         let stream = cx.request.stream;
         let mut logs = self.logs.lock();
-        prune_if_full(&mut logs, sec);
+        prune_if_full(&mut logs, sec, self.config.max_callers.max(100));
         // Decide for every scope before recording anything, so a refusal costs no quota.
         for (key, limits, what) in &scopes {
             let log = logs.entry(key.clone()).or_default();
@@ -307,20 +314,18 @@ fn ip_scope(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
-/// Callers remembered at most: idle ones are forgotten first; when every one is busy, the
-/// oldest go (their limits start over, which only ever lets fewer calls through than the
-/// attacker filling the map paid for).
-const MAX_CALLERS: usize = 100_000;
-
-fn prune_if_full(logs: &mut HashMap<String, Log>, sec: u64) {
-    if logs.len() < MAX_CALLERS {
+/// Past `max` callers, idle ones are forgotten first; when every one is busy, the oldest go
+/// (their limits start over, which only ever lets fewer calls through than the attacker
+/// filling the map paid for).
+fn prune_if_full(logs: &mut HashMap<String, Log>, sec: u64, max: usize) {
+    if logs.len() < max {
         return;
     }
     logs.retain(|_, l| {
         l.prune(sec);
         !l.buckets.is_empty() || l.streams > 0
     });
-    if logs.len() >= MAX_CALLERS {
+    if logs.len() >= max {
         let mut newest: Vec<u64> = logs
             .values()
             .map(|l| l.buckets.back().map_or(0, |b| b.0))
@@ -509,15 +514,12 @@ mod tests {
             logs: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
         };
-        for i in 0..(MAX_CALLERS as u32 * 2 + 10) {
+        let max = p.config.max_callers;
+        for i in 0..(max as u32 * 2 + 10) {
             let mut cx = call(&std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(), None);
             p.check(&mut cx).unwrap();
         }
-        assert!(
-            p.logs.lock().len() <= MAX_CALLERS,
-            "{}",
-            p.logs.lock().len()
-        );
+        assert!(p.logs.lock().len() <= max, "{}", p.logs.lock().len());
         // Fresh IPv6 addresses of one /64 are one caller.
         for i in 0..1000u128 {
             let ip = std::net::Ipv6Addr::from((0x2001_0db8_0000_0001u128 << 64) | i);

@@ -54,6 +54,13 @@ pub struct SecurityScoreConfig {
     pub burst_per_10s: u32,
     #[serde(default = "d_large")]
     pub large_body_bytes: u64,
+    /// Addresses (IPv6: /64 ranges) remembered at most (at least 100).
+    #[serde(default = "d_max_ips")]
+    pub max_ips: usize,
+}
+
+fn d_max_ips() -> usize {
+    100_000
 }
 
 impl Default for SecurityScoreConfig {
@@ -71,8 +78,6 @@ struct IpHistory {
     auth_failures: VecDeque<Instant>,
 }
 
-/// Addresses remembered at most.
-const MAX_IPS: usize = 100_000;
 /// Auth failures kept per address (the signal saturates at four).
 const MAX_FAILURES_KEPT: usize = 16;
 
@@ -237,10 +242,10 @@ impl Plugin for SecurityScore {
             h.auth_failures.push_back(Instant::now());
             h.last_seen = sec;
         }
-        if ips.len() > MAX_IPS {
+        if ips.len() > self.config.max_ips.max(100) {
             // Whatever an address did, it is forgotten 300 s after its last call.
             ips.retain(|_, h| sec < h.last_seen + 300);
-            if ips.len() > MAX_IPS {
+            if ips.len() > self.config.max_ips.max(100) {
                 let mut seen: Vec<u64> = ips.values().map(|h| h.last_seen).collect();
                 seen.sort_unstable();
                 let cut = seen[seen.len() / 2];
@@ -296,13 +301,14 @@ mod tests {
         };
         let mut done = CompletedRequest::default();
         done.status = 401;
-        for i in 0..(MAX_IPS as u32 * 2 + 10) {
+        let max = p.config.max_ips;
+        for i in 0..(max as u32 * 2 + 10) {
             let mut cx =
                 gemini_proxy_sdk::testing::request("POST", "/v1beta/models/m:generateContent");
             cx.request.client_ip = Some(IpAddr::from(std::net::Ipv4Addr::from(0x0b00_0000 + i)));
             p.on_complete(&cx, &done);
         }
-        assert!(p.ips.lock().len() <= MAX_IPS + 1);
+        assert!(p.ips.lock().len() <= max + 1);
         let mut cx = gemini_proxy_sdk::testing::request("POST", "/v1beta/models/m:generateContent");
         cx.request.client_ip = Some("10.9.9.9".parse().unwrap());
         for _ in 0..10_000 {
