@@ -163,6 +163,18 @@ impl History {
 /// What the redacted config shows in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
+/// The placeholder, or a near miss of it (` <REDACTED>`, `redacted`, `< redacted >`): never a
+/// real secret. Matching loosely keeps a hand-edited copy of the placeholder from becoming the
+/// secret that anyone who saw the redacted config could guess.
+pub fn looks_redacted(s: &str) -> bool {
+    let letters: String = s
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+        .collect();
+    letters == "redacted"
+}
+
 /// Field names whose values are secrets (redacted on the way out, restored on the way in).
 pub const SECRET_FIELDS: &[&str] = &[
     "key",

@@ -132,6 +132,12 @@ fn mock(args: cli::MockArgs) -> i32 {
 }
 
 fn main() {
+    // Everything the gateway writes (audit database and its WAL, logs, state, exports) is its
+    // own user's only, whatever the folder it lands in allows.
+    #[cfg(unix)]
+    unsafe {
+        libc::umask(0o077);
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         None => serve(ServeArgs {

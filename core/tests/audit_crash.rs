@@ -62,6 +62,14 @@ fn setup(
     let dir = tempfile::tempdir().unwrap();
     let (port, admin) = (free_port(), free_port());
     let config = dir.path().join("proxy.yaml");
+    // The data folder exists already, readable by all: what the gateway writes there is not.
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let all = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(dir.path().join("data"), all).unwrap();
+    }
     std::fs::write(
         &config,
         format!(
@@ -145,6 +153,16 @@ fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
         );
     }
     drop(g); // SIGKILL: no shutdown, no flush.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let written = walk(&dir.path().join("data"));
+        assert!(written.iter().any(|p| p.to_string_lossy().ends_with(".wal")), "{written:?}");
+        for p in written {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+        }
+    }
 
     // The file, opened read-only (the WAL is replayed), has every call older than the window.
     let out = query(

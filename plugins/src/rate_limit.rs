@@ -91,12 +91,25 @@ impl Log {
         self.tokens += tokens;
     }
 
-    /// Moves `delta` tokens in the bucket of second `sec`, if it is still counted.
-    fn correct(&mut self, sec: u64, from: u64, to: u64) {
+    /// Replaces a call's `from` tokens with `to`: in its own second `sec` while that is still
+    /// counted; after that (a call longer than the window), what it used beyond `from` is
+    /// charged now, so no call's tokens escape every window.
+    fn correct(&mut self, sec: u64, now: u64, from: u64, to: u64) {
+        self.prune(now);
         if let Some(b) = self.buckets.iter_mut().find(|b| b.0 == sec) {
             b.2 = b.2 - from.min(b.2) + to;
             self.tokens = self.tokens - from.min(self.tokens) + to;
+            return;
         }
+        let extra = to.saturating_sub(from);
+        if extra == 0 {
+            return;
+        }
+        match self.buckets.back_mut() {
+            Some(b) if b.0 == now => b.2 += extra,
+            _ => self.buckets.push_back((now, 0, extra)),
+        }
+        self.tokens += extra;
     }
 
     /// Takes back one request and its `tokens` from second `sec`'s bucket.
@@ -289,7 +302,7 @@ impl RateLimit {
         }
         for (key, limits, _) in &scopes {
             if let Some(log) = logs.get_mut(key) {
-                log.correct(ticket.sec, ticket.estimate, actual);
+                log.correct(ticket.sec, ticket.sec, ticket.estimate, actual);
                 if new_stream && limits.concurrent_streams.is_some() {
                     log.streams += 1;
                     ticket.streams.push(key.clone());
@@ -367,12 +380,13 @@ impl Plugin for RateLimit {
         let actual = done
             .usage
             .map(|u| u.prompt_tokens + u.candidates_tokens + u.thoughts_tokens);
+        let now = self.epoch.elapsed().as_secs();
         let mut logs = self.logs.lock();
         // Replace the estimate with what the upstream counted (a failed call: the estimate stays).
         if let Some(a) = actual {
             for key in &t.keys {
                 if let Some(log) = logs.get_mut(key) {
-                    log.correct(t.sec, t.estimate, a);
+                    log.correct(t.sec, now, t.estimate, a);
                 }
             }
         }
@@ -566,6 +580,42 @@ mod tests {
             ),
             "the first body is charged"
         );
+    }
+
+    #[test]
+    fn a_call_longer_than_the_window_is_charged_when_it_ends() {
+        let p = RateLimit {
+            config: serde_json::from_value(serde_json::json!({"per_user": {"tpm": 1000}}))
+                .unwrap(),
+            logs: Mutex::new(HashMap::new()),
+            epoch: Instant::now() - Duration::from_secs(100),
+        };
+        let mut long = call("10.0.0.1", Some("u"));
+        long.request.body_size = None;
+        assert!(matches!(admit(&p, &mut long), Admission::Continue));
+        // As if admitted 100 s ago: its second has left the window since.
+        long.extensions.get_mut::<Ticket>().unwrap().sec = 0;
+        for log in p.logs.lock().values_mut() {
+            log.buckets.iter_mut().for_each(|b| b.0 = 0);
+        }
+        let mut done = CompletedRequest::default();
+        done.usage = Some({
+            let mut u = gemini_proxy_sdk::Usage::default();
+            u.prompt_tokens = 4000;
+            u.candidates_tokens = 1000;
+            u
+        });
+        p.on_complete(&long, &done);
+        let mut next = call("10.0.0.1", Some("u"));
+        next.request.body_size = None;
+        assert!(
+            matches!(admit(&p, &mut next), Admission::Reject(r) if r.reason == Some("tpm")),
+            "the 5,000 tokens count in the minute the call ended"
+        );
+        let mut log = Log::default();
+        log.add(5, 10);
+        log.correct(5, 70, 10, 4);
+        assert_eq!((log.tokens, log.buckets.len()), (0, 0), "less than estimated");
     }
 
     #[test]

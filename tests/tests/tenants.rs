@@ -157,18 +157,19 @@ async fn another_users_resources_do_not_exist_for_a_user() {
 
     // Listings show each caller its own; an admin sees all. A listing lands on one project
     // (round robin over two keys), so each caller lists four times.
-    let listed = |tok: String| {
+    let listed_at = |tok: String, path: &'static str| {
         let h = &h;
         async move {
             let mut seen = std::collections::BTreeSet::new();
             for _ in 0..4 {
-                let (s, v) = call(h, "GET", "/v1beta/cachedContents", &tok, None).await;
+                let (s, v) = call(h, "GET", path, &tok, None).await;
                 assert_eq!(s, 200, "{v}");
                 seen.extend(names(&v, "cachedContents"));
             }
             seen
         }
     };
+    let listed = |tok: String| listed_at(tok, "/v1beta/cachedContents");
     let of_alice = listed(alice.clone()).await;
     assert_eq!(
         of_alice.into_iter().collect::<Vec<_>>(),
@@ -180,6 +181,9 @@ async fn another_users_resources_do_not_exist_for_a_user() {
         "{of_mallory:?}"
     );
     assert_eq!(of_mallory.len(), 21);
+    // A trailing slash lists as well upstream; it is filtered the same.
+    let slashed = listed_at(alice.clone(), "/v1beta/cachedContents/").await;
+    assert_eq!(slashed.into_iter().collect::<Vec<_>>(), vec![cache.clone()]);
     let all = listed(admin.clone()).await;
     assert!(all.contains(&cache) && all.contains(&mine), "{all:?}");
     // An admin reaching a user's resource does not take it over.

@@ -10,7 +10,7 @@ use serde_json::json;
 use serde_yaml::Value;
 
 use super::{AdminApp, error, json_response};
-use crate::config_history::{REDACTED, SECRET_FIELDS};
+use crate::config_history::{looks_redacted, REDACTED, SECRET_FIELDS};
 
 impl AdminApp {
     pub(super) fn config(&self) -> Response<Vec<u8>> {
@@ -125,7 +125,7 @@ impl AdminApp {
 /// text) holds at the same place; `Ok(None)` when there was no placeholder. List items with an
 /// `id` (keys) are matched by id, others by position.
 pub fn restore_redacted(text: &str, current: &str) -> Result<Option<String>, String> {
-    if !text.contains(REDACTED) {
+    if !text.to_ascii_lowercase().contains("redacted") {
         return Ok(None);
     }
     let mut doc: Value =
@@ -152,8 +152,8 @@ fn restore(v: &mut Value, old: Option<&Value>, at: &str, n: &mut usize) -> Resul
                     format!("{at}.{name}")
                 };
                 let before = old.and_then(|o| o.get(name));
-                if SECRET_FIELDS.contains(&name) && x.as_str() == Some(REDACTED) {
-                    match before.filter(|b| b.as_str() != Some(REDACTED) && !b.is_null()) {
+                if SECRET_FIELDS.contains(&name) && x.as_str().is_some_and(looks_redacted) {
+                    match before.filter(|b| !b.as_str().is_some_and(looks_redacted) && !b.is_null()) {
                         Some(b) => {
                             *x = b.clone();
                             *n += 1;
@@ -180,7 +180,7 @@ fn restore(v: &mut Value, old: Option<&Value>, at: &str, n: &mut usize) -> Resul
                 restore(x, before, &format!("{at}[{i}]"), n)?;
             }
         }
-        Value::String(s) if s == REDACTED => {
+        Value::String(s) if looks_redacted(s) => {
             return Err(format!("{at}: `{REDACTED}` is not a value"));
         }
         _ => {}
@@ -217,5 +217,14 @@ mod tests {
         let e = restore_redacted("server: { host: \"<redacted>\" }\n", current).unwrap_err();
         assert!(e.contains("server.host"), "{e}");
         assert_eq!(restore_redacted("a: 1\n", current).unwrap(), None);
+        // Near misses of the placeholder keep the secret too: they never become it.
+        for near in [" <redacted>", "<REDACTED>", "redacted", "< redacted >\t"] {
+            let sent = format!("auth: {{ enabled: true, jwt_secret: {near:?} }}\n");
+            let out = restore_redacted(&sent, current).unwrap().unwrap();
+            let v: Value = serde_yaml::from_str(&out).unwrap();
+            assert_eq!(v["auth"]["jwt_secret"], "${JWT_SECRET}", "{near:?}");
+        }
+        let e = restore_redacted("server: { host: \"<Redacted> \" }\n", current).unwrap_err();
+        assert!(e.contains("server.host"), "{e}");
     }
 }

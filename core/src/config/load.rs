@@ -102,7 +102,7 @@ fn too_deep(text: &str) -> Option<usize> {
 
 /// A secret field (anywhere) that holds the redaction placeholder: never a real value.
 fn placeholder_secret(v: &Value, at: &str) -> Option<String> {
-    use crate::config_history::{REDACTED, SECRET_FIELDS};
+    use crate::config_history::{looks_redacted, SECRET_FIELDS};
     match v {
         Value::Mapping(m) => m.iter().find_map(|(k, x)| {
             let name = k.as_str().unwrap_or("");
@@ -111,7 +111,7 @@ fn placeholder_secret(v: &Value, at: &str) -> Option<String> {
             } else {
                 format!("{at}.{name}")
             };
-            if SECRET_FIELDS.contains(&name) && x.as_str() == Some(REDACTED) {
+            if SECRET_FIELDS.contains(&name) && x.as_str().is_some_and(looks_redacted) {
                 Some(path)
             } else {
                 placeholder_secret(x, &path)
@@ -412,7 +412,7 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
         if secret.is_empty() {
             return err(format!("gemini.api_keys[{i}].key"), "is empty".into());
         }
-        if secret == crate::config_history::REDACTED {
+        if crate::config_history::looks_redacted(secret) {
             return err(
                 format!("gemini.api_keys[{i}].key"),
                 "is the placeholder the admin API shows for a secret: send the key itself".into(),
@@ -649,6 +649,13 @@ mod tests {
             panic!("accepted")
         };
         assert!(e.to_string().contains("gemini.api_keys[0].key"), "{e}");
+        for near in [" <REDACTED>", "redacted"] {
+            let text = MINIMAL.replace("jwt_secret: \"...\"", &format!("jwt_secret: {near:?}"));
+            let Err(e) = load_str(&text, "t", &no_env) else {
+                panic!("accepted {near:?}")
+            };
+            assert!(e.to_string().contains("auth.jwt_secret"), "{e}");
+        }
     }
 
     const MINIMAL: &str = r#"

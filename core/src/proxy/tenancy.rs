@@ -43,7 +43,8 @@ pub fn listed_collection(method: &http::Method, path: &str) -> Option<&'static s
         segs.next();
     }
     let collection = segs.next()?;
-    if segs.next().is_some() {
+    // `files/` lists as `files` does upstream: a trailing slash must not skip the filter.
+    if segs.any(|s| !s.is_empty()) {
         return None;
     }
     COLLECTIONS.iter().copied().find(|c| *c == collection)
@@ -215,6 +216,12 @@ mod tests {
         let get = http::Method::GET;
         assert_eq!(listed_collection(&get, "/v1beta/files"), Some("files"));
         assert_eq!(listed_collection(&get, "/v1beta/files/x"), None);
+        assert_eq!(listed_collection(&get, "/v1beta/files/"), Some("files"));
+        assert_eq!(
+            listed_collection(&get, "/v1beta/cachedContents/"),
+            Some("cachedContents")
+        );
+        assert_eq!(listed_collection(&get, "/v1beta/files/x/"), None);
         assert_eq!(
             listed_collection(&http::Method::POST, "/v1beta/files"),
             None
