@@ -505,12 +505,13 @@ fn rand_u128() -> u128 {
     (u128::from(h.finish()) << 64) | (t ^ u128::from(n))
 }
 
-/// A token's `models` globs against the call's model. A call of a model-bound kind whose model
+/// A token's `models` globs against the call's model, whatever the kind of call once a model
+/// is known (a cached content names one in its body). A call of a model-bound kind whose model
 /// is unknown is refused for a restricted token, except on OpenAI-style paths before the body
 /// (where the model is) has been read.
 fn model_allowed(models: &[String], cx: &RequestContext, body_read: bool) -> Result<(), Rejection> {
     let action = cx.request.action;
-    if models.is_empty() || !action.model_bound() {
+    if models.is_empty() {
         return Ok(());
     }
     match cx.request.model.as_deref() {
@@ -519,6 +520,7 @@ fn model_allowed(models: &[String], cx: &RequestContext, body_read: bool) -> Res
             Rejection::new(403, format!("model `{m}` is not allowed for this token"))
                 .reason("model_not_allowed"),
         ),
+        None if !action.model_bound() => Ok(()),
         None if !body_read
             && matches!(
                 action,

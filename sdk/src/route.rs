@@ -113,7 +113,10 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
             };
             route.model = Some(model.to_string());
             route.action = match (verb.as_deref(), sub) {
-                (_, Some(_)) => Action::Batches,
+                // No Gemini path puts a verb after a model's sub-path: refused, so that
+                // `models/x/y:generateContent` cannot pass as an operation poll.
+                (Some(_), Some(_)) => return None,
+                (None, Some(_)) => Action::Batches,
                 (None, None) => Action::GetModel,
                 (Some("generateContent"), None) => Action::GenerateContent,
                 (Some("streamGenerateContent"), None) => Action::StreamGenerateContent,
@@ -190,6 +193,13 @@ mod tests {
                 .action,
             Action::Batches
         );
+        for sneaky in [
+            "/v1beta/models/models/gemini-2.5-pro:generateContent",
+            "/v1beta/models/gemini-2.5-pro/operations/x:generateContent",
+            "/v1beta/models/a/b%3AstreamGenerateContent",
+        ] {
+            assert_eq!(classify("POST", sneaky), None, "{sneaky}");
+        }
     }
 
     #[test]

@@ -88,6 +88,34 @@ async fn a_token_limited_to_some_models_reaches_no_other() {
             403,
         ),
         ("/v1beta/models/a%20b:generateContent", gen_body("x"), 400),
+        // A cached content is made for the model its body names.
+        (
+            "/v1beta/cachedContents",
+            json!({"model": "models/gemini-2.5-pro", "contents": []}).to_string(),
+            403,
+        ),
+        (
+            "/v1beta/cachedContents",
+            r#"{"model": "models/gemini\u002d2.5-pro"}"#.to_string(),
+            403,
+        ),
+        (
+            "/v1beta/cachedContents",
+            r#"{"model": "models/gemini-2.5-flash", "model": "models/gemini-2.5-pro"}"#
+                .to_string(),
+            400,
+        ),
+        // A verb after a model's sub-path is no Gemini path.
+        (
+            "/v1beta/models/models/gemini-2.5-pro:generateContent",
+            gen_body("x"),
+            404,
+        ),
+        (
+            "/v1beta/models/gemini-2.5-pro/operations/x:generateContent",
+            gen_body("x"),
+            404,
+        ),
         (
             "/v1beta/models/gemini%2D2.5-pro:generateContent",
             gen_body("x"),
@@ -104,6 +132,9 @@ async fn a_token_limited_to_some_models_reaches_no_other() {
         h.mock.requests().is_empty(),
         "nothing refused reached the upstream"
     );
+    let cache = json!({"model": "models/gemini-2.5-flash", "contents": []}).to_string();
+    let (s, v) = post(&h, "/v1beta/cachedContents", &flash, cache).await;
+    assert_eq!(s, 200, "{v}");
     // The same calls with an unrestricted token go through (the model is read the same way).
     let any = token("free", &[]);
     let (s, _) = post(&h, chat_path, &any, chat("gemini-2.5-pro", false)).await;
@@ -152,6 +183,10 @@ async fn a_key_limited_to_some_models_serves_no_other_on_any_path() {
         (
             "/v1beta/%6Dodels/gemini-2.5-pro:generateContent",
             gen_body("x"),
+        ),
+        (
+            "/v1beta/cachedContents",
+            json!({"model": "models/gemini-2.5-pro"}).to_string(),
         ),
     ] {
         let (s, v) = post(&h, path, &any, body).await;

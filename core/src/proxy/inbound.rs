@@ -150,6 +150,28 @@ impl OpenAiHead {
     }
 }
 
+/// The model a body names in its `model` field (`models/` dropped): `Ok(None)` when it names
+/// none, `Err` when the body is not a JSON object or the name is invalid. Read where the model
+/// is in the body of a call whose path names none (a cached content is made for one model).
+pub fn body_model(body: &[u8]) -> Result<Option<String>, ()> {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        model: Option<String>,
+    }
+    let h: Head = serde_json::from_slice(body).map_err(|_| ())?;
+    match h.model {
+        None => Ok(None),
+        Some(m) => {
+            let m = m.strip_prefix("models/").unwrap_or(&m);
+            if valid_model(m) {
+                Ok(Some(m.to_string()))
+            } else {
+                Err(())
+            }
+        }
+    }
+}
+
 impl Inbound {
     /// `None` when the path is not one the gateway serves. `path` is the
     /// [`normalized_path`].
@@ -263,6 +285,29 @@ mod model_tests {
         assert!(valid_model("gemini-2.5-flash-preview-09-2025"));
         for bad in ["", "a b", "m;x", "m/x", "é", &"x".repeat(129)] {
             assert!(!valid_model(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn body_models() {
+        assert_eq!(
+            body_model(br#"{"model": "models/gemini-2.5-pro", "contents": []}"#),
+            Ok(Some("gemini-2.5-pro".into()))
+        );
+        assert_eq!(
+            body_model(br#"{"model": "models/gemini\u002d2.5-pro"}"#),
+            Ok(Some("gemini-2.5-pro".into())),
+            "escapes read as Google reads them"
+        );
+        assert_eq!(body_model(br#"{"ttl": "60s"}"#), Ok(None));
+        for bad in [
+            &br#"{"model": "a", "model": "b"}"#[..],
+            br#"{"model": "models/x y"}"#,
+            br#"{"model": 5}"#,
+            b"[1]",
+            b"not json",
+        ] {
+            assert_eq!(body_model(bad), Err(()), "{}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -635,6 +635,13 @@ impl GatewayProxy {
             cx.request.stream = head.stream;
             ctx.done.streamed |= head.stream;
             ctx.model = Some(head.model);
+        } else if inbound.route.action == Action::CachedContents && !body.is_empty() {
+            // A cached content is made for one model: the token's and the keys' model rules
+            // apply to it as to a call of that model.
+            if let Some(model) = inbound::body_model(body).map_err(|()| bad_model())? {
+                cx.request.model = Some(model.clone());
+                ctx.model = Some(model);
+            }
         }
         let cx = ctx.cx.as_mut().expect("set by handle");
         match rt.pipeline.body(cx, body) {
