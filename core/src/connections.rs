@@ -1,40 +1,105 @@
 //! A cap on open client connections per listener, and the HTTP server options that bound how
 //! long a slow client may take (see `server.clients`).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
 use crate::config::ClientLimits;
+use crate::proxy::Cidr;
 
-/// Wraps a listener's app: a connection past `max` is closed as soon as it is accepted.
+/// Wraps a listener's app: a connection past `max` open on the listener, or past `per_client`
+/// open from its client's address, is closed as soon as it is accepted.
 pub struct Capped<A> {
     inner: Arc<A>,
     open: AtomicUsize,
     max: usize,
+    /// Open connections per client address; an entry lives while one is open, so there are
+    /// never more than `max`.
+    by_client: Mutex<HashMap<IpAddr, usize>>,
+    per_client: usize,
+    uncapped: Vec<Cidr>,
     refused: prometheus::IntCounter,
 }
 
 impl<A> Capped<A> {
-    pub fn new(inner: A, max: usize, refused: prometheus::IntCounter) -> Capped<A> {
+    /// `uncapped`: addresses with no per-client cap (trusted proxies carry many clients).
+    pub fn new(
+        inner: A,
+        limits: &ClientLimits,
+        uncapped: Vec<Cidr>,
+        refused: prometheus::IntCounter,
+    ) -> Capped<A> {
         Capped {
             inner: Arc::new(inner),
             open: AtomicUsize::new(0),
-            max,
+            max: limits.max_connections,
+            by_client: Mutex::new(HashMap::new()),
+            per_client: limits.max_connections_per_client,
+            uncapped,
             refused,
         }
     }
+
+    /// Takes a slot for a connection from `peer`, or `None` when a cap is reached.
+    fn admit(&self, peer: Option<IpAddr>) -> Option<Slot<'_, A>> {
+        let client = peer
+            .filter(|ip| !self.uncapped.iter().any(|c| c.contains(*ip)))
+            .map(gemini_proxy_sdk::caller_scope);
+        let slot = Slot {
+            capped: self,
+            client,
+        };
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+            return slot.refuse();
+        }
+        if let Some(ip) = client {
+            let mut by_client = self.by_client.lock();
+            let n = by_client.entry(ip).or_insert(0);
+            if *n >= self.per_client {
+                drop(by_client);
+                return slot.refuse();
+            }
+            *n += 1;
+        }
+        Some(slot)
+    }
 }
 
-struct Slot<'a>(&'a AtomicUsize);
+/// An admitted connection's place in the counts, given back when it closes.
+struct Slot<'a, A> {
+    capped: &'a Capped<A>,
+    /// Set once counted for its client.
+    client: Option<IpAddr>,
+}
 
-impl Drop for Slot<'_> {
+impl<A> Slot<'_, A> {
+    fn refuse(mut self) -> Option<Self> {
+        self.client = None;
+        self.capped.refused.inc();
+        None
+    }
+}
+
+impl<A> Drop for Slot<'_, A> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.capped.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.client {
+            let mut by_client = self.capped.by_client.lock();
+            if let Some(n) = by_client.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    by_client.remove(&ip);
+                }
+            }
+        }
     }
 }
 
@@ -45,13 +110,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let slot = Slot(&self.open);
-        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
-            self.refused.inc();
-            drop(slot);
-            // Dropping the stream closes the connection.
-            return None;
-        }
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Dropping the stream closes the connection.
+        let slot = self.admit(peer)?;
         let reused = self.inner.process_new(stream, shutdown).await;
         drop(slot);
         reused
@@ -68,4 +131,51 @@ pub fn server_options(limits: &ClientLimits) -> HttpServerOptions {
     // Patched pingora-core (vendor/pingora-core/PATCH.md): a deadline for the whole head.
     o.h1_request_head_timeout = Some(limits.head_timeout.0);
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capped(max: usize, per_client: usize, uncapped: &[&str]) -> Capped<()> {
+        let limits = ClientLimits {
+            max_connections: max,
+            max_connections_per_client: per_client,
+            ..ClientLimits::default()
+        };
+        let uncapped = uncapped.iter().map(|c| Cidr::parse(c).unwrap()).collect();
+        Capped::new(
+            (),
+            &limits,
+            uncapped,
+            prometheus::IntCounter::new("r", "r").unwrap(),
+        )
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn one_client_cannot_take_every_slot() {
+        let c = capped(10, 3, &["10.9.0.0/16"]);
+        let held: Vec<_> = (0..3).map(|_| c.admit(ip("10.0.0.1")).unwrap()).collect();
+        assert!(c.admit(ip("10.0.0.1")).is_none());
+        // The same host in IPv6 form, or another address of its /64, is the same client.
+        assert!(c.admit(ip("::ffff:10.0.0.1")).is_none());
+        let v6: Vec<_> = (1..=3)
+            .map(|i| c.admit(ip(&format!("2001:db8::{i}"))).unwrap())
+            .collect();
+        assert!(c.admit(ip("2001:db8::ffff")).is_none());
+        // A trusted proxy is not capped per client, only by the listener's total.
+        let lb: Vec<_> = (0..4).map(|_| c.admit(ip("10.9.0.1")).unwrap()).collect();
+        assert!(c.admit(ip("10.0.0.2")).is_none(), "the listener is full");
+        assert_eq!(c.refused.get(), 4);
+        drop((held, lb));
+        assert!(c.admit(ip("10.0.0.1")).is_some());
+        drop(v6);
+        // Closed connections leave nothing behind.
+        assert!(c.by_client.lock().is_empty());
+        assert_eq!(c.open.load(Ordering::Acquire), 0);
+    }
 }

@@ -75,6 +75,12 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
     server.bootstrap();
 
     let clients = &c.server.clients;
+    let trusted_proxies: Vec<crate::proxy::Cidr> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .filter_map(|t| crate::proxy::Cidr::parse(t).ok())
+        .collect();
     let mut app = pingora::proxy::HttpProxy::new(
         GatewayProxy::new(shared.clone()),
         server.configuration.clone(),
@@ -85,7 +91,8 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
         "gemini-proxy".to_string(),
         Capped::new(
             app,
-            clients.max_connections,
+            clients,
+            trusted_proxies.clone(),
             shared
                 .metrics
                 .connections_refused
@@ -170,7 +177,8 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
             "gemini-proxy admin".to_string(),
             Capped::new(
                 admin_app,
-                clients.max_connections,
+                clients,
+                trusted_proxies.clone(),
                 shared
                     .metrics
                     .connections_refused

@@ -157,7 +157,12 @@ fn sigkill_loses_at_most_the_flush_interval_and_query_works_both_ways() {
     {
         use std::os::unix::fs::PermissionsExt;
         let written = walk(&dir.path().join("data"));
-        assert!(written.iter().any(|p| p.to_string_lossy().ends_with(".wal")), "{written:?}");
+        assert!(
+            written
+                .iter()
+                .any(|p| p.to_string_lossy().ends_with(".wal")),
+            "{written:?}"
+        );
         for p in written {
             let mode = std::fs::metadata(&p).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());

@@ -189,7 +189,7 @@ impl RateLimit {
         let mut scopes = Vec::new();
         if let Some(ip) = cx.request.client_ip {
             scopes.push((
-                format!("ip:{}", ip_scope(ip)),
+                format!("ip:{}", gemini_proxy_sdk::caller_scope(ip)),
                 self.config.per_ip,
                 "client IP",
             ));
@@ -313,17 +313,6 @@ impl RateLimit {
         ticket.estimate = actual;
         cx.extensions.insert(ticket);
         Ok(())
-    }
-}
-
-/// An IPv6 client counts as its /64 (one subscriber's range, and what keeps one host from
-/// filling the map with fresh addresses).
-fn ip_scope(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => {
-            std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())
-        }
-        v4 => v4,
     }
 }
 
@@ -585,8 +574,7 @@ mod tests {
     #[test]
     fn a_call_longer_than_the_window_is_charged_when_it_ends() {
         let p = RateLimit {
-            config: serde_json::from_value(serde_json::json!({"per_user": {"tpm": 1000}}))
-                .unwrap(),
+            config: serde_json::from_value(serde_json::json!({"per_user": {"tpm": 1000}})).unwrap(),
             logs: Mutex::new(HashMap::new()),
             epoch: Instant::now() - Duration::from_secs(100),
         };
@@ -599,11 +587,10 @@ mod tests {
             log.buckets.iter_mut().for_each(|b| b.0 = 0);
         }
         let mut done = CompletedRequest::default();
-        done.usage = Some({
-            let mut u = gemini_proxy_sdk::Usage::default();
-            u.prompt_tokens = 4000;
-            u.candidates_tokens = 1000;
-            u
+        done.usage = Some(gemini_proxy_sdk::Usage {
+            prompt_tokens: 4000,
+            candidates_tokens: 1000,
+            ..Default::default()
         });
         p.on_complete(&long, &done);
         let mut next = call("10.0.0.1", Some("u"));
@@ -615,7 +602,11 @@ mod tests {
         let mut log = Log::default();
         log.add(5, 10);
         log.correct(5, 70, 10, 4);
-        assert_eq!((log.tokens, log.buckets.len()), (0, 0), "less than estimated");
+        assert_eq!(
+            (log.tokens, log.buckets.len()),
+            (0, 0),
+            "less than estimated"
+        );
     }
 
     #[test]

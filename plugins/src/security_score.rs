@@ -81,14 +81,6 @@ struct IpHistory {
 /// Auth failures kept per address (the signal saturates at four).
 const MAX_FAILURES_KEPT: usize = 16;
 
-/// An IPv6 client is its /64: fresh addresses from one range are one caller.
-fn ip_scope(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        v4 => v4,
-    }
-}
-
 /// The `security_score` stage.
 pub struct SecurityScore {
     config: SecurityScoreConfig,
@@ -164,7 +156,7 @@ impl SecurityScore {
             Some(ip) => {
                 let sec = self.epoch.elapsed().as_secs();
                 let mut ips = self.ips.lock();
-                let h = ips.entry(ip_scope(ip)).or_default();
+                let h = ips.entry(gemini_proxy_sdk::caller_scope(ip)).or_default();
                 while let Some(&(s, n)) = h.calls.front() {
                     if s + 10 > sec {
                         break;
@@ -234,7 +226,7 @@ impl Plugin for SecurityScore {
         if matches!(done.status, 401 | 403)
             && let Some(ip) = cx.request.client_ip
         {
-            let h = ips.entry(ip_scope(ip)).or_default();
+            let h = ips.entry(gemini_proxy_sdk::caller_scope(ip)).or_default();
             // The score stops growing at a few failures: more need not be kept.
             if h.auth_failures.len() >= MAX_FAILURES_KEPT {
                 h.auth_failures.pop_front();

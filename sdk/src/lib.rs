@@ -110,7 +110,7 @@ pub use plugin::{Admission, Phases, Plugin};
 pub use registry::{BuildEnv, BuildError, PluginFactory, Registry};
 pub use request::{
     Action, ApiKind, ClientCredential, CredentialSource, Identity, RequestContext, RequestView,
-    Role,
+    Role, caller_scope,
 };
 pub use response::{CompletedRequest, ResponseHead, UpstreamError, UpstreamOutcome, Usage};
 pub use route::{CallRoute, classify, glob_match, prefix_within};

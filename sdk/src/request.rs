@@ -466,3 +466,26 @@ impl RequestContext {
         }
     }
 }
+
+/// The address a per-client limit counts by: an IPv6 client is its /64 (one subscriber's
+/// range: fresh addresses from it are one caller), an IPv4 client in IPv6 form (`::ffff:a.b.c.d`
+/// on a dual-stack listener) is its IPv4 address.
+///
+/// ```
+/// use gemini_proxy_sdk::caller_scope;
+/// let a: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+/// let b: std::net::IpAddr = "2001:db8::ffff:2".parse().unwrap();
+/// assert_eq!(caller_scope(a), caller_scope(b));
+/// let v4: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+/// assert_eq!(caller_scope(v4), "10.0.0.1".parse::<std::net::IpAddr>().unwrap());
+/// assert_ne!(caller_scope("::ffff:10.0.0.2".parse().unwrap()), caller_scope(v4));
+/// ```
+pub fn caller_scope(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    }
+}

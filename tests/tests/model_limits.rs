@@ -101,8 +101,7 @@ async fn a_token_limited_to_some_models_reaches_no_other() {
         ),
         (
             "/v1beta/cachedContents",
-            r#"{"model": "models/gemini-2.5-flash", "model": "models/gemini-2.5-pro"}"#
-                .to_string(),
+            r#"{"model": "models/gemini-2.5-flash", "model": "models/gemini-2.5-pro"}"#.to_string(),
             400,
         ),
         // A verb after a model's sub-path is no Gemini path.

@@ -101,6 +101,42 @@ async fn connections_past_the_cap_are_closed_and_half_heads_expire() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_from_one_client_are_capped_and_expire() {
+    let h = start("max_connections: 100, max_connections_per_client: 10, head_timeout: 1s");
+    let mut silent = Vec::new();
+    for _ in 0..10 {
+        silent.push(TcpStream::connect(h.gateway.proxy_addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The same address cannot open more, though the listener has room.
+    let mut extra = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    let _ = extra
+        .write_all(b"GET /v1beta/models HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    let (got, closed) = until_closed(&mut extra, Duration::from_secs(2)).await;
+    assert!(
+        closed.is_some() && got.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    // Connections that never send a byte are closed by the head deadline, not kept a minute.
+    for s in &mut silent {
+        let (got, closed) = until_closed(s, Duration::from_secs(5)).await;
+        assert!(got.is_empty());
+        let closed = closed.expect("a silent connection stayed open");
+        assert!(closed < Duration::from_secs(4), "{closed:?}");
+    }
+    let r = h
+        .client
+        .get(h.url("/v1beta/models"))
+        .header(CLIENT.0, CLIENT.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_trickling_body_gets_408() {
     let h = start("body_timeout: 1s");
     let mut s = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();

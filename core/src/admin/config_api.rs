@@ -10,7 +10,7 @@ use serde_json::json;
 use serde_yaml::Value;
 
 use super::{AdminApp, error, json_response};
-use crate::config_history::{looks_redacted, REDACTED, SECRET_FIELDS};
+use crate::config_history::{REDACTED, SECRET_FIELDS, looks_redacted};
 
 impl AdminApp {
     pub(super) fn config(&self) -> Response<Vec<u8>> {
@@ -153,7 +153,8 @@ fn restore(v: &mut Value, old: Option<&Value>, at: &str, n: &mut usize) -> Resul
                 };
                 let before = old.and_then(|o| o.get(name));
                 if SECRET_FIELDS.contains(&name) && x.as_str().is_some_and(looks_redacted) {
-                    match before.filter(|b| !b.as_str().is_some_and(looks_redacted) && !b.is_null()) {
+                    match before.filter(|b| !b.as_str().is_some_and(looks_redacted) && !b.is_null())
+                    {
                         Some(b) => {
                             *x = b.clone();
                             *n += 1;

@@ -102,7 +102,7 @@ fn too_deep(text: &str) -> Option<usize> {
 
 /// A secret field (anywhere) that holds the redaction placeholder: never a real value.
 fn placeholder_secret(v: &Value, at: &str) -> Option<String> {
-    use crate::config_history::{looks_redacted, SECRET_FIELDS};
+    use crate::config_history::{SECRET_FIELDS, looks_redacted};
     match v {
         Value::Mapping(m) => m.iter().find_map(|(k, x)| {
             let name = k.as_str().unwrap_or("");
@@ -355,11 +355,13 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
         );
     }
     let cl = &c.server.clients;
-    if cl.max_connections == 0 {
-        return err(
-            "server.clients.max_connections".into(),
-            "must be above 0".into(),
-        );
+    for (name, n) in [
+        ("max_connections", cl.max_connections),
+        ("max_connections_per_client", cl.max_connections_per_client),
+    ] {
+        if n == 0 {
+            return err(format!("server.clients.{name}"), "must be above 0".into());
+        }
     }
     for (name, d) in [
         ("head_timeout", cl.head_timeout),

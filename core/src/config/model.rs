@@ -85,7 +85,11 @@ pub struct ServerConfig {
 pub struct ClientLimits {
     /// Open client connections per listener; past it, new ones are closed at once.
     pub max_connections: usize,
-    /// From the first byte of a request head to its end (HTTP/1).
+    /// Open connections from one client address (IPv6: one /64) per listener; addresses in
+    /// `server.trusted_proxies` (a load balancer) are not capped.
+    pub max_connections_per_client: usize,
+    /// From a new connection's accept (and later from a keep-alive request's first byte) to
+    /// the end of the request head (HTTP/1).
     pub head_timeout: ConfigDuration,
     /// A whole buffered request body; for streamed uploads, the longest wait for one chunk.
     pub body_timeout: ConfigDuration,
@@ -101,6 +105,7 @@ impl Default for ClientLimits {
     fn default() -> Self {
         ClientLimits {
             max_connections: 10_000,
+            max_connections_per_client: 256,
             head_timeout: ConfigDuration::secs(10),
             body_timeout: ConfigDuration::secs(60),
             min_body_rate: 1024,

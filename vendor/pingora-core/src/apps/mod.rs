@@ -366,6 +366,8 @@ where
                 .server_options()
                 .and_then(|opts| opts.h1_request_head_timeout);
             session.set_request_head_timeout(head_timeout);
+            // A new connection must begin its first request within the deadline too.
+            session.set_head_timeout_from_start(true);
 
             let mut result = self.process_new_http(session, shutdown).await;
             while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {

@@ -393,6 +393,14 @@ impl Session {
         }
     }
 
+    /// Starts the head deadline at once, before the first byte (h1 only; a new connection's
+    /// first request). Added by gemini-proxy.
+    pub fn set_head_timeout_from_start(&mut self, from_start: bool) {
+        if let Self::H1(s) = self {
+            s.set_head_timeout_from_start(from_start);
+        }
+    }
+
     /// Gets the downstream read timeout if set.
     pub fn get_read_timeout(&self) -> Option<Duration> {
         match self {

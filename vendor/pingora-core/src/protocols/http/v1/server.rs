@@ -105,6 +105,8 @@ pub struct HttpSession {
     write_timeout: Option<Duration>,
     /// The whole request head must arrive within this long of its first byte (gemini-proxy).
     request_head_timeout: Option<Duration>,
+    /// The head deadline runs from the session's start, before any byte (gemini-proxy).
+    head_timeout_from_start: bool,
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
@@ -191,6 +193,7 @@ impl HttpSession {
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
             request_head_timeout: None,
+            head_timeout_from_start: false,
             total_drain_timeout: None,
             body_bytes_sent: 0,
             body_bytes_read: 0,
@@ -309,7 +312,7 @@ impl HttpSession {
         let mut detached_suffix = None;
         let mut head_deadline = self
             .request_head_timeout
-            .filter(|_| already_read != 0)
+            .filter(|_| already_read != 0 || self.head_timeout_from_start)
             .map(|t| tokio::time::Instant::now() + t);
         loop {
             if already_read > MAX_HEADER_SIZE {
@@ -335,9 +338,11 @@ impl HttpSession {
                 // Once the head has begun, the rest must come within `request_head_timeout`:
                 // a per-read timeout alone lets a client send a byte at a time forever.
                 let read = match (head_deadline, already_read) {
-                    (Some(deadline), n) if n > 0 => {
+                    (Some(deadline), n) => {
                         match tokio::time::timeout_at(deadline, read).await {
                             Ok(r) => r,
+                            // A connection that never began a request is closed quietly.
+                            Err(_) if n == 0 => return Ok(None),
                             Err(_) => {
                                 return Error::e_explain(
                                     ReadTimedout,
@@ -353,7 +358,7 @@ impl HttpSession {
                 };
                 match read? {
                     Some(n) => {
-                        if already_read == 0 {
+                        if already_read == 0 && !self.head_timeout_from_start {
                             head_deadline = self
                                 .request_head_timeout
                                 .map(|t| tokio::time::Instant::now() + t);
@@ -1371,6 +1376,13 @@ impl HttpSession {
         self.request_head_timeout = timeout;
     }
 
+    /// Starts the head deadline now rather than at the head's first byte: for a new
+    /// connection's first request, so a connection that sends nothing is closed within the
+    /// deadline too. Added by gemini-proxy.
+    pub fn set_head_timeout_from_start(&mut self, from_start: bool) {
+        self.head_timeout_from_start = from_start;
+    }
+
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         self.read_timeout = timeout;
     }
@@ -1959,6 +1971,20 @@ mod tests_stream {
         let mut http_stream = HttpSession::new(Box::new(mock_io));
         http_stream.set_request_head_timeout(Some(Duration::from_millis(500)));
         assert!(http_stream.read_request().await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn request_head_timeout_from_start_closes_a_silent_connection() {
+        init_log();
+        let mock_io = Builder::new()
+            .wait(Duration::from_millis(300))
+            .read(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_keepalive(Some(60));
+        http_stream.set_request_head_timeout(Some(Duration::from_millis(100)));
+        http_stream.set_head_timeout_from_start(true);
+        assert!(http_stream.read_request().await.unwrap().is_none());
     }
 
     #[tokio::test]
