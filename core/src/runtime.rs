@@ -582,38 +582,3 @@ impl Shared {
         }
     }
 }
-
-/// The live figures strategies read (`gemini_proxy_sdk::KeyStats`), for one runtime.
-pub struct LiveStats<'a> {
-    pub runtime: &'a Runtime,
-    pub pool: &'a crate::pool::KeyPool,
-}
-
-impl gemini_proxy_sdk::KeyStats for LiveStats<'_> {
-    fn in_flight(&self, index: usize) -> u32 {
-        self.runtime.live.get(index).map_or(0, |l| l.in_flight())
-    }
-
-    fn latency_ewma_ms(&self, index: usize) -> f64 {
-        self.runtime
-            .live
-            .get(index)
-            .map_or(0.0, |l| l.latency_ewma_ms())
-    }
-
-    fn headroom(&self, index: usize, model: Option<&str>) -> Option<f64> {
-        let key = self.runtime.keys.get(index)?;
-        let limits = key.limits.as_ref()?.for_model(model);
-        self.pool.headroom(&key.project, model, &limits)
-    }
-
-    fn remaining(&self, index: usize, model: Option<&str>) -> gemini_proxy_sdk::hooks::Remaining {
-        let Some(key) = self.runtime.keys.get(index) else {
-            return Default::default();
-        };
-        let Some(limits) = key.limits.as_ref().map(|l| l.for_model(model)) else {
-            return Default::default();
-        };
-        self.pool.remaining(&key.project, model, &limits)
-    }
-}

@@ -388,27 +388,43 @@ impl RequestView {
         path: impl Into<String>,
     ) -> Self {
         let path = path.into();
-        let route = crate::classify(method.as_str(), &path);
+        match crate::classify(method.as_str(), &path) {
+            Some(route) => RequestView::from_route(request_id, method, path, &route),
+            None => {
+                let route = crate::CallRoute {
+                    api_kind: ApiKind::Native,
+                    api_version: String::new(),
+                    action: Action::Other,
+                    model: None,
+                    stream: false,
+                };
+                RequestView::from_route(request_id, method, path, &route)
+            }
+        }
+    }
+
+    /// A view of `method path` whose route the caller has already classified (the gateway
+    /// reads each path once).
+    pub fn from_route(
+        request_id: impl Into<String>,
+        method: http::Method,
+        path: impl Into<String>,
+        route: &crate::CallRoute,
+    ) -> Self {
         RequestView {
             request_id: request_id.into(),
             method,
             query: None,
             headers: http::HeaderMap::new(),
-            api_version: route
-                .as_ref()
-                .map(|r| r.api_version.clone())
-                .unwrap_or_default(),
-            api_kind: route
-                .as_ref()
-                .map(|r| r.api_kind)
-                .unwrap_or(ApiKind::Native),
-            action: route.as_ref().map(|r| r.action).unwrap_or(Action::Other),
-            model: route.as_ref().and_then(|r| r.model.clone()),
-            stream: route.as_ref().is_some_and(|r| r.stream),
+            api_version: route.api_version.clone(),
+            api_kind: route.api_kind,
+            action: route.action,
+            model: route.model.clone(),
+            stream: route.stream,
             client_ip: None,
             body_size: None,
             received_at: SystemTime::now(),
-            path,
+            path: path.into(),
         }
     }
 }
