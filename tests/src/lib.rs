@@ -75,6 +75,19 @@ impl Harness {
         edit: impl FnOnce(&mut String),
         watch: Duration,
     ) -> Harness {
+        let registry = gemini_proxy_core::builtin_registry();
+        Self::start_embedded(mock, keys, extra, edit, watch, registry)
+    }
+
+    /// As an embedding binary runs the gateway: with its own plugin registry.
+    pub fn start_embedded(
+        mock: MockGemini,
+        keys: &[(&str, &str, u32)],
+        extra: &str,
+        edit: impl FnOnce(&mut String),
+        watch: Duration,
+        registry: gemini_proxy_sdk::Registry,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut text = config_yaml(&mock.base_url(), free_port(), free_port(), keys, extra);
         edit(&mut text);
@@ -87,7 +100,9 @@ impl Harness {
             pid_file: dir.path().join("pid").display().to_string(),
             ..ServeOptions::default()
         };
-        let gateway = RunningGateway::start(&loaded, opts).expect("gateway starts");
+        let shared = gemini_proxy_core::runtime::Shared::new(&loaded, registry)
+            .unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+        let gateway = RunningGateway::start_shared(shared, opts).expect("gateway starts");
         Harness {
             mock,
             gateway,

@@ -126,3 +126,57 @@ async fn config_is_read_redacted_replaced_versioned_and_rolled_back() {
     .await;
     assert_eq!(s, 404);
 }
+
+/// A stage only the embedding binary knows.
+struct HouseStage;
+
+impl gemini_proxy_sdk::Plugin for HouseStage {
+    fn name(&self) -> &str {
+        "house_stage"
+    }
+    fn phases(&self) -> gemini_proxy_sdk::Phases {
+        gemini_proxy_sdk::Phases::NONE
+    }
+}
+
+impl gemini_proxy_sdk::PluginFactory for HouseStage {
+    const KIND: &'static str = "house_stage";
+    type Config = serde_json::Value;
+    fn build(
+        _: serde_json::Value,
+        _: &gemini_proxy_sdk::BuildEnv,
+    ) -> Result<std::sync::Arc<dyn gemini_proxy_sdk::Plugin>, gemini_proxy_sdk::PluginError> {
+        Ok(std::sync::Arc::new(HouseStage))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_config_is_validated_with_the_registry_the_gateway_runs() {
+    let mut registry = gemini_proxy_core::builtin_registry();
+    registry.register::<HouseStage>();
+    let extra = format!(
+        "auth: {{ enabled: true, jwt_secret: \"{SECRET}\", admin_password: \"{PASSWORD}\" }}\npool: {{ state_file: \"\", keys_file: \"\" }}\npipeline:\n  - auth\n  - house_stage\n  - key_select\n"
+    );
+    let h = Harness::start_embedded(
+        MockGemini::start().unwrap(),
+        &[("a", "valid-a", 1)],
+        &extra,
+        |_| {},
+        std::time::Duration::from_millis(100),
+        registry,
+    );
+    let t = admin_token(&h).await;
+    // The same config with one more key: the embedder's stage is valid here.
+    let new = h.config_text().replace(
+        "    - { id: a, key: valid-a, weight: 1 }\n",
+        "    - { id: a, key: valid-a, weight: 1 }\n    - { id: b, key: valid-b, weight: 1 }\n",
+    );
+    let (s, v) = req(&h, reqwest::Method::PUT, "/api/config", &t, Some(new)).await;
+    assert_eq!(s, 200, "{v}");
+    // A stage nobody registered is still refused, and nothing changes.
+    let unknown = h.config_text().replace("  - house_stage\n", "  - nobody_stage\n");
+    let (s, v) = req(&h, reqwest::Method::PUT, "/api/config", &t, Some(unknown)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v.to_string().contains("nobody_stage"), "{v}");
+    assert!(h.config_text().contains("house_stage"));
+}
