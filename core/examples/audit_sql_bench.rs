@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use gemini_proxy_core::audit::db::{self as audit_db, Appenders, DbOptions, QueryLimits};
 use gemini_proxy_core::audit::{AuditEvent, CallAudit};
-use gemini_proxy_core::audit_db::{self, Appenders, DbOptions, QueryLimits};
 
 fn call(i: u64) -> AuditEvent {
     AuditEvent::Call(Box::new(CallAudit {

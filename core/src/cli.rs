@@ -563,12 +563,12 @@ fn admin_addr_of(loaded: &LoadedConfig) -> Option<String> {
 fn db_options(
     loaded: &LoadedConfig,
     lock_down: bool,
-) -> Result<crate::audit_db::DbOptions, String> {
+) -> Result<crate::audit::db::DbOptions, String> {
     let a = &loaded.config.audit;
     if a.db_path.is_empty() {
         return Err("audit.db_path is empty: there is no audit database".into());
     }
-    Ok(crate::audit_db::DbOptions {
+    Ok(crate::audit::db::DbOptions {
         path: loaded.config_dir().join(&a.db_path),
         threads: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
         memory_limit: a.db_memory_limit.clone(),
@@ -587,14 +587,14 @@ pub fn run_query(a: &QueryArgs) -> i32 {
             return 2;
         }
     };
-    let limits = crate::audit_db::QueryLimits {
+    let limits = crate::audit::db::QueryLimits {
         max_rows: a
             .max_rows
             .unwrap_or(loaded.config.audit.sql_max_rows)
             .max(1),
         timeout: loaded.config.audit.sql_timeout.0,
     };
-    let mut result: Option<crate::audit_db::QueryResult> = None;
+    let mut result: Option<crate::audit::db::QueryResult> = None;
     if !a.offline
         && let Some(addr) = admin_addr_of(&loaded)
     {
@@ -639,8 +639,8 @@ pub fn run_query(a: &QueryArgs) -> i32 {
                     return 2;
                 }
             };
-            let run = crate::audit_db::open(&opts)
-                .and_then(|c| crate::audit_db::query(&c, &a.sql, limits));
+            let run = crate::audit::db::open(&opts)
+                .and_then(|c| crate::audit::db::query(&c, &a.sql, limits));
             match run {
                 Ok(r) => r,
                 Err(e) => {
@@ -651,8 +651,8 @@ pub fn run_query(a: &QueryArgs) -> i32 {
         }
     };
     match a.format {
-        TableFormat::Table => print!("{}", crate::audit_db::to_table(&result)),
-        TableFormat::Csv => print!("{}", crate::audit_db::to_csv(&result)),
+        TableFormat::Table => print!("{}", crate::audit::db::to_table(&result)),
+        TableFormat::Csv => print!("{}", crate::audit::db::to_csv(&result)),
         TableFormat::Json => println!(
             "{}",
             serde_json::to_string_pretty(&result).unwrap_or_default()
@@ -670,7 +670,7 @@ pub fn run_export(a: &ExportArgs) -> i32 {
             return 2;
         }
     };
-    let Some(since) = crate::pool::clock::parse_date(&a.since) else {
+    let Some(since) = crate::util::clock::parse_date(&a.since) else {
         eprintln!("error: --since {}: not a date (YYYY-MM-DD)", a.since);
         return 2;
     };
@@ -733,7 +733,7 @@ pub fn run_export(a: &ExportArgs) -> i32 {
             return 2;
         }
     };
-    match crate::audit_db::open(&opts).and_then(|c| crate::audit_db::export(&c, since, &a.out)) {
+    match crate::audit::db::open(&opts).and_then(|c| crate::audit::db::export(&c, since, &a.out)) {
         Ok(r) => {
             println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             0

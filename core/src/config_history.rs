@@ -104,7 +104,7 @@ impl History {
         };
         let v = Version {
             version: index.versions.last().map_or(1, |v| v.version + 1),
-            at: crate::pool::clock::unix_secs(std::time::SystemTime::now()),
+            at: crate::util::clock::unix_secs(std::time::SystemTime::now()),
             source: source.to_string(),
             by: by.map(str::to_string),
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
@@ -120,12 +120,12 @@ impl History {
         };
         if let Some(dir) = &self.dir {
             let write = || -> std::io::Result<()> {
-                crate::pool::write_private(
+                crate::util::write_private(
                     &dir.join(format!("v{}.yaml", v.version)),
                     text.as_bytes(),
                 )?;
                 let idx = serde_json::to_vec_pretty(&*index).map_err(std::io::Error::other)?;
-                crate::pool::write_private(&dir.join("index.json"), &idx)?;
+                crate::util::write_private(&dir.join("index.json"), &idx)?;
                 for old in pruned {
                     let _ = std::fs::remove_file(dir.join(format!("v{old}.yaml")));
                 }

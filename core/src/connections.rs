@@ -13,7 +13,7 @@ use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 
 use crate::config::ClientLimits;
-use crate::proxy::Cidr;
+use crate::util::Cidr;
 
 /// Wraps a listener's app: a connection past `max` open on the listener, or past `per_client`
 /// open from its client's address, is closed as soon as it is accepted.

@@ -6,7 +6,6 @@ pub mod acme;
 pub mod admin;
 pub mod anomaly;
 pub mod audit;
-pub mod audit_db;
 pub mod cli;
 pub mod config;
 pub mod config_history;
@@ -21,9 +20,9 @@ pub mod reload;
 pub mod runtime;
 pub mod security;
 pub mod server;
-pub mod sql_guard;
 pub mod stats;
 pub mod tls;
+pub mod util;
 
 /// The plugin registry this binary ships: every built-in stage.
 pub fn builtin_registry() -> gemini_proxy_sdk::Registry {

@@ -72,7 +72,7 @@ pub async fn reload_as(
             );
             shared.audit(crate::audit::config_event(&v));
             if let Some(a) = &shared.audit {
-                a.set_limits(crate::audit_db::limit_rows(&loaded.config.gemini.api_keys));
+                a.set_limits(crate::audit::db::limit_rows(&loaded.config.gemini.api_keys));
             }
             shared.runtime.store(Arc::new(rt));
             shared.adopt_pool();

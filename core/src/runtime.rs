@@ -129,7 +129,7 @@ pub struct Runtime {
     /// Token verification (when `auth.enabled`), shared with the admin API.
     pub auth: Option<Arc<gemini_proxy_plugins::auth::Verifier>>,
     /// `server.trusted_proxies`, parsed.
-    pub trusted_proxies: Vec<crate::proxy::Cidr>,
+    pub trusted_proxies: Vec<crate::util::Cidr>,
     /// Masks every pooled key (configured, added or removed through the API) in what is relayed
     /// or stored.
     pub scrubber: Arc<crate::proxy::Scrubber>,
@@ -267,11 +267,11 @@ impl Runtime {
                 not_before: k
                     .not_before
                     .as_deref()
-                    .and_then(|t| crate::pool::clock::parse_rfc3339(t).ok()),
+                    .and_then(|t| crate::util::clock::parse_rfc3339(t).ok()),
                 expires_at: k
                     .expires_at
                     .as_deref()
-                    .and_then(|t| crate::pool::clock::parse_rfc3339(t).ok()),
+                    .and_then(|t| crate::util::clock::parse_rfc3339(t).ok()),
                 limits: k.limits.clone(),
                 goog_api_key: goog,
                 bearer,
@@ -362,7 +362,7 @@ impl Runtime {
                 .server
                 .trusted_proxies
                 .iter()
-                .filter_map(|t| crate::proxy::Cidr::parse(t).ok())
+                .filter_map(|t| crate::util::Cidr::parse(t).ok())
                 .collect(),
             scrubber,
         })
@@ -421,7 +421,7 @@ impl Shared {
                 )
             })?;
         if let Some(a) = &audit {
-            a.set_limits(crate::audit_db::limit_rows(&loaded.config.gemini.api_keys));
+            a.set_limits(crate::audit::db::limit_rows(&loaded.config.gemini.api_keys));
         }
         let tls_cfg = &loaded.config.server.tls;
         let acme = tls_cfg.acme.as_ref().filter(|a| a.enabled);

@@ -75,11 +75,11 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
     server.bootstrap();
 
     let clients = &c.server.clients;
-    let trusted_proxies: Vec<crate::proxy::Cidr> = c
+    let trusted_proxies: Vec<crate::util::Cidr> = c
         .server
         .trusted_proxies
         .iter()
-        .filter_map(|t| crate::proxy::Cidr::parse(t).ok())
+        .filter_map(|t| crate::util::Cidr::parse(t).ok())
         .collect();
     let mut app = pingora::proxy::HttpProxy::new(
         GatewayProxy::new(shared.clone()),

@@ -320,7 +320,7 @@ async fn views_answer_right_on_a_seeded_data_set() {
                 day: &str,
                 quota: Option<&str>| {
         let at =
-            gemini_proxy_core::pool::clock::parse_rfc3339(&format!("{day}T12:00:00Z")).unwrap();
+            gemini_proxy_core::util::clock::parse_rfc3339(&format!("{day}T12:00:00Z")).unwrap();
         gemini_proxy_core::audit::AuditEvent::Call(Box::new(gemini_proxy_core::audit::CallAudit {
             at,
             action: format!("POST /v1beta/models/{model}:generateContent"),

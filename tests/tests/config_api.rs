@@ -174,7 +174,9 @@ async fn a_replaced_config_is_validated_with_the_registry_the_gateway_runs() {
     let (s, v) = req(&h, reqwest::Method::PUT, "/api/config", &t, Some(new)).await;
     assert_eq!(s, 200, "{v}");
     // A stage nobody registered is still refused, and nothing changes.
-    let unknown = h.config_text().replace("  - house_stage\n", "  - nobody_stage\n");
+    let unknown = h
+        .config_text()
+        .replace("  - house_stage\n", "  - nobody_stage\n");
     let (s, v) = req(&h, reqwest::Method::PUT, "/api/config", &t, Some(unknown)).await;
     assert_eq!(s, 400, "{v}");
     assert!(v.to_string().contains("nobody_stage"), "{v}");

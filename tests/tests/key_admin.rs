@@ -284,7 +284,7 @@ async fn an_expiring_key_stops_serving_at_its_expiry() {
         "pool: { state_file: \"\", keys_file: \"\" }\n",
         |_| {},
     );
-    let rfc = gemini_proxy_core::pool::clock::format_rfc3339(soon);
+    let rfc = gemini_proxy_core::util::clock::format_rfc3339(soon);
     let (s, r) = post(
         &h,
         "/api/keys",

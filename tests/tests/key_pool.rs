@@ -102,8 +102,8 @@ async fn per_day_429_rests_the_project_until_midnight_pacific() {
     assert_eq!(keys_of(&h).iter().filter(|k| *k == "day429-a").count(), 1);
     let a = key_report(&h, "a").await;
     let until = a["cooldowns"][0]["until"].as_u64().unwrap();
-    let want = gemini_proxy_core::pool::clock::unix_secs(
-        gemini_proxy_core::pool::clock::next_pacific_midnight(SystemTime::now()),
+    let want = gemini_proxy_core::util::clock::unix_secs(
+        gemini_proxy_core::util::clock::next_pacific_midnight(SystemTime::now()),
     );
     assert!(until.abs_diff(want) <= 2, "until {until}, want {want}");
     assert!(until > unix_now() + 60, "not the misleading 48s retryDelay");

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{AdminApp, error, json_response};
 use crate::audit::AuditSink;
-use crate::audit_db::{DbError, QueryLimits};
+use crate::audit::db::{DbError, QueryLimits};
 
 /// `POST /api/sql` body.
 #[derive(serde::Deserialize)]
@@ -56,7 +56,7 @@ impl AdminApp {
         };
         let r = tokio::task::spawn_blocking(move || {
             audit.with_db(|c| {
-                crate::audit_db::query(
+                crate::audit::db::query(
                     c,
                     "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'main' ORDER BY table_name, ordinal_position",
                     QueryLimits { max_rows: 10_000, timeout: std::time::Duration::from_secs(10) },
@@ -70,7 +70,7 @@ impl AdminApp {
                     Default::default();
                 for row in r.rows {
                     if let Some(t) = row[0].as_str()
-                        && crate::audit_db::RELATIONS.contains(&t)
+                        && crate::audit::db::RELATIONS.contains(&t)
                     {
                         rel.entry(t.to_string())
                             .or_default()
@@ -117,12 +117,12 @@ impl AdminApp {
         let r = tokio::task::spawn_blocking(move || {
             // What was audited so far is visible to the query.
             a2.flush();
-            a2.with_db(|c| crate::audit_db::query(c, &sql, limits))
+            a2.with_db(|c| crate::audit::db::query(c, &sql, limits))
         })
         .await;
         let (result, resp) = match r {
             Ok(Ok(r)) if csv => {
-                let body = crate::audit_db::to_csv(&r).into_bytes();
+                let body = crate::audit::db::to_csv(&r).into_bytes();
                 (
                     "Success",
                     Response::builder()
@@ -170,7 +170,7 @@ impl AdminApp {
             Ok(r) => r,
             Err(e) => return error(400, format!("bad export request: {e}")),
         };
-        let Some(since) = crate::pool::clock::parse_date(&req.since) else {
+        let Some(since) = crate::util::clock::parse_date(&req.since) else {
             return error(
                 400,
                 format!("since `{}` is not a date (YYYY-MM-DD)", req.since),
@@ -192,7 +192,7 @@ impl AdminApp {
         let a2 = audit.clone();
         let r = tokio::task::spawn_blocking(move || {
             a2.flush();
-            a2.with_db(|c| crate::audit_db::export(c, since, &out))
+            a2.with_db(|c| crate::audit::db::export(c, since, &out))
         })
         .await;
         let (result, resp) = match r {

@@ -101,7 +101,7 @@ impl AdminApp {
             Ok(Err(e)) => return error(400, e),
             Err(e) => return error(500, format!("validation task failed: {e}")),
         }
-        if let Err(e) = crate::pool::write_private(&path, text.as_bytes()) {
+        if let Err(e) = crate::util::write_private(&path, text.as_bytes()) {
             return error(500, format!("cannot write {}: {e}", path.display()));
         }
         match crate::reload::reload_as(&self.shared, true, source, caller).await {

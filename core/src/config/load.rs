@@ -456,7 +456,7 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
             .enumerate()
         {
             if let Some(v) = value {
-                match crate::pool::clock::parse_rfc3339(v) {
+                match crate::util::clock::parse_rfc3339(v) {
                     Ok(t) => window[j] = Some(t),
                     Err(m) => return err(format!("gemini.api_keys[{i}].{field}"), m),
                 }
@@ -478,7 +478,7 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
         }
     }
     for (i, t) in c.server.trusted_proxies.iter().enumerate() {
-        if let Err(m) = crate::proxy::Cidr::parse(t) {
+        if let Err(m) = crate::util::Cidr::parse(t) {
             return err(format!("server.trusted_proxies[{i}]"), m);
         }
     }

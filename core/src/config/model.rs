@@ -638,10 +638,10 @@ impl PresetWindow {
         let (Ok(from), Ok(to)) = (Self::minutes(&self.from), Self::minutes(&self.to)) else {
             return false;
         };
-        let unix = crate::pool::clock::unix_secs(now) as i64;
+        let unix = crate::util::clock::unix_secs(now) as i64;
         let local = match self.tz {
             WindowTz::Utc => unix,
-            WindowTz::Pacific => unix + crate::pool::clock::pacific_offset(unix),
+            WindowTz::Pacific => unix + crate::util::clock::pacific_offset(unix),
         };
         let minute = (local.rem_euclid(86_400) / 60) as u32;
         if from <= to {

@@ -5,7 +5,6 @@
 //! One mutex guards the state; it is never held across an `.await`.
 
 pub mod classify;
-pub mod clock;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +20,7 @@ use sha2::{Digest, Sha256};
 pub use classify::{DeadReason, QuotaWindow, Verdict, classify};
 
 use crate::config::PoolConfig;
+use crate::util::clock;
 
 /// A key's fingerprint: enough to tell keys apart in the API and the state file, useless to
 /// an attacker (12 hex digits of SHA-256).
@@ -1118,7 +1118,7 @@ pub struct CooldownReport {
     pub quota_id: Option<String>,
 }
 
-pub use gemini_proxy_sdk::write_private;
+pub use crate::util::write_private;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! The downstream request, read once: route, client credential, sanitized query and headers.
 
+use crate::util::Cidr;
 use gemini_proxy_sdk::{CallRoute, ClientCredential, CredentialSource, classify};
 use http::header::{HeaderMap, HeaderName};
 use percent_encoding::percent_decode_str;
@@ -331,53 +332,6 @@ mod model_tests {
             br#"[1]"#,
         ] {
             assert!(OpenAiHead::parse(bad).is_none());
-        }
-    }
-}
-
-/// An address range (`10.0.0.0/8`, `::1/128`, or a bare address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    net: std::net::IpAddr,
-    bits: u8,
-}
-
-impl Cidr {
-    pub fn parse(s: &str) -> Result<Cidr, String> {
-        let (addr, bits) = match s.split_once('/') {
-            Some((a, b)) => (a, Some(b)),
-            None => (s, None),
-        };
-        let net: std::net::IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("`{s}` is not an address or CIDR range"))?;
-        let max = if net.is_ipv4() { 32 } else { 128 };
-        let bits = match bits {
-            Some(b) => b
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|b| *b <= max)
-                .ok_or_else(|| format!("`{s}`: prefix length must be 0-{max}"))?,
-            None => max,
-        };
-        Ok(Cidr { net, bits })
-    }
-
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        fn masked(v: u128, bits: u8, width: u8) -> u128 {
-            if bits == 0 { 0 } else { v >> (width - bits) }
-        }
-        match (self.net, ip) {
-            (std::net::IpAddr::V4(n), std::net::IpAddr::V4(i)) => {
-                masked(u32::from(n).into(), self.bits, 32)
-                    == masked(u32::from(i).into(), self.bits, 32)
-            }
-            (std::net::IpAddr::V6(n), std::net::IpAddr::V6(i)) => {
-                masked(u128::from(n), self.bits, 128) == masked(u128::from(i), self.bits, 128)
-            }
-            _ => false,
         }
     }
 }

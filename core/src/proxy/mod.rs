@@ -43,11 +43,12 @@ use pingora::ErrorType;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
+pub use crate::util::Cidr;
 pub use call::CallState;
 pub use errors::{ErrorStyle, error_body, grpc_status};
 pub use failure::ErrorClass;
 pub use fuzz::fuzz_inbound;
-pub use inbound::{Cidr, Inbound, client_ip, sanitize_headers, split_key_param};
+pub use inbound::{Inbound, client_ip, sanitize_headers, split_key_param};
 pub use observer::{BodyFormat, Observed, Observer};
 pub use scrub::{Scrubber, StreamScrub};
 

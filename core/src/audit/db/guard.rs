@@ -15,7 +15,7 @@ use std::sync::LazyLock;
 use duckdb::ffi;
 use parking_lot::Mutex;
 
-use crate::audit_db::DbError;
+use super::DbError;
 
 /// One connection to a private in-memory database with the audit schema.
 struct Parser {
@@ -129,7 +129,7 @@ impl Parser {
 }
 
 static PARSER: LazyLock<Mutex<Result<Parser, String>>> =
-    LazyLock::new(|| Mutex::new(Parser::open(crate::audit_db::SCHEMA_AND_VIEWS.as_str())));
+    LazyLock::new(|| Mutex::new(Parser::open(crate::audit::db::SCHEMA_AND_VIEWS.as_str())));
 
 fn type_name(t: ffi::duckdb_statement_type) -> &'static str {
     match t {
