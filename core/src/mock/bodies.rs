@@ -1,4 +1,5 @@
-//! Response and error bodies of the mock, shaped like Google's (gemini-api.md §5-6).
+//! Response and error bodies of the mock, shaped like Google's: `candidates`
+//! with `usageMetadata`, and errors as `{"error": {code, message, status, details}}`.
 
 use serde_json::{Value, json};
 

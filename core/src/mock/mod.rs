@@ -1,6 +1,6 @@
 //! A mock Gemini API on loopback, for the demo, the tests and the benchmarks. No network, no key.
 //!
-//! Behaviour is chosen by the key and the model a call uses (see `gemini-api.md` §10):
+//! Behaviour is chosen by the key and the model a call uses :
 //! - keys: `invalid-*` → 400 `API_KEY_INVALID`; `leaked-*` → 403 leaked; `suspended-*` → 403
 //!   `CONSUMER_SUSPENDED`; `minute429-*` / `day429-*` → 429 with `QuotaFailure` + `RetryInfo`;
 //!   `zero-*` → 429 `limit: 0`; `bare429-*` → 429 without details; `rpm-N-*` → a real limit of N
@@ -8,7 +8,7 @@
 //! - models: `mock-overloaded` → 503; `mock-internal` → 500; `mock-slow-N` → answers after N ms;
 //!   `mock-midstream-error` → two chunks then an error event; `mock-truncated` → a stream that
 //!   ends without `finishReason`; `mock-cut` → the connection drops mid-stream; `mock-empty`,
-//!   `mock-blocked`, `mock-fc` → the special bodies of §5.2; unknown `nosuch-*` models → 404.
+//!   `mock-blocked`, `mock-fc` → Google's special answers (no candidates, a blocked prompt, a function call); unknown `nosuch-*` models → 404.
 //! - `mock-leaky` answers with the key it was called with everywhere an upstream could put it:
 //!   in response headers, a `Location` with `?key=`, and the body (a stream cuts it across
 //!   chunks). The gateway must mask all of it.

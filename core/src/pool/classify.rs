@@ -1,4 +1,5 @@
-//! What an upstream answer means for the key pool (`gemini-api.md` §6.4).
+//! What an upstream answer means for the key pool from its status and Google's
+//! error details (`ErrorInfo.reason`, `QuotaFailure` quota ids, `RetryInfo` delays).
 
 use std::time::Duration;
 
