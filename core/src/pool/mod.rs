@@ -4,6 +4,7 @@
 //!
 //! One mutex guards the state; it is never held across an `.await`.
 
+pub mod affinity;
 pub mod classify;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ pub use classify::{DeadReason, QuotaWindow, Verdict, classify};
 
 use crate::config::PoolConfig;
 use crate::util::clock;
+use affinity::Affinity;
 
 /// A key's fingerprint: enough to tell keys apart in the API and the state file, useless to
 /// an attacker (12 hex digits of SHA-256).
@@ -150,16 +152,6 @@ struct PoolState {
     swept: [u64; 3],
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Affinity {
-    key_id: String,
-    /// Unix seconds after which the entry is forgotten.
-    until: u64,
-    /// Who created it (`user:SUB` or `tenant:NAME`), when a caller was known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    owner: Option<String>,
-}
-
 /// Most (project or key, model) entries kept per map. Model names come from clients (a flood of
 /// made-up names gets a 404 each): past this, entries that no longer count are dropped, and if
 /// none can go, a new name is not remembered.
@@ -179,9 +171,6 @@ fn has_room<K, V>(map: &mut HashMap<K, V>, swept: &mut u64, keep: impl Fn(&V) ->
     }
     map.len() < MAX_MODEL_STATE
 }
-
-/// Most resources remembered; older entries are dropped first when full.
-const MAX_AFFINITY: usize = 200_000;
 
 /// What the file keeps.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -618,66 +607,6 @@ impl KeyPool {
     pub fn set_manual_preset(&self, name: Option<String>) {
         *self.manual_preset.lock() = name;
         self.mark_dirty();
-    }
-
-    /// Remembers that `key_id` created `resource` for `owner`, for `ttl`.
-    pub fn pin(&self, resource: &str, key_id: &str, ttl: Duration, owner: Option<&str>) {
-        let now = now_unix();
-        let mut st = self.state.lock();
-        if st.affinity.len() >= MAX_AFFINITY {
-            st.affinity.retain(|_, a| a.until > now);
-            if st.affinity.len() >= MAX_AFFINITY {
-                // Still full: drop the entries closest to expiry.
-                let mut untils: Vec<u64> = st.affinity.values().map(|a| a.until).collect();
-                untils.sort_unstable();
-                let cut = untils[untils.len() / 10];
-                st.affinity.retain(|_, a| a.until > cut);
-            }
-        }
-        self.any_pins.store(true, Ordering::Relaxed);
-        // The first owner stays: reading a resource (which names it again) never takes it over,
-        // and another caller creating the same name in another project never re-points it.
-        let owner = match st.affinity.get(resource).filter(|a| a.until > now) {
-            Some(a) if a.owner.is_some() && a.owner.as_deref() != owner && a.key_id != key_id => {
-                return;
-            }
-            Some(a) => a.owner.clone(),
-            None => owner.map(str::to_string),
-        };
-        st.affinity.insert(
-            resource.to_string(),
-            Affinity {
-                key_id: key_id.to_string(),
-                until: now + ttl.as_secs(),
-                owner,
-            },
-        );
-        drop(st);
-        self.mark_dirty();
-    }
-
-    /// The key that created `resource`, if known and not expired.
-    pub fn pinned(&self, resource: &str) -> Option<String> {
-        let st = self.state.lock();
-        st.affinity
-            .get(resource)
-            .filter(|a| a.until > now_unix())
-            .map(|a| a.key_id.clone())
-    }
-
-    /// Who created `resource`: `None` when the gateway never saw it created (or forgot it),
-    /// `Some(None)` when it was created without a known caller.
-    pub fn owner_of(&self, resource: &str) -> Option<Option<String>> {
-        let st = self.state.lock();
-        st.affinity
-            .get(resource)
-            .filter(|a| a.until > now_unix())
-            .map(|a| a.owner.clone())
-    }
-
-    /// Whether any resource was ever pinned (lets callers skip scanning bodies).
-    pub fn has_pins(&self) -> bool {
-        self.any_pins.load(Ordering::Relaxed)
     }
 
     /// Writes the state file now (atomically: temp file, then rename; mode 0600).

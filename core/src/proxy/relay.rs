@@ -2,8 +2,6 @@
 //! masked, upload URLs pointed at the gateway), then the body, whole or streamed chunk by chunk
 //! as it arrives (never buffered), watched for usage, the created resource and a broken stream.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use gemini_proxy_sdk::{Action, ResponseHead};
 use pingora::http::ResponseHeader;
@@ -16,31 +14,8 @@ use super::cors::cors_headers;
 use super::exchange::Exchange;
 use super::failure::{ErrorClass, Failure};
 use super::{BodyFormat, GatewayProxy, Inbound, Observer, StreamScrub, response_head};
+use crate::pool::affinity;
 use crate::runtime::{Runtime, UpstreamKey};
-
-/// Google keeps uploaded files 48 hours.
-const FILE_AFFINITY: Duration = Duration::from_secs(48 * 3600);
-/// Cached contents and batches: a week (their own TTLs are usually shorter).
-const RESOURCE_AFFINITY: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Tuned models, file search stores and corpora last until deleted: their owner is kept a year
-/// after the gateway last saw them named.
-const LASTING_AFFINITY: Duration = Duration::from_secs(400 * 24 * 3600);
-/// Upload sessions: Google's resumable sessions last about a week.
-const UPLOAD_AFFINITY: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// How long the pool remembers which key created the resource `name`.
-fn affinity_ttl(name: &str) -> Duration {
-    if name.starts_with("files/") {
-        FILE_AFFINITY
-    } else if ["tunedModels/", "fileSearchStores/", "corpora/"]
-        .iter()
-        .any(|c| name.starts_with(c))
-    {
-        LASTING_AFFINITY
-    } else {
-        RESOURCE_AFFINITY
-    }
-}
 
 /// Largest write built from chunks that were already buffered.
 const COALESCE_LIMIT: usize = 64 * 1024;
@@ -66,7 +41,9 @@ impl GatewayProxy {
         {
             let name = format!("upload:{id}");
             let owner = ctx.owner.as_deref();
-            self.shared.pool.pin(&name, &key.id, UPLOAD_AFFINITY, owner);
+            self.shared
+                .pool
+                .pin(&name, &key.id, affinity::UPLOAD_TTL, owner);
         }
         let out = self.client_head(session, ctx, &ex.resp, ex.whole_body.as_ref())?;
         let content_type = out
@@ -214,7 +191,7 @@ impl GatewayProxy {
             let owner = ctx.owner.as_deref();
             self.shared
                 .pool
-                .pin(name, &key.id, affinity_ttl(name), owner);
+                .pin(name, &key.id, affinity::ttl_for(name), owner);
         }
         ctx.done.usage = observed.usage;
         ctx.done.finish_reason = observed.finish_reason.clone();

@@ -1,0 +1,109 @@
+//! Resource affinity: which key created a resource (`files/x`, `cachedContents/y`, an upload
+//! session), so later calls naming it go to that key's project, where it lives; and who created
+//! it, so another tenant cannot reach it. Kept with the pool's state (and its state file).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{KeyPool, now_unix};
+
+/// Google keeps uploaded files 48 hours.
+const FILE_TTL: Duration = Duration::from_secs(48 * 3600);
+/// Cached contents and batches: a week (their own TTLs are usually shorter).
+const RESOURCE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Tuned models, file search stores and corpora last until deleted: their owner is kept a year
+/// after the gateway last saw them named.
+const LASTING_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
+/// Upload sessions: Google's resumable sessions last about a week.
+pub const UPLOAD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long the pool remembers which key created the resource `name`.
+pub fn ttl_for(name: &str) -> Duration {
+    if name.starts_with("files/") {
+        FILE_TTL
+    } else if ["tunedModels/", "fileSearchStores/", "corpora/"]
+        .iter()
+        .any(|c| name.starts_with(c))
+    {
+        LASTING_TTL
+    } else {
+        RESOURCE_TTL
+    }
+}
+
+/// Most resources remembered; older entries are dropped first when full.
+const MAX_AFFINITY: usize = 200_000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(super) struct Affinity {
+    key_id: String,
+    /// Unix seconds after which the entry is forgotten.
+    pub(super) until: u64,
+    /// Who created it (`user:SUB` or `tenant:NAME`), when a caller was known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+}
+
+impl KeyPool {
+    /// Remembers that `key_id` created `resource` for `owner`, for `ttl`.
+    pub fn pin(&self, resource: &str, key_id: &str, ttl: Duration, owner: Option<&str>) {
+        let now = now_unix();
+        let mut st = self.state.lock();
+        if st.affinity.len() >= MAX_AFFINITY {
+            st.affinity.retain(|_, a| a.until > now);
+            if st.affinity.len() >= MAX_AFFINITY {
+                // Still full: drop the entries closest to expiry.
+                let mut untils: Vec<u64> = st.affinity.values().map(|a| a.until).collect();
+                untils.sort_unstable();
+                let cut = untils[untils.len() / 10];
+                st.affinity.retain(|_, a| a.until > cut);
+            }
+        }
+        self.any_pins.store(true, Ordering::Relaxed);
+        // The first owner stays: reading a resource (which names it again) never takes it over,
+        // and another caller creating the same name in another project never re-points it.
+        let owner = match st.affinity.get(resource).filter(|a| a.until > now) {
+            Some(a) if a.owner.is_some() && a.owner.as_deref() != owner && a.key_id != key_id => {
+                return;
+            }
+            Some(a) => a.owner.clone(),
+            None => owner.map(str::to_string),
+        };
+        st.affinity.insert(
+            resource.to_string(),
+            Affinity {
+                key_id: key_id.to_string(),
+                until: now + ttl.as_secs(),
+                owner,
+            },
+        );
+        drop(st);
+        self.mark_dirty();
+    }
+
+    /// The key that created `resource`, if known and not expired.
+    pub fn pinned(&self, resource: &str) -> Option<String> {
+        let st = self.state.lock();
+        st.affinity
+            .get(resource)
+            .filter(|a| a.until > now_unix())
+            .map(|a| a.key_id.clone())
+    }
+
+    /// Who created `resource`: `None` when the gateway never saw it created (or forgot it),
+    /// `Some(None)` when it was created without a known caller.
+    pub fn owner_of(&self, resource: &str) -> Option<Option<String>> {
+        let st = self.state.lock();
+        st.affinity
+            .get(resource)
+            .filter(|a| a.until > now_unix())
+            .map(|a| a.owner.clone())
+    }
+
+    /// Whether any resource was ever pinned (lets callers skip scanning bodies).
+    pub fn has_pins(&self) -> bool {
+        self.any_pins.load(Ordering::Relaxed)
+    }
+}
