@@ -5,24 +5,32 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::protocols::Stream;
+use pingora::protocols::l4::socket::SocketAddr;
 use pingora::server::ShutdownWatch;
 
 use crate::config::ClientLimits;
 use crate::util::Cidr;
 
 /// Wraps a listener's app: a connection past `max` open on the listener, or past `per_client`
-/// open from its client's address, is closed as soon as it is accepted.
+/// open from its client's address, is closed as soon as it is accepted, before any TLS
+/// handshake; the handshake itself must end within `head_timeout`.
 pub struct Capped<A> {
     inner: Arc<A>,
+    counts: Arc<Counts>,
+    handshake_timeout: Duration,
+}
+
+/// Open connections, in total and per client address.
+struct Counts {
     open: AtomicUsize,
     max: usize,
-    /// Open connections per client address; an entry lives while one is open, so there are
-    /// never more than `max`.
+    /// An entry lives while one of its connections is open, so there are never more than `max`.
     by_client: Mutex<HashMap<IpAddr, usize>>,
     per_client: usize,
     uncapped: Vec<Cidr>,
@@ -39,22 +47,27 @@ impl<A> Capped<A> {
     ) -> Capped<A> {
         Capped {
             inner: Arc::new(inner),
-            open: AtomicUsize::new(0),
-            max: limits.max_connections,
-            by_client: Mutex::new(HashMap::new()),
-            per_client: limits.max_connections_per_client,
-            uncapped,
-            refused,
+            counts: Arc::new(Counts {
+                open: AtomicUsize::new(0),
+                max: limits.max_connections,
+                by_client: Mutex::new(HashMap::new()),
+                per_client: limits.max_connections_per_client,
+                uncapped,
+                refused,
+            }),
+            handshake_timeout: limits.head_timeout.0,
         }
     }
+}
 
+impl Counts {
     /// Takes a slot for a connection from `peer`, or `None` when a cap is reached.
-    fn admit(&self, peer: Option<IpAddr>) -> Option<Slot<'_, A>> {
+    fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Option<Slot> {
         let client = peer
             .filter(|ip| !self.uncapped.iter().any(|c| c.contains(*ip)))
             .map(gemini_proxy_sdk::caller_scope);
         let slot = Slot {
-            capped: self,
+            counts: self.clone(),
             client,
         };
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
@@ -74,25 +87,25 @@ impl<A> Capped<A> {
 }
 
 /// An admitted connection's place in the counts, given back when it closes.
-struct Slot<'a, A> {
-    capped: &'a Capped<A>,
+struct Slot {
+    counts: Arc<Counts>,
     /// Set once counted for its client.
     client: Option<IpAddr>,
 }
 
-impl<A> Slot<'_, A> {
+impl Slot {
     fn refuse(mut self) -> Option<Self> {
         self.client = None;
-        self.capped.refused.inc();
+        self.counts.refused.inc();
         None
     }
 }
 
-impl<A> Drop for Slot<'_, A> {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.capped.open.fetch_sub(1, Ordering::AcqRel);
+        self.counts.open.fetch_sub(1, Ordering::AcqRel);
         if let Some(ip) = self.client {
-            let mut by_client = self.capped.by_client.lock();
+            let mut by_client = self.counts.by_client.lock();
             if let Some(n) = by_client.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -110,14 +123,17 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let peer = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        // Dropping the stream closes the connection.
-        let slot = self.admit(peer)?;
-        let reused = self.inner.process_new(stream, shutdown).await;
-        drop(slot);
-        reused
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    fn admit_connection(self: &Arc<Self>, peer: Option<&SocketAddr>) -> Option<Box<dyn Send>> {
+        let ip = peer.and_then(|a| a.as_inet()).map(|a| a.ip());
+        let slot = self.counts.admit(ip)?;
+        Some(Box::new(slot))
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     async fn cleanup(&self) {
@@ -125,11 +141,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
     }
 }
 
+/// How long an HTTP/2 connection may stay without a stream (HTTP/1 keep-alive is 60 s too).
+const H2_IDLE: Duration = Duration::from_secs(60);
+
 /// The HTTP server options of a listener under `limits`.
 pub fn server_options(limits: &ClientLimits) -> HttpServerOptions {
     let mut o = HttpServerOptions::default();
     // Patched pingora-core (vendor/pingora-core/PATCH.md): a deadline for the whole head.
     o.h1_request_head_timeout = Some(limits.head_timeout.0);
+    // An HTTP/2 connection with no stream open is closed as an idle HTTP/1 keep-alive is.
+    o.h2_idle_timeout = Some(H2_IDLE);
     o
 }
 
@@ -137,19 +158,15 @@ pub fn server_options(limits: &ClientLimits) -> HttpServerOptions {
 mod tests {
     use super::*;
 
-    fn capped(max: usize, per_client: usize, uncapped: &[&str]) -> Capped<()> {
+    fn capped(max: usize, per_client: usize, uncapped: &[&str]) -> Arc<Counts> {
         let limits = ClientLimits {
             max_connections: max,
             max_connections_per_client: per_client,
             ..ClientLimits::default()
         };
         let uncapped = uncapped.iter().map(|c| Cidr::parse(c).unwrap()).collect();
-        Capped::new(
-            (),
-            &limits,
-            uncapped,
-            prometheus::IntCounter::new("r", "r").unwrap(),
-        )
+        let refused = prometheus::IntCounter::new("r", "r").unwrap();
+        Capped::new((), &limits, uncapped, refused).counts
     }
 
     fn ip(s: &str) -> Option<IpAddr> {

@@ -313,3 +313,48 @@ async fn openai_streams_count_as_streams() {
     .await;
     assert_eq!(s, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn system_parameters_that_change_the_answer_are_refused() {
+    let h = start(&[("a", "valid-a", 1)], "");
+    let flash = token("limited", &["gemini-2.5-flash*"]);
+    let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+    // A field mask (which can drop usageMetadata, and with it the token count), another
+    // method, another wire format: each in its plain, `$` and percent-encoded spelling.
+    for query in [
+        "fields=candidates",
+        "%66ields=candidates",
+        "$fields=candidates",
+        "%24alt=proto",
+        "alt=proto",
+        "$httpMethod=DELETE",
+        "callback=steal",
+        "$ct=application%2Fx-protobuf",
+    ] {
+        let (s, v) = post(&h, &format!("{path}?{query}"), &flash, gen_body("x")).await;
+        assert_eq!(s, 400, "{query}: {v}");
+        assert_eq!(v["error"]["status"], "INVALID_ARGUMENT", "{query}: {v}");
+    }
+    for header in ["x-http-method-override", "x-goog-fieldmask"] {
+        let r = h
+            .client
+            .post(h.url(path))
+            .header("x-goog-api-key", &flash)
+            .header(header, "GET")
+            .body(gen_body("x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{header}");
+    }
+    assert!(
+        h.mock.requests().is_empty(),
+        "a refused call reached the upstream"
+    );
+    // The formats the gateway reads still pass.
+    let stream = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let (s, _) = post(&h, stream, &flash, gen_body("x")).await;
+    assert_eq!(s, 200);
+    let (s, _) = post(&h, &format!("{path}?alt=json"), &flash, gen_body("x")).await;
+    assert_eq!(s, 200);
+}

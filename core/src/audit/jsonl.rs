@@ -30,6 +30,8 @@ impl Writer {
             opts.mode(0o600);
         }
         let f = opts.open(&self.path)?;
+        // `mode` applies only to a file it creates.
+        crate::util::make_private(&self.path);
         self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
         self.file = Some(std::io::BufWriter::with_capacity(256 * 1024, f));
         self.day = now_rfc3339_ms()[..10].to_string();

@@ -158,3 +158,20 @@ fn rotates_by_size() {
         .sum();
     assert_eq!(total, 100, "nothing lost across rotations");
 }
+
+/// A log left world-readable (an earlier version, another umask) is made private on open.
+#[cfg(unix)]
+#[test]
+fn an_existing_log_is_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (c, path) = cfg(dir.path(), 1 << 30);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, "").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let sink = AuditSink::start(&c, dir.path()).unwrap().unwrap();
+    sink.record(event(0));
+    sink.close();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}

@@ -118,6 +118,9 @@ fn route(session: &Session) -> Result<Inbound, Failure> {
         )
         .unread());
     };
+    if let Some(why) = inbound::refused_system_parameter(req.uri.query(), &req.headers) {
+        return Err(Failure::new(400, ErrorClass::BadRequest, why).unread());
+    }
     if let Some(m) = &inbound.route.model
         && !inbound::valid_model(m)
     {

@@ -192,8 +192,16 @@ impl GatewayProxy {
             rt.scrubber.mask(&mut buf);
             let owner = ctx.owner.clone();
             let pool = &self.shared.pool;
-            let own = tenancy::filter_listing(&buf, |k| pool.owner_of(k).flatten() == owner);
-            ex.whole_body = Some(own.map_or_else(|| buf.freeze(), Bytes::from));
+            // A listing the gateway cannot read is not passed on: it may list others' resources.
+            let own = tenancy::filter_listing(&buf, |k| pool.owner_of(k).flatten() == owner)
+                .ok_or_else(|| {
+                    Failure::new(
+                        502,
+                        ErrorClass::UpstreamProtocol,
+                        "the upstream listing could not be read",
+                    )
+                })?;
+            ex.whole_body = Some(Bytes::from(own));
         }
         if let Err(stage) = rt.pipeline.upstream_outcome(ctx.cx(), &outcome) {
             return Err(Failure::stage(&ctx.request_id, stage));

@@ -113,6 +113,57 @@ pub fn normalized_path(path: &str) -> Result<std::borrow::Cow<'_, str>, &'static
     Ok(std::borrow::Cow::Owned(out))
 }
 
+/// Google system parameters that change what a call does or what its answer holds: another
+/// method, a field mask that can drop `usageMetadata` (and the token count a limit corrects
+/// from), or another wire format (JSONP, protobuf) that the gateway would relay without reading.
+/// Every `$`-prefixed form is one of them.
+const REFUSED_PARAMS: &[&str] = &[
+    "fields",
+    "callback",
+    "httpmethod",
+    "ct",
+    "userproject",
+    "access_token",
+    "oauth_token",
+    "bearer_token",
+];
+/// Formats the gateway reads and relays: JSON, server-sent events, and a file's bytes.
+const ALLOWED_ALT: &[&str] = &["json", "sse", "media"];
+const REFUSED_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-goog-fieldmask",
+];
+
+/// Why the query or headers are refused: a system parameter (any spelling, percent-encoded
+/// or not) that would change the method, the fields or the format of the answer.
+pub fn refused_system_parameter(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    if let Some(h) = REFUSED_HEADERS.iter().find(|h| headers.contains_key(**h)) {
+        return Some(format!("the {h} header is not accepted"));
+    }
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = percent_decode_str(name)
+            .decode_utf8_lossy()
+            .to_ascii_lowercase();
+        let refused = name.starts_with('$') || REFUSED_PARAMS.contains(&name.as_str());
+        let alt_ok = || {
+            let v = percent_decode_str(value)
+                .decode_utf8_lossy()
+                .to_ascii_lowercase();
+            ALLOWED_ALT.contains(&v.as_str())
+        };
+        if refused || (name == "alt" && !alt_ok()) {
+            let shown: String = name.chars().take(40).collect();
+            return Some(format!(
+                "the query parameter {shown:?} is not accepted here"
+            ));
+        }
+    }
+    None
+}
+
 /// Longest model name accepted.
 pub const MAX_MODEL: usize = 128;
 
@@ -225,6 +276,49 @@ impl Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_parameters_that_change_the_answer_are_refused() {
+        let none = HeaderMap::new();
+        for q in [
+            "fields=candidates",
+            "%66ields=x",
+            "$fields=x",
+            "%24alt=proto",
+            "alt=proto",
+            "alt=JSONP",
+            "alt=%70roto",
+            "$httpMethod=DELETE",
+            "callback=f",
+            "$ct=application/x-protobuf",
+            "userProject=other",
+            "a=1&access_token=t",
+            "$.xgafv=2",
+        ] {
+            assert!(refused_system_parameter(Some(q), &none).is_some(), "{q}");
+        }
+        for q in [
+            "alt=sse",
+            "alt=json",
+            "alt=media",
+            "pageSize=5&pageToken=x",
+            "uploadType=resumable",
+        ] {
+            assert_eq!(refused_system_parameter(Some(q), &none), None, "{q}");
+        }
+        for h in [
+            "x-http-method-override",
+            "X-Goog-FieldMask",
+            "x-http-method",
+        ] {
+            let mut m = HeaderMap::new();
+            m.insert(
+                HeaderName::from_bytes(h.as_bytes()).unwrap(),
+                "x".parse().unwrap(),
+            );
+            assert!(refused_system_parameter(None, &m).is_some(), "{h}");
+        }
+    }
 
     #[test]
     fn strips_key_param_only() {

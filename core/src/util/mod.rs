@@ -5,3 +5,17 @@ pub mod clock;
 
 pub use cidr::Cidr;
 pub use gemini_proxy_sdk::write_private;
+
+/// Makes an existing file readable by its owner only (a file made by an earlier version, or
+/// under a looser umask, keeps its mode otherwise); a missing file is left alone.
+pub fn make_private(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if path.exists() {
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}

@@ -113,11 +113,6 @@ pub fn open(o: &DbOptions) -> Result<Connection, DbError> {
             err(m)
         }
     })?;
-    #[cfg(unix)]
-    if !o.read_only {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&o.path, std::fs::Permissions::from_mode(0o600));
-    }
     if !o.read_only {
         conn.execute_batch(SCHEMA).map_err(|e| err(e.to_string()))?;
         conn.execute_batch(VIEWS).map_err(|e| err(e.to_string()))?;
@@ -126,6 +121,11 @@ pub fn open(o: &DbOptions) -> Result<Connection, DbError> {
             [SCHEMA_VERSION.to_string()],
         )
         .map_err(|e| err(e.to_string()))?;
+        // The database and its write-ahead log hold the audit trail.
+        crate::util::make_private(&o.path);
+        let mut wal = o.path.clone().into_os_string();
+        wal.push(".wal");
+        crate::util::make_private(std::path::Path::new(&wal));
     }
     if o.lock_down {
         let mut sql = String::new();

@@ -252,3 +252,43 @@ fn csv_quotes() {
     };
     assert_eq!(to_csv(&r), "a,b\n\"x,y\",1\n,\"q\"\"\"\n");
 }
+
+/// The database and a write-ahead log left readable by others are made private on open.
+#[cfg(unix)]
+#[test]
+fn an_existing_database_and_its_log_are_made_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DbOptions {
+        path: dir.path().join("audit.duckdb"),
+        threads: 1,
+        memory_limit: "256MB".into(),
+        export_dir: None,
+        read_only: false,
+        lock_down: false,
+    };
+    {
+        // Rows left in the log, as a crash leaves them.
+        let conn = open(&opts).unwrap();
+        conn.execute_batch(
+            "PRAGMA disable_checkpoint_on_shutdown; SET checkpoint_threshold = '1TB';",
+        )
+        .unwrap();
+        let mut app = Appenders::new(&conn).unwrap();
+        app.append(&call_at("2026-11-20", "r1")).unwrap();
+        app.flush().unwrap();
+    }
+    let wal = dir.path().join("audit.duckdb.wal");
+    assert!(wal.exists(), "no write-ahead log to test with");
+    let loose = std::fs::Permissions::from_mode(0o644);
+    std::fs::set_permissions(&opts.path, loose.clone()).unwrap();
+    std::fs::set_permissions(&wal, loose).unwrap();
+    let conn = open(&opts).unwrap();
+    for p in [&opts.path, &wal] {
+        if p.exists() {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+    drop(conn);
+}

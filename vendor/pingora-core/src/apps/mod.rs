@@ -57,6 +57,20 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    /// Called as a connection is accepted, before any handshake (added by gemini-proxy):
+    /// `None` closes it at once; what it returns is held until the connection ends.
+    fn admit_connection(
+        self: &Arc<Self>,
+        _peer: Option<&crate::protocols::l4::socket::SocketAddr>,
+    ) -> Option<Box<dyn Send>> {
+        Some(Box::new(()))
+    }
+
+    /// Longest a connection's TLS handshake may take (added by gemini-proxy).
+    fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]
@@ -313,12 +327,23 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
-                Err(e) => {
+            // The preface must come within the head deadline, as an HTTP/1 head must.
+            let deadline = self
+                .server_options()
+                .and_then(|o| o.h1_request_head_timeout)
+                .unwrap_or(Duration::from_secs(60));
+            let h2_conn = match tokio::time::timeout(deadline, server::handshake(stream, h2_options))
+                .await
+            {
+                Err(_) => {
+                    debug!("H2 handshake timed out");
+                    return None;
+                }
+                Ok(Err(e)) => {
                     error!("H2 handshake error {e}");
                     return None;
                 }
-                Ok(c) => c,
+                Ok(Ok(c)) => c,
             };
 
             // The accept-loop body — including the graceful-shutdown state

@@ -38,7 +38,6 @@ use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -227,11 +226,18 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
             };
             match new_io {
                 Ok(io) => {
+                    let peer_addr = io.peer_addr();
+                    // Counted and capped before the handshake (gemini-proxy).
+                    let Some(guard) = app_logic.admit_connection(peer_addr.as_ref()) else {
+                        drop(io);
+                        continue;
+                    };
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    let handshake_timeout = app.handshake_timeout();
                     current_handle().spawn(async move {
-                        let peer_addr = io.peer_addr();
-                        match timeout(Duration::from_secs(60), io.handshake()).await {
+                        let _guard = guard;
+                        match timeout(handshake_timeout, io.handshake()).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
