@@ -300,3 +300,31 @@ pub fn tls_client(
     cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     std::sync::Arc::new(cfg)
 }
+
+/// Reads until the peer closes (or `within` passes); returns what came and how long it took
+/// to close (`None`: still open).
+pub async fn until_closed<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    within: Duration,
+) -> (Vec<u8>, Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, Some(started.elapsed())),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, None),
+        }
+    }
+}
+
+/// Whether `/metrics` counts connections refused on the proxy listener.
+pub async fn proxy_refused_connections(h: &Harness) -> bool {
+    let m = h.admin_text("/metrics").await;
+    m.lines().any(|l| {
+        l.starts_with("client_connections_refused_total{listener=\"proxy\"}") && !l.ends_with(" 0")
+    })
+}

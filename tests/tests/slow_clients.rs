@@ -13,21 +13,6 @@ fn start(limits: &str) -> Harness {
     })
 }
 
-/// Reads until the peer closes (or `within` passes); returns what came and when it closed.
-async fn until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, Option<Duration>) {
-    let started = Instant::now();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        let left = within.saturating_sub(started.elapsed());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (out, Some(started.elapsed())),
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            Err(_) => return (out, None),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_head_sent_a_byte_at_a_time_is_cut_off() {
     let h = start("head_timeout: 1s");
@@ -76,14 +61,7 @@ async fn connections_past_the_cap_are_closed_and_half_heads_expire() {
         "{:?}",
         String::from_utf8_lossy(&got)
     );
-    let m = h.admin_text("/metrics").await;
-    assert!(
-        m.lines().any(
-            |l| l.starts_with("client_connections_refused_total{listener=\"proxy\"}")
-                && !l.ends_with(" 0")
-        ),
-        "{m}"
-    );
+    assert!(proxy_refused_connections(&h).await);
     // The twenty half heads are closed by the head deadline.
     for s in &mut held {
         let (_, closed) = until_closed(s, Duration::from_secs(5)).await;
