@@ -212,12 +212,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub upgrade: bool,
     /// Unix socket the listening sockets are handed over on (the same for both processes;
-    /// default /tmp/gemini-proxy-upgrade.sock).
+    /// default `gemini-proxy-{uid}/upgrade.sock` in the temp folder; the folder must be
+    /// writable by this user only).
     #[arg(long)]
     pub upgrade_sock: Option<PathBuf>,
-    /// Pid file (default /tmp/gemini-proxy.pid).
-    #[arg(long)]
-    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]

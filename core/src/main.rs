@@ -48,9 +48,6 @@ fn serve(args: ServeArgs) -> i32 {
     if let Some(p) = &args.upgrade_sock {
         opts.upgrade_sock = p.display().to_string();
     }
-    if let Some(p) = &args.pid_file {
-        opts.pid_file = p.display().to_string();
-    }
     let shared_for_exit = shared.clone();
     match build_server(shared, &opts) {
         Ok(server) => {
@@ -144,7 +141,6 @@ fn main() {
             config: cli.config,
             upgrade: false,
             upgrade_sock: None,
-            pid_file: None,
         }),
         Some(Command::Serve(mut a)) => {
             if a.config.is_none() {

@@ -106,6 +106,47 @@ fn strong_secret(s: &str) -> bool {
         && s.chars().any(|c| !c.is_ascii_alphanumeric())
 }
 
+fn weak_password(p: &str) -> bool {
+    p.chars().count() < 12
+        || COMMON_PASSWORDS
+            .iter()
+            .any(|w| p.to_ascii_lowercase().contains(w) && p.len() < w.len() + 4)
+}
+
+/// Why a config sent to the admin API (`PUT /api/config`, rollback) is refused in any mode: it
+/// turns authentication off, or sets a JWT secret or admin password that is weak. A stolen or
+/// short-lived admin token must not be able to open the gateway for good; weak values already
+/// in the file are reported by `check`, not refused here.
+pub fn weakens_auth(
+    before: &crate::config::Config,
+    after: &crate::config::Config,
+) -> Option<String> {
+    let (was, now) = (&before.auth, &after.auth);
+    if was.enabled && !now.enabled {
+        return Some("turns authentication off (edit the config file to do that)".into());
+    }
+    if !now.enabled {
+        return None;
+    }
+    if let Some(s) = now.jwt_secret.as_deref()
+        && now.jwt_secret != was.jwt_secret
+        && !strong_secret(s)
+    {
+        return Some("sets a weak JWT secret: it needs 32+ characters with upper and lower case letters, digits and special characters".into());
+    }
+    if let Some(p) = now.admin_password.as_deref()
+        && now.admin_password_hash.is_none()
+        && (now.admin_password != was.admin_password || was.admin_password_hash.is_some())
+        && weak_password(p)
+    {
+        return Some(
+            "sets a weak admin password: it needs 12+ characters and must not be a common password"
+                .into(),
+        );
+    }
+    None
+}
+
 /// Whether the file itself (not the environment) holds `path` as a non-empty value.
 fn in_file(loaded: &LoadedConfig, path: &[&str]) -> bool {
     let mut v = &loaded.migrated;
@@ -208,21 +249,13 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
         }
         if c.auth.admin_password_hash.is_none() {
             match c.auth.admin_password.as_deref() {
-                Some(p)
-                    if p.chars().count() < 12
-                        || COMMON_PASSWORDS.iter().any(|w| {
-                            p.to_ascii_lowercase().contains(w) && p.len() < w.len() + 4
-                        }) =>
-                {
-                    add(
-                        "admin-password-weak",
-                        Severity::High,
-                        "CWE-521",
-                        "the admin password is shorter than 12 characters or a common password"
-                            .into(),
-                        "use a long random password, or store an Argon2 hash in auth.admin_password_hash (gemini-proxy hash-password)",
-                    )
-                }
+                Some(p) if weak_password(p) => add(
+                    "admin-password-weak",
+                    Severity::High,
+                    "CWE-521",
+                    "the admin password is shorter than 12 characters or a common password".into(),
+                    "use a long random password, or store an Argon2 hash in auth.admin_password_hash (gemini-proxy hash-password)",
+                ),
                 Some(_) => {}
                 None => add(
                     "admin-login-unconfigured",

@@ -24,9 +24,8 @@ pub struct ServeOptions {
     pub watch_interval: Duration,
     /// Take the listening sockets over from a running instance (graceful upgrade).
     pub upgrade: bool,
-    /// Unix socket for the listener hand-over on upgrade.
+    /// Unix socket for the listener hand-over on upgrade; its folder must be private.
     pub upgrade_sock: String,
-    pub pid_file: String,
 }
 
 impl Default for ServeOptions {
@@ -34,8 +33,9 @@ impl Default for ServeOptions {
         ServeOptions {
             watch_interval: Duration::from_secs(1),
             upgrade: false,
-            upgrade_sock: "/tmp/gemini-proxy-upgrade.sock".into(),
-            pid_file: "/tmp/gemini-proxy.pid".into(),
+            upgrade_sock: crate::util::private_dir::default_upgrade_sock()
+                .display()
+                .to_string(),
         }
     }
 }
@@ -59,12 +59,17 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
     } else {
         c.server.threads
     };
+    crate::util::private_dir::ensure_private_parent(std::path::Path::new(&opts.upgrade_sock))?;
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(c.server.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
         upgrade_sock: opts.upgrade_sock.clone(),
-        pid_file: opts.pid_file.clone(),
+        // Pingora writes it only when it daemonizes, which the gateway never asks for.
+        pid_file: std::path::Path::new(&opts.upgrade_sock)
+            .with_file_name("gemini-proxy.pid")
+            .display()
+            .to_string(),
         ..ServerConf::default()
     };
     let opt = Opt {

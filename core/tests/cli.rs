@@ -216,3 +216,36 @@ fn token_command_prints_a_token_the_gateway_accepts() {
     let out = child.wait_with_output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("$argon2id$"));
 }
+
+#[test]
+fn serve_refuses_an_upgrade_socket_other_users_could_take() {
+    let dir = tempfile::tempdir().unwrap();
+    // Held for the whole test: should the check be missing, serve fails to bind, not hangs.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let taken_too = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_port = taken_too.local_addr().unwrap().port();
+    let config = write(
+        dir.path(),
+        "dev.yaml",
+        &format!(
+            "server: {{ host: 127.0.0.1, port: {port} }}\ngemini: {{ api_keys: [ {{ id: a, key: AIzaTestKeyForTheUpgradeSocketCheck }} ] }}\nmetrics: {{ prometheus_port: {admin_port} }}\n"
+        ),
+    );
+    // `/tmp` is writable by everyone: another user could bind the name first.
+    let out = bin()
+        .args([
+            "serve",
+            "--upgrade-sock",
+            "/tmp/gemini-proxy-upgrade.sock",
+            "--config",
+        ])
+        .arg(&config)
+        .env_remove("GEMINI_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("can be written by other users"), "{err}");
+    assert!(!err.contains("AIzaTestKey"), "{err}");
+}

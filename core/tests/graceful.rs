@@ -38,8 +38,6 @@ fn spawn(config: &Path, dir: &Path, upgrade: bool) -> Proc {
         .arg(config)
         .arg("--upgrade-sock")
         .arg(dir.join("upgrade.sock"))
-        .arg("--pid-file")
-        .arg(dir.join("gw.pid"))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(

@@ -64,7 +64,9 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
         stream: false,
     };
     if upload {
-        if tail.is_empty() {
+        // Google takes media only for files and file search stores; any other name under
+        // `/upload/` (a model, a tuned model) is refused, so it cannot dodge model checks.
+        if !is_upload_target(tail) {
             return None;
         }
         route.api_kind = ApiKind::Upload;
@@ -134,6 +136,19 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
         _ => route.action = Action::Other,
     }
     Some(route)
+}
+
+/// `files` (a new upload or a resumable session) or `fileSearchStores/{id}:uploadToFileSearchStore`.
+fn is_upload_target(tail: &str) -> bool {
+    let tail = tail.trim_end_matches('/');
+    if tail == "files" {
+        return true;
+    }
+    let Some(store) = tail.strip_prefix("fileSearchStores/") else {
+        return false;
+    };
+    let (name, verb) = split_verb(store);
+    !name.is_empty() && !name.contains('/') && verb.as_deref() == Some("uploadToFileSearchStore")
 }
 
 /// Splits `name:verb` (or `name%3Averb`) into the name and the verb.
@@ -244,10 +259,19 @@ mod tests {
                 .api_kind,
             ApiKind::OpenAi
         );
-        assert_eq!(
-            classify("POST", "/upload/v1beta/files").unwrap().action,
-            Action::Upload
-        );
+        for upload in [
+            "/upload/v1beta/files",
+            "/upload/v1beta/files/",
+            "/upload/v1/files",
+            "/upload/v1beta/fileSearchStores/s1:uploadToFileSearchStore",
+            "/upload/v1beta/fileSearchStores/s1%3AuploadToFileSearchStore",
+        ] {
+            assert_eq!(
+                classify("POST", upload).unwrap().action,
+                Action::Upload,
+                "{upload}"
+            );
+        }
     }
 
     #[test]
@@ -258,6 +282,12 @@ mod tests {
             "/v1beta",
             "/v1beta/",
             "/upload/v1beta",
+            "/upload/v1beta/models/gemini-2.5-pro:generateContent",
+            "/upload/v1beta/tunedModels/t:generateContent",
+            "/upload/v1beta/files/abc",
+            "/upload/v1beta/cachedContents",
+            "/upload/v1beta/fileSearchStores/s",
+            "/upload/v1beta/fileSearchStores/a/b:uploadToFileSearchStore",
             "/vx/models",
             "/api/keys",
             "relative",

@@ -97,7 +97,6 @@ impl Harness {
         let opts = ServeOptions {
             watch_interval: watch,
             upgrade_sock: dir.path().join("upgrade.sock").display().to_string(),
-            pid_file: dir.path().join("pid").display().to_string(),
             ..ServeOptions::default()
         };
         let shared = gemini_proxy_core::runtime::Shared::new(&loaded, registry)

@@ -84,6 +84,32 @@ async fn config_is_read_redacted_replaced_versioned_and_rolled_back() {
     );
     assert_eq!(h.config_text(), new);
 
+    // An admin token cannot open the gateway for good: no auth off, no weak secrets.
+    for (weaker, why) in [
+        (
+            new.replace("enabled: true", "enabled: false"),
+            "authentication off",
+        ),
+        (new.replace(SECRET, "short"), "weak JWT secret"),
+        (
+            new.replace(SECRET, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+            "weak JWT secret",
+        ),
+        (new.replace(PASSWORD, "admin"), "weak admin password"),
+        (new.replace(PASSWORD, "Password1234"), "weak admin password"),
+    ] {
+        assert_ne!(weaker, new);
+        let (s, r) = req(&h, reqwest::Method::PUT, "/api/config", &t, Some(weaker)).await;
+        assert_eq!(s, 400, "{why}: {r}");
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{message}");
+        assert!(
+            !message.contains("short") && !message.contains("Password1234"),
+            "{message}"
+        );
+        assert_eq!(h.config_text(), new, "{why}: nothing written");
+    }
+
     let (s, hist) = req(&h, reqwest::Method::GET, "/api/config/history", &t, None).await;
     assert_eq!(s, 200);
     let versions = hist["versions"].as_array().unwrap();

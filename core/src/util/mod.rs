@@ -2,6 +2,7 @@
 
 pub mod cidr;
 pub mod clock;
+pub mod private_dir;
 
 pub use cidr::Cidr;
 pub use gemini_proxy_sdk::write_private;
