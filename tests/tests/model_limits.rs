@@ -120,6 +120,22 @@ async fn a_token_limited_to_some_models_reaches_no_other() {
             gen_body("x"),
             403,
         ),
+        // Media goes to files and file search stores only: a model under /upload/ is no route.
+        (
+            "/upload/v1beta/models/gemini-2.5-pro:generateContent",
+            gen_body("x"),
+            404,
+        ),
+        (
+            "/upload/v1beta/%6Dodels/gemini-2.5-pro%3AgenerateContent",
+            gen_body("x"),
+            404,
+        ),
+        (
+            "/upload/v1beta/tunedModels/mine:generateContent",
+            gen_body("x"),
+            404,
+        ),
     ] {
         let (s, v) = post(&h, path, &flash, body).await;
         assert_eq!(s, want, "{path}: {v}");
