@@ -51,7 +51,9 @@ pub async fn reload_as(
         if let Some(why) = crate::security::production_refusal(&loaded) {
             return Err(format!("production mode refuses this config {why}"));
         }
-        s.pool.set_keys_file(crate::runtime::keys_file_of(&loaded));
+        s.pool
+            .overlay
+            .set_file(crate::runtime::keys_file_of(&loaded));
         let current = s.runtime.load_full();
         let rt = Runtime::build(&loaded, &s.registry, Some(&current), &s.pool)
             .map_err(|e| e.to_string())?;

@@ -231,7 +231,7 @@ impl Runtime {
         };
         let pipeline = Pipeline::build(&entries, registry, &env, &file)?;
         // Keys from the file, with the admin API's additions and removals.
-        let overlay = pool.overlay();
+        let overlay = pool.overlay.get();
         let key_cfgs = overlay.apply(&c.gemini.api_keys);
         if !overlay.added.is_empty() || !overlay.removed.is_empty() {
             let mut merged = c.clone();
@@ -400,7 +400,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(loaded: &LoadedConfig, registry: Registry) -> Result<Arc<Shared>, ConfigError> {
         let pool = Arc::new(crate::pool::KeyPool::default());
-        pool.set_keys_file(keys_file_of(loaded));
+        pool.overlay.set_file(keys_file_of(loaded));
         if let Some(state) = (!loaded.config.pool.state_file.is_empty())
             .then(|| loaded.config_dir().join(&loaded.config.pool.state_file))
         {

@@ -12,7 +12,7 @@ impl AdminApp {
             Err(e) => return error(400, format!("bad key: {e}")),
         };
         let rt = self.shared.runtime.load_full();
-        let before = self.shared.pool.overlay();
+        let before = self.shared.pool.overlay.get();
         let merged = before.apply(&rt.config.gemini.api_keys);
         if merged.iter().any(|k| k.id == key.id) {
             return error(409, format!("a key with id `{}` exists", key.id));
@@ -27,7 +27,7 @@ impl AdminApp {
 
     pub(super) async fn remove_key(&self, id: &str) -> Response<Vec<u8>> {
         let rt = self.shared.runtime.load_full();
-        let before = self.shared.pool.overlay();
+        let before = self.shared.pool.overlay.get();
         if !before
             .apply(&rt.config.gemini.api_keys)
             .iter()
@@ -63,10 +63,10 @@ impl AdminApp {
         status: u16,
         id: &str,
     ) -> Response<Vec<u8>> {
-        self.shared.pool.set_overlay(after);
+        self.shared.pool.overlay.set(after);
         match crate::reload::rebuild(&self.shared, why).await {
             Ok(generation) => {
-                if let Err(e) = self.shared.pool.save_overlay() {
+                if let Err(e) = self.shared.pool.overlay.save() {
                     tracing::warn!(error = %e, "cannot write the keys file");
                 }
                 let key = self.shared.pool.report().into_iter().find(|k| k.id == id);
@@ -76,7 +76,7 @@ impl AdminApp {
                 )
             }
             Err(e) => {
-                self.shared.pool.set_overlay(before);
+                self.shared.pool.overlay.set(before);
                 error(400, e)
             }
         }

@@ -1,6 +1,6 @@
 //! Resource affinity: which key created a resource (`files/x`, `cachedContents/y`, an upload
 //! session), so later calls naming it go to that key's project, where it lives; and who created
-//! it, so another tenant cannot reach it. Kept with the pool's state (and its state file).
+//! it, so another tenant cannot reach it. Persisted with the pool's state file.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -37,7 +37,7 @@ pub fn ttl_for(name: &str) -> Duration {
 const MAX_AFFINITY: usize = 200_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub(super) struct Affinity {
+pub struct Affinity {
     key_id: String,
     /// Unix seconds after which the entry is forgotten.
     pub(super) until: u64,
@@ -50,28 +50,28 @@ impl KeyPool {
     /// Remembers that `key_id` created `resource` for `owner`, for `ttl`.
     pub fn pin(&self, resource: &str, key_id: &str, ttl: Duration, owner: Option<&str>) {
         let now = now_unix();
-        let mut st = self.state.lock();
-        if st.affinity.len() >= MAX_AFFINITY {
-            st.affinity.retain(|_, a| a.until > now);
-            if st.affinity.len() >= MAX_AFFINITY {
+        let mut pins = self.affinity.lock();
+        if pins.len() >= MAX_AFFINITY {
+            pins.retain(|_, a| a.until > now);
+            if pins.len() >= MAX_AFFINITY {
                 // Still full: drop the entries closest to expiry.
-                let mut untils: Vec<u64> = st.affinity.values().map(|a| a.until).collect();
+                let mut untils: Vec<u64> = pins.values().map(|a| a.until).collect();
                 untils.sort_unstable();
                 let cut = untils[untils.len() / 10];
-                st.affinity.retain(|_, a| a.until > cut);
+                pins.retain(|_, a| a.until > cut);
             }
         }
         self.any_pins.store(true, Ordering::Relaxed);
         // The first owner stays: reading a resource (which names it again) never takes it over,
         // and another caller creating the same name in another project never re-points it.
-        let owner = match st.affinity.get(resource).filter(|a| a.until > now) {
+        let owner = match pins.get(resource).filter(|a| a.until > now) {
             Some(a) if a.owner.is_some() && a.owner.as_deref() != owner && a.key_id != key_id => {
                 return;
             }
             Some(a) => a.owner.clone(),
             None => owner.map(str::to_string),
         };
-        st.affinity.insert(
+        pins.insert(
             resource.to_string(),
             Affinity {
                 key_id: key_id.to_string(),
@@ -79,14 +79,14 @@ impl KeyPool {
                 owner,
             },
         );
-        drop(st);
+        drop(pins);
         self.mark_dirty();
     }
 
     /// The key that created `resource`, if known and not expired.
     pub fn pinned(&self, resource: &str) -> Option<String> {
-        let st = self.state.lock();
-        st.affinity
+        self.affinity
+            .lock()
             .get(resource)
             .filter(|a| a.until > now_unix())
             .map(|a| a.key_id.clone())
@@ -95,8 +95,8 @@ impl KeyPool {
     /// Who created `resource`: `None` when the gateway never saw it created (or forgot it),
     /// `Some(None)` when it was created without a known caller.
     pub fn owner_of(&self, resource: &str) -> Option<Option<String>> {
-        let st = self.state.lock();
-        st.affinity
+        self.affinity
+            .lock()
             .get(resource)
             .filter(|a| a.until > now_unix())
             .map(|a| a.owner.clone())

@@ -190,7 +190,10 @@ impl GatewayProxy {
             .with_label_values(&[&key.id])
             .inc();
         self.shared.pool.begin(&key.id, &rt.live[index]);
-        self.shared.pool.count_request(&key.project, ctx.model());
+        self.shared
+            .pool
+            .usage
+            .count_request(&key.project, ctx.model());
     }
 
     fn count_retry(&self, ctx: &CallState, key: &UpstreamKey, class: &str) {

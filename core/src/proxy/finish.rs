@@ -90,6 +90,7 @@ impl GatewayProxy {
             // Gemini's TPM limits count input tokens.
             self.shared
                 .pool
+                .usage
                 .count_tokens(&k.project, ctx.model(), u.prompt_tokens);
         }
         if let Some(u) = ctx.done.usage {

@@ -125,7 +125,7 @@ impl KeyStats for LiveStats<'_> {
     fn headroom(&self, index: usize, model: Option<&str>) -> Option<f64> {
         let key = self.runtime.keys.get(index)?;
         let limits = key.limits.as_ref()?.for_model(model);
-        self.pool.headroom(&key.project, model, &limits)
+        self.pool.usage.headroom(&key.project, model, &limits)
     }
 
     fn remaining(&self, index: usize, model: Option<&str>) -> gemini_proxy_sdk::hooks::Remaining {
@@ -135,6 +135,6 @@ impl KeyStats for LiveStats<'_> {
         let Some(limits) = key.limits.as_ref().map(|l| l.for_model(model)) else {
             return Default::default();
         };
-        self.pool.remaining(&key.project, model, &limits)
+        self.pool.usage.remaining(&key.project, model, &limits)
     }
 }
