@@ -35,6 +35,14 @@ struct Counts {
     per_client: usize,
     uncapped: Vec<Cidr>,
     refused: prometheus::IntCounter,
+    /// Admitted connections still open (`open` also counts ones about to be refused).
+    admitted: prometheus::IntGauge,
+}
+
+/// A listener's connection metrics.
+pub struct ConnectionMetrics {
+    pub refused: prometheus::IntCounter,
+    pub open: prometheus::IntGauge,
 }
 
 impl<A> Capped<A> {
@@ -43,7 +51,7 @@ impl<A> Capped<A> {
         inner: A,
         limits: &ClientLimits,
         uncapped: Vec<Cidr>,
-        refused: prometheus::IntCounter,
+        metrics: ConnectionMetrics,
     ) -> Capped<A> {
         Capped {
             inner: Arc::new(inner),
@@ -53,7 +61,8 @@ impl<A> Capped<A> {
                 by_client: Mutex::new(HashMap::new()),
                 per_client: limits.max_connections_per_client,
                 uncapped,
-                refused,
+                refused: metrics.refused,
+                admitted: metrics.open,
             }),
             handshake_timeout: limits.head_timeout.0,
         }
@@ -66,9 +75,10 @@ impl Counts {
         let client = peer
             .filter(|ip| !self.uncapped.iter().any(|c| c.contains(*ip)))
             .map(gemini_proxy_sdk::caller_scope);
-        let slot = Slot {
+        let mut slot = Slot {
             counts: self.clone(),
             client,
+            admitted: false,
         };
         if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
             return slot.refuse();
@@ -82,6 +92,8 @@ impl Counts {
             }
             *n += 1;
         }
+        self.admitted.inc();
+        slot.admitted = true;
         Some(slot)
     }
 }
@@ -91,6 +103,7 @@ struct Slot {
     counts: Arc<Counts>,
     /// Set once counted for its client.
     client: Option<IpAddr>,
+    admitted: bool,
 }
 
 impl Slot {
@@ -104,6 +117,9 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.counts.open.fetch_sub(1, Ordering::AcqRel);
+        if self.admitted {
+            self.counts.admitted.dec();
+        }
         if let Some(ip) = self.client {
             let mut by_client = self.counts.by_client.lock();
             if let Some(n) = by_client.get_mut(&ip) {
@@ -165,8 +181,11 @@ mod tests {
             ..ClientLimits::default()
         };
         let uncapped = uncapped.iter().map(|c| Cidr::parse(c).unwrap()).collect();
-        let refused = prometheus::IntCounter::new("r", "r").unwrap();
-        Capped::new((), &limits, uncapped, refused).counts
+        let metrics = ConnectionMetrics {
+            refused: prometheus::IntCounter::new("r", "r").unwrap(),
+            open: prometheus::IntGauge::new("o", "o").unwrap(),
+        };
+        Capped::new((), &limits, uncapped, metrics).counts
     }
 
     fn ip(s: &str) -> Option<IpAddr> {
@@ -188,11 +207,14 @@ mod tests {
         let lb: Vec<_> = (0..4).map(|_| c.admit(ip("10.9.0.1")).unwrap()).collect();
         assert!(c.admit(ip("10.0.0.2")).is_none(), "the listener is full");
         assert_eq!(c.refused.get(), 4);
+        // The open gauge counts only what was admitted.
+        assert_eq!(c.admitted.get(), 10);
         drop((held, lb));
         assert!(c.admit(ip("10.0.0.1")).is_some());
         drop(v6);
         // Closed connections leave nothing behind.
         assert!(c.by_client.lock().is_empty());
         assert_eq!(c.open.load(Ordering::Acquire), 0);
+        assert_eq!(c.admitted.get(), 0);
     }
 }

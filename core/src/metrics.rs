@@ -98,6 +98,8 @@ pub struct Metrics {
     pub key_errors: IntCounterVec,
     /// Client connections closed at accept because the listener was full.
     pub connections_refused: IntCounterVec,
+    /// Client connections admitted and not yet closed, per listener.
+    pub connections_open: IntGaugeVec,
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub ttfb: HistogramVec,
@@ -302,6 +304,11 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let connections_open = gauge(
+            "client_connections_open",
+            "Client connections admitted and still open, per listener",
+            &["listener"],
+        );
         let key_state = gauge(
             "api_key_state",
             "1 for the state each key is in",
@@ -344,6 +351,7 @@ impl Metrics {
             key_usage,
             key_errors,
             connections_refused,
+            connections_open,
             request_duration,
             upstream_duration,
             ttfb,

@@ -17,6 +17,20 @@ use crate::proxy::GatewayProxy;
 use crate::reload::{ReloadService, ResolveService};
 use crate::runtime::Shared;
 
+/// A listener's connection counters.
+fn connection_metrics(shared: &Shared, listener: &str) -> crate::connections::ConnectionMetrics {
+    crate::connections::ConnectionMetrics {
+        refused: shared
+            .metrics
+            .connections_refused
+            .with_label_values(&[listener]),
+        open: shared
+            .metrics
+            .connections_open
+            .with_label_values(&[listener]),
+    }
+}
+
 /// Knobs that are about the process rather than the config file.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -98,10 +112,7 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
             app,
             clients,
             trusted_proxies.clone(),
-            shared
-                .metrics
-                .connections_refused
-                .with_label_values(&["proxy"]),
+            connection_metrics(&shared, "proxy"),
         ),
     );
     let listen = addr(&c.server.host, c.server.port);
@@ -184,10 +195,7 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
                 admin_app,
                 clients,
                 trusted_proxies.clone(),
-                shared
-                    .metrics
-                    .connections_refused
-                    .with_label_values(&["admin"]),
+                connection_metrics(&shared, "admin"),
             ),
         );
         let admin_addr = addr(&c.metrics.host, c.metrics.prometheus_port);

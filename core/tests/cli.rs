@@ -7,7 +7,7 @@ fn bin() -> Command {
 }
 
 fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .parent()
         .unwrap()
         .to_path_buf()
@@ -244,8 +244,8 @@ fn serve_refuses_an_upgrade_socket_other_users_could_take() {
         .env_remove("GEMINI_API_KEY")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("can be written by other users"), "{err}");
     assert!(!err.contains("AIzaTestKey"), "{err}");
 }

@@ -42,7 +42,11 @@ fn check(path: &Path, scratch: &Path) {
 
 #[test]
 fn shipped_configs_load() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root =
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
     let scratch = std::env::temp_dir().join(format!("gp-shipped-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).unwrap();
     let mut n = 0;

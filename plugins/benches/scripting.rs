@@ -4,7 +4,6 @@
 //! `cargo bench -p gemini-proxy-plugins --bench scripting`; targets: Wasm < 5 µs, Rhai < 15 µs.
 
 use std::hint::black_box;
-use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gemini_proxy_sdk::hooks::Remaining;
@@ -29,7 +28,9 @@ impl KeyStats for Stats {
 }
 
 fn pair(c: &mut Criterion) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root =
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+            .join("..");
     let env = BuildEnv::new(&root);
     let registry = gemini_proxy_plugins::builtin_registry();
     let cands: Vec<Candidate> = (0..8)

@@ -647,9 +647,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/wasm")
-            .join(name);
+        let p =
+            std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+                .join("../tests/fixtures/wasm")
+                .join(name);
         std::fs::read(p).unwrap()
     }
 
@@ -727,9 +728,11 @@ mod tests {
 
     #[test]
     fn weights_example_writes_weights() {
-        let src =
-            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/weights.wat"))
-                .unwrap();
+        let src = std::fs::read(
+            std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+                .join("../scripts/weights.wat"),
+        )
+        .unwrap();
         let p = compile(&WasmConfig::for_module("weights.wat"), &src).unwrap();
         let mut k = keys();
         k[0].latency_ewma_ms = 900.0; // 10 * 1000 / 1000 = 10
@@ -804,7 +807,9 @@ mod rust_guest {
     #[test]
     #[ignore = "needs scripts/build-wasm-guest (the wasm32 target)"]
     fn rust_guest_speaks_the_abi() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/guest.wasm");
+        let path =
+            std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
+                .join("../scripts/guest.wasm");
         let bytes = std::fs::read(&path).expect("run scripts/build-wasm-guest first");
         let p = compile(&WasmConfig::for_module("guest.wasm"), &bytes).unwrap();
         let mut req = HookRequest::default();

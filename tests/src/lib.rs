@@ -320,6 +320,28 @@ pub async fn until_closed<S: tokio::io::AsyncRead + Unpin>(
     }
 }
 
+/// Waits (up to 10 s) until the proxy listener has exactly `n` client connections open:
+/// the harness's own probe connections close asynchronously.
+pub async fn until_proxy_connections_open(h: &Harness, n: usize) {
+    let want = format!("client_connections_open{{listener=\"proxy\"}} {n}");
+    let started = std::time::Instant::now();
+    loop {
+        // The metrics call itself is on the admin listener, not counted here.
+        let m = h.admin_text("/metrics").await;
+        if m.lines().any(|l| l == want) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never {n} open proxy connections: {:?}",
+            m.lines()
+                .filter(|l| l.starts_with("client_connections_open"))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether `/metrics` counts connections refused on the proxy listener.
 pub async fn proxy_refused_connections(h: &Harness) -> bool {
     let m = h.admin_text("/metrics").await;

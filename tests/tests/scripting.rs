@@ -17,7 +17,7 @@ const KEYS: &[(&str, &str, u32)] = &[
 ];
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
         .join("fixtures/wasm")
         .join(name)
 }

@@ -40,7 +40,8 @@ async fn a_head_sent_a_byte_at_a_time_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connections_past_the_cap_are_closed_and_half_heads_expire() {
-    let h = start("max_connections: 20, head_timeout: 1s");
+    let h = start("max_connections: 20, head_timeout: 2s");
+    until_proxy_connections_open(&h, 0).await;
     let mut held = Vec::new();
     for _ in 0..20 {
         let mut s = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
@@ -49,7 +50,7 @@ async fn connections_past_the_cap_are_closed_and_half_heads_expire() {
             .unwrap();
         held.push(s);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_proxy_connections_open(&h, 20).await;
     // The 21st connection is closed as soon as it is accepted.
     let mut extra = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
     let _ = extra
@@ -64,7 +65,7 @@ async fn connections_past_the_cap_are_closed_and_half_heads_expire() {
     assert!(proxy_refused_connections(&h).await);
     // The twenty half heads are closed by the head deadline.
     for s in &mut held {
-        let (_, closed) = until_closed(s, Duration::from_secs(5)).await;
+        let (_, closed) = until_closed(s, Duration::from_secs(6)).await;
         assert!(closed.is_some(), "a half head stayed open");
     }
     // And the listener serves again.
@@ -80,12 +81,13 @@ async fn connections_past_the_cap_are_closed_and_half_heads_expire() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_connections_from_one_client_are_capped_and_expire() {
-    let h = start("max_connections: 100, max_connections_per_client: 10, head_timeout: 1s");
+    let h = start("max_connections: 100, max_connections_per_client: 10, head_timeout: 2s");
+    until_proxy_connections_open(&h, 0).await;
     let mut silent = Vec::new();
     for _ in 0..10 {
         silent.push(TcpStream::connect(h.gateway.proxy_addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_proxy_connections_open(&h, 10).await;
     // The same address cannot open more, though the listener has room.
     let mut extra = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
     let _ = extra
@@ -99,10 +101,10 @@ async fn silent_connections_from_one_client_are_capped_and_expire() {
     );
     // Connections that never send a byte are closed by the head deadline, not kept a minute.
     for s in &mut silent {
-        let (got, closed) = until_closed(s, Duration::from_secs(5)).await;
+        let (got, closed) = until_closed(s, Duration::from_secs(6)).await;
         assert!(got.is_empty());
         let closed = closed.expect("a silent connection stayed open");
-        assert!(closed < Duration::from_secs(4), "{closed:?}");
+        assert!(closed < Duration::from_secs(5), "{closed:?}");
     }
     let r = h
         .client

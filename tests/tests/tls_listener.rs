@@ -191,25 +191,26 @@ async fn silent_connections_to_the_tls_listener_are_counted_and_cut_off() {
             text,
             None,
             &format!(
-                "tls: {{ enabled: true, cert_path: \"{c}\", key_path: \"{k}\" }}, clients: {{ max_connections_per_client: 3, head_timeout: 1s }}"
+                "tls: {{ enabled: true, cert_path: \"{c}\", key_path: \"{k}\" }}, clients: {{ max_connections_per_client: 3, head_timeout: 2s }}"
             ),
         );
     });
     let addr = h.gateway.proxy_addr;
+    until_proxy_connections_open(&h, 0).await;
 
     // Three connections that never start a TLS handshake hold this client's three slots.
     let mut silent = Vec::new();
     for _ in 0..3 {
         silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_proxy_connections_open(&h, 3).await;
     // A fourth is closed before any handshake.
     let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
     let closed = until_closed(&mut extra, Duration::from_millis(800)).await.1;
     assert!(closed.is_some(), "the connection past the cap stayed open");
     // The silent ones are closed once the head deadline passes, not after 60 s.
     for s in &mut silent {
-        let closed = until_closed(s, Duration::from_secs(4)).await.1;
+        let closed = until_closed(s, Duration::from_secs(6)).await.1;
         assert!(
             closed.is_some(),
             "a silent TLS connection outlived head_timeout"
@@ -221,7 +222,7 @@ async fn silent_connections_to_the_tls_listener_are_counted_and_cut_off() {
 
     // An h2 connection that never sends its preface is closed within the deadline too.
     let mut s = s;
-    let closed = until_closed(&mut s, Duration::from_secs(4)).await.1;
+    let closed = until_closed(&mut s, Duration::from_secs(6)).await.1;
     assert!(
         closed.is_some(),
         "an h2 connection without a preface stayed open"
