@@ -4,14 +4,16 @@ mod duration;
 mod load;
 mod model;
 mod upstream;
+mod validate;
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use load::{
     ConfigError, EnvLookup, LoadedConfig, apply_env, load_file, load_str, migrate, migrated_yaml,
-    process_env, validate,
+    process_env,
 };
 pub use model::*;
 pub use upstream::UpstreamTarget;
+pub use validate::validate;
 
 /// True for `localhost` and loopback addresses: listeners nobody else can reach.
 pub fn is_loopback_host(host: &str) -> bool {
