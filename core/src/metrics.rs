@@ -90,297 +90,142 @@ const OVERHEAD_BUCKETS: &[f64] = &[
     1.0, 5.0,
 ];
 
-pub struct Metrics {
-    pub registry: Registry,
-    pub http_requests: IntCounterVec,
-    pub gemini_calls: IntCounterVec,
-    pub key_usage: IntCounterVec,
-    pub key_errors: IntCounterVec,
+/// Registers metrics in one registry.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> M {
+        self.0.register(Box::new(m.clone())).expect("unique metric");
+        m
+    }
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help).expect("valid metric"))
+    }
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help).expect("valid metric"))
+    }
+    fn latency(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        self.histogram(name, help, labels, LATENCY_BUCKETS)
+    }
+    fn overhead(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        self.histogram(name, help, labels, OVERHEAD_BUCKETS)
+    }
+    fn histogram(&self, name: &str, help: &str, labels: &[&str], b: &[f64]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(b.to_vec());
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
+}
+
+/// The metrics table: each field with its type, how it is registered, its name and help, and
+/// its labels. Expands to the `Metrics` struct and its constructor.
+macro_rules! metrics_table {
+    ($( $(#[$doc:meta])* $field:ident: $ty:ty = $make:ident($name:literal, $help:literal $(, [$($label:literal),*])?); )*) => {
+        pub struct Metrics {
+            pub registry: Registry,
+            $( $(#[$doc])* pub $field: $ty, )*
+            pub models: LabelCap,
+        }
+
+        impl Metrics {
+            pub fn new() -> Metrics {
+                let registry = Registry::new();
+                registry
+                    .register(Box::new(STAGE_ERRORS.clone()))
+                    .expect("unique metric");
+                let r = Registrar(&registry);
+                $( let $field = r.$make($name, $help $(, &[$($label),*])?); )*
+                Metrics {
+                    $( $field, )*
+                    registry,
+                    models: LabelCap::new(100),
+                }
+            }
+        }
+    };
+}
+
+metrics_table! {
+    http_requests: IntCounterVec = counters("http_requests_total",
+        "Requests served by the proxy listener", ["api", "method", "status"]);
+    gemini_calls: IntCounterVec = counters("gemini_api_calls_total",
+        "Calls forwarded to Gemini", ["action", "model", "status"]);
+    key_usage: IntCounterVec = counters("api_key_usage",
+        "Upstream attempts per key id", ["key_id"]);
+    key_errors: IntCounterVec = counters("api_key_errors_total",
+        "Failed upstream attempts per key id and class", ["key_id", "class"]);
     /// Client connections closed at accept because the listener was full.
-    pub connections_refused: IntCounterVec,
+    connections_refused: IntCounterVec = counters("client_connections_refused_total",
+        "Client connections closed at accept: the listener had server.clients.max_connections open",
+        ["listener"]);
     /// Client connections admitted and not yet closed, per listener.
-    pub connections_open: IntGaugeVec,
-    pub request_duration: HistogramVec,
-    pub upstream_duration: HistogramVec,
-    pub ttfb: HistogramVec,
+    connections_open: IntGaugeVec = gauges("client_connections_open",
+        "Client connections admitted and still open, per listener", ["listener"]);
+    request_duration: HistogramVec = latency("http_request_duration_seconds",
+        "Whole-call latency at the gateway", ["api"]);
+    upstream_duration: HistogramVec = latency("upstream_duration_seconds",
+        "Upstream time from request sent to response end", ["action"]);
+    ttfb: HistogramVec = latency("time_to_first_byte_seconds",
+        "Time to the first response byte sent to the client", ["action"]);
     /// Whole-call time minus the upstream time of the answering attempt.
-    pub overhead: HistogramVec,
-    pub tokens: IntCounterVec,
-    pub reloads: IntCounterVec,
-    pub truncated: IntCounter,
-    pub in_flight: IntGauge,
-    pub config_generation: IntGauge,
-    pub key_enabled: IntGaugeVec,
+    overhead: HistogramVec = overhead("gateway_overhead_seconds",
+        "Time the gateway adds: whole call minus the answering attempt's upstream time (failed attempts and backoff included)",
+        ["api"]);
+    tokens: IntCounterVec = counters("gemini_tokens_total",
+        "Tokens by model and direction", ["model", "direction"]);
+    reloads: IntCounterVec = counters("config_reloads_total",
+        "Config reloads by result", ["result"]);
+    truncated: IntCounter = counter("streams_truncated_total",
+        "Streams that ended without a finish reason");
+    in_flight: IntGauge = gauge("requests_in_flight", "Proxy calls in progress");
+    config_generation: IntGauge = gauge("config_generation", "Generation of the active config");
+    key_enabled: IntGaugeVec = gauges("api_key_enabled",
+        "1 if the key is enabled in the active config", ["key_id"]);
     /// Attempts repeated on another key (`reason` = the verdict that moved the call).
-    pub retries: IntCounterVec,
+    retries: IntCounterVec = counters("key_retries_total",
+        "Upstream attempts repeated (on another key where possible), by the reason", ["reason"]);
     /// Keys found dead, by reason.
-    pub keys_disabled: IntCounterVec,
+    keys_disabled: IntCounterVec = counters("keys_disabled_total",
+        "Keys the pool found dead, by reason", ["reason"]);
     /// Refused credentials (proxy and admin listeners), by reason.
-    pub auth_failures: IntCounterVec,
+    auth_failures: IntCounterVec = counters("auth_failures_total",
+        "Calls refused for their credential or permissions, by reason", ["reason"]);
     /// Audit events dropped because the queue was full (a counter, set from the sink).
-    pub audit_dropped: IntGauge,
-    pub audit_written: IntGauge,
-    pub audit_queue_depth: IntGauge,
-    pub audit_db_errors: IntGauge,
+    audit_dropped: IntGauge = gauge("audit_dropped_total",
+        "Audit events dropped because the writer's queue was full");
+    audit_written: IntGauge = gauge("audit_events_written_total", "Audit events written");
+    audit_queue_depth: IntGauge = gauge("audit_queue_depth", "Audit events waiting for the writer");
+    audit_db_errors: IntGauge = gauge("audit_db_errors_total",
+        "Audit events or commits the DuckDB database refused (the JSON-lines file has them)");
     /// 1 while an anomaly is raised for (key, model, signal).
-    pub anomalies_active: IntGaugeVec,
+    anomalies_active: IntGaugeVec = gauges("anomaly_active",
+        "1 while an anomaly is raised for a key, model and signal", ["key_id", "model", "signal"]);
     /// Anomalies raised and cleared, by signal.
-    pub anomalies: IntCounterVec,
+    anomalies: IntCounterVec = counters("anomalies_total",
+        "Anomalies raised and cleared, by signal", ["signal", "transition"]);
     /// 1 for the key's current state (`active`, `cooling_down`, `half_open`, `disabled`).
-    pub key_state: IntGaugeVec,
-    pub script_fallbacks: IntGaugeVec,
-    pub certificate_expiry: IntGauge,
-    pub script_reloads: IntGaugeVec,
-    pub key_cooldown_seconds: IntGaugeVec,
-    pub key_in_flight: IntGaugeVec,
-    pub models: LabelCap,
+    key_state: IntGaugeVec = gauges("api_key_state",
+        "1 for the state each key is in", ["key_id", "state"]);
+    /// Counted by the script stages (plugins crate), published at scrape time.
+    script_fallbacks: IntGaugeVec = gauges("script_fallbacks_total",
+        "Rhai/Wasm/native hook calls that failed and fell back to the built-in behaviour",
+        ["engine", "script", "hook", "reason"]);
+    certificate_expiry: IntGauge = gauge("certificate_expiry_seconds",
+        "Seconds until the served TLS certificate expires (negative once expired)");
+    script_reloads: IntGaugeVec = gauges("script_reloads_total",
+        "Program files recompiled after a change, by result (error keeps the old version)",
+        ["engine", "script", "result"]);
+    key_cooldown_seconds: IntGaugeVec = gauges("api_key_cooldown_seconds",
+        "Seconds until the key's longest cooldown ends (0 when none)", ["key_id"]);
+    key_in_flight: IntGaugeVec = gauges("api_key_in_flight", "Calls in flight per key", ["key_id"]);
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let hist = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                labels,
-            )
-            .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let http_requests = counter(
-            "http_requests_total",
-            "Requests served by the proxy listener",
-            &["api", "method", "status"],
-        );
-        let gemini_calls = counter(
-            "gemini_api_calls_total",
-            "Calls forwarded to Gemini",
-            &["action", "model", "status"],
-        );
-        let key_usage = counter("api_key_usage", "Upstream attempts per key id", &["key_id"]);
-        let connections_refused = counter(
-            "client_connections_refused_total",
-            "Client connections closed at accept: the listener had server.clients.max_connections open",
-            &["listener"],
-        );
-        let key_errors = counter(
-            "api_key_errors_total",
-            "Failed upstream attempts per key id and class",
-            &["key_id", "class"],
-        );
-        let request_duration = hist(
-            "http_request_duration_seconds",
-            "Whole-call latency at the gateway",
-            &["api"],
-        );
-        let upstream_duration = hist(
-            "upstream_duration_seconds",
-            "Upstream time from request sent to response end",
-            &["action"],
-        );
-        let ttfb = hist(
-            "time_to_first_byte_seconds",
-            "Time to the first response byte sent to the client",
-            &["action"],
-        );
-        let overhead = {
-            let h = HistogramVec::new(
-                HistogramOpts::new(
-                    "gateway_overhead_seconds",
-                    "Time the gateway adds: whole call minus the answering attempt's upstream time (failed attempts and backoff included)",
-                )
-                .buckets(OVERHEAD_BUCKETS.to_vec()),
-                &["api"],
-            )
-            .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
-            h
-        };
-        let tokens = counter(
-            "gemini_tokens_total",
-            "Tokens by model and direction",
-            &["model", "direction"],
-        );
-        let reloads = counter(
-            "config_reloads_total",
-            "Config reloads by result",
-            &["result"],
-        );
-        let truncated = IntCounter::new(
-            "streams_truncated_total",
-            "Streams that ended without a finish reason",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(truncated.clone()))
-            .expect("unique metric");
-        let in_flight =
-            IntGauge::new("requests_in_flight", "Proxy calls in progress").expect("valid");
-        registry
-            .register(Box::new(in_flight.clone()))
-            .expect("unique metric");
-        let config_generation =
-            IntGauge::new("config_generation", "Generation of the active config").expect("valid");
-        registry
-            .register(Box::new(config_generation.clone()))
-            .expect("unique metric");
-        let key_enabled = IntGaugeVec::new(
-            Opts::new(
-                "api_key_enabled",
-                "1 if the key is enabled in the active config",
-            ),
-            &["key_id"],
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(key_enabled.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(STAGE_ERRORS.clone()))
-            .expect("unique metric");
-        let retries = counter(
-            "key_retries_total",
-            "Upstream attempts repeated (on another key where possible), by the reason",
-            &["reason"],
-        );
-        let keys_disabled = counter(
-            "keys_disabled_total",
-            "Keys the pool found dead, by reason",
-            &["reason"],
-        );
-        let auth_failures = counter(
-            "auth_failures_total",
-            "Calls refused for their credential or permissions, by reason",
-            &["reason"],
-        );
-        let audit_dropped = IntGauge::new(
-            "audit_dropped_total",
-            "Audit events dropped because the writer's queue was full",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(audit_dropped.clone()))
-            .expect("unique metric");
-        let audit_written =
-            IntGauge::new("audit_events_written_total", "Audit events written").expect("valid");
-        registry
-            .register(Box::new(audit_written.clone()))
-            .expect("unique metric");
-        let audit_queue_depth =
-            IntGauge::new("audit_queue_depth", "Audit events waiting for the writer")
-                .expect("valid");
-        registry
-            .register(Box::new(audit_queue_depth.clone()))
-            .expect("unique metric");
-        let audit_db_errors = IntGauge::new(
-            "audit_db_errors_total",
-            "Audit events or commits the DuckDB database refused (the JSON-lines file has them)",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(audit_db_errors.clone()))
-            .expect("unique metric");
-        let anomalies = counter(
-            "anomalies_total",
-            "Anomalies raised and cleared, by signal",
-            &["signal", "transition"],
-        );
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let connections_open = gauge(
-            "client_connections_open",
-            "Client connections admitted and still open, per listener",
-            &["listener"],
-        );
-        let key_state = gauge(
-            "api_key_state",
-            "1 for the state each key is in",
-            &["key_id", "state"],
-        );
-        let key_cooldown_seconds = gauge(
-            "api_key_cooldown_seconds",
-            "Seconds until the key's longest cooldown ends (0 when none)",
-            &["key_id"],
-        );
-        let key_in_flight = gauge("api_key_in_flight", "Calls in flight per key", &["key_id"]);
-        let certificate_expiry = IntGauge::new(
-            "certificate_expiry_seconds",
-            "Seconds until the served TLS certificate expires (negative once expired)",
-        )
-        .expect("valid");
-        registry
-            .register(Box::new(certificate_expiry.clone()))
-            .expect("unique metric");
-        // Counted by the script stages (plugins crate), published at scrape time.
-        let script_fallbacks = gauge(
-            "script_fallbacks_total",
-            "Rhai/Wasm/native hook calls that failed and fell back to the built-in behaviour",
-            &["engine", "script", "hook", "reason"],
-        );
-        let script_reloads = gauge(
-            "script_reloads_total",
-            "Program files recompiled after a change, by result (error keeps the old version)",
-            &["engine", "script", "result"],
-        );
-        let anomalies_active = gauge(
-            "anomaly_active",
-            "1 while an anomaly is raised for a key, model and signal",
-            &["key_id", "model", "signal"],
-        );
-        Metrics {
-            registry,
-            http_requests,
-            gemini_calls,
-            key_usage,
-            key_errors,
-            connections_refused,
-            connections_open,
-            request_duration,
-            upstream_duration,
-            ttfb,
-            overhead,
-            tokens,
-            reloads,
-            truncated,
-            in_flight,
-            config_generation,
-            key_enabled,
-            retries,
-            keys_disabled,
-            auth_failures,
-            audit_dropped,
-            audit_written,
-            audit_queue_depth,
-            audit_db_errors,
-            anomalies_active,
-            anomalies,
-            key_state,
-            script_fallbacks,
-            script_reloads,
-            certificate_expiry,
-            key_cooldown_seconds,
-            key_in_flight,
-            models: LabelCap::new(100),
-        }
-    }
-
     /// Refreshes the per-key gauges from the pool (at scrape time, off the hot path).
     pub fn publish_pool(&self, keys: &[crate::pool::KeyReport]) {
         self.key_state.reset();
