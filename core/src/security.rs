@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::config::{LoadedConfig, ServerMode};
+use crate::config::{Config, LoadedConfig, ServerMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -197,23 +197,52 @@ pub fn production_refusal(loaded: &LoadedConfig) -> Option<String> {
 }
 
 pub fn assess(loaded: &LoadedConfig) -> Report {
-    let c = &loaded.config;
-    let mut f: Vec<Finding> = Vec::new();
-    let mut add = |id, severity, cwe, title: String, fix| {
-        f.push(Finding {
+    let mut f = Findings(Vec::new());
+    auth_findings(&loaded.config, &mut f);
+    key_findings(&loaded.config, &mut f);
+    transport_findings(&loaded.config, &mut f);
+    file_findings(loaded, &mut f);
+    #[cfg(unix)]
+    program_findings(loaded, &mut f);
+    let mut f = f.0;
+    f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(b.id)));
+    let penalty: u32 = f.iter().map(|x| x.severity.penalty()).sum();
+    let score = 100u32.saturating_sub(penalty);
+    let blocks = f.iter().any(|x| x.severity == Severity::Critical) || score < MIN_PRODUCTION_SCORE;
+    Report {
+        score,
+        findings: f,
+        blocks_production: blocks,
+        min_score: MIN_PRODUCTION_SCORE,
+    }
+}
+
+/// The findings of one assessment, as they are found.
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn add(
+        &mut self,
+        id: &'static str,
+        severity: Severity,
+        cwe: &'static str,
+        title: String,
+        fix: &'static str,
+    ) {
+        self.0.push(Finding {
             id,
             severity,
             cwe,
             title,
             fix,
-        })
-    };
-    let public = !loopback(&c.server.host);
-    let production = c.server.mode == ServerMode::Production;
+        });
+    }
+}
 
-    // Authentication.
+fn auth_findings(c: &Config, f: &mut Findings) {
+    let public = !loopback(&c.server.host);
     if !c.auth.enabled {
-        add(
+        f.add(
             "auth-disabled",
             if public {
                 Severity::Critical
@@ -230,7 +259,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
     }
     if c.auth.enabled {
         match c.auth.jwt_secret.as_deref() {
-            Some(s) if !strong_secret(s) => add(
+            Some(s) if !strong_secret(s) => f.add(
                 "jwt-secret-weak",
                 Severity::Critical,
                 "CWE-326",
@@ -238,7 +267,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
                 "generate one: openssl rand -base64 48 (then add a special character), put it in JWT_SECRET",
             ),
             Some(_) => {}
-            None if c.auth.keys.is_empty() => add(
+            None if c.auth.keys.is_empty() => f.add(
                 "jwt-secret-missing",
                 Severity::Critical,
                 "CWE-306",
@@ -249,7 +278,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
         }
         if c.auth.admin_password_hash.is_none() {
             match c.auth.admin_password.as_deref() {
-                Some(p) if weak_password(p) => add(
+                Some(p) if weak_password(p) => f.add(
                     "admin-password-weak",
                     Severity::High,
                     "CWE-521",
@@ -257,7 +286,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
                     "use a long random password, or store an Argon2 hash in auth.admin_password_hash (gemini-proxy hash-password)",
                 ),
                 Some(_) => {}
-                None => add(
+                None => f.add(
                     "admin-login-unconfigured",
                     Severity::Low,
                     "CWE-306",
@@ -267,10 +296,12 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
             }
         }
     }
-    // Keys.
+}
+
+fn key_findings(c: &Config, f: &mut Findings) {
     for k in &c.gemini.api_keys {
         if is_placeholder_key(&k.key) {
-            add(
+            f.add(
                 "api-key-placeholder",
                 Severity::Critical,
                 "CWE-798",
@@ -279,9 +310,13 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
             );
         }
     }
-    // Transport.
+}
+
+fn transport_findings(c: &Config, f: &mut Findings) {
+    let public = !loopback(&c.server.host);
+    let production = c.server.mode == ServerMode::Production;
     if production && public && !c.server.tls.enabled {
-        add(
+        f.add(
             "tls-required-in-production",
             Severity::Critical,
             "CWE-319",
@@ -289,7 +324,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
             "enable server.tls (cert files or ACME), or terminate TLS in front and bind to loopback",
         );
     } else if public && !c.server.tls.enabled {
-        add(
+        f.add(
             "public-bind-without-tls",
             Severity::High,
             "CWE-319",
@@ -305,7 +340,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
             .map(|t| t.host)
             .unwrap_or_default();
         if !loopback(&host) {
-            add(
+            f.add(
                 "upstream-cleartext",
                 Severity::High,
                 "CWE-319",
@@ -315,7 +350,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
         }
     }
     if c.metrics.enabled && !loopback(&c.metrics.host) {
-        add(
+        f.add(
             "admin-listener-public",
             if c.auth.enabled {
                 Severity::Medium
@@ -330,7 +365,10 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
             "bind metrics.host to 127.0.0.1 and scrape through a private network",
         );
     }
-    // The file.
+}
+
+/// Secrets written in the config file, and who can read it.
+fn file_findings(loaded: &LoadedConfig, f: &mut Findings) {
     let secrets_in_file = in_file(loaded, &["auth", "jwt_secret"])
         || in_file(loaded, &["auth", "admin_password"])
         || loaded
@@ -346,7 +384,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
                 })
             });
     if secrets_in_file {
-        add(
+        f.add(
             "secrets-in-file",
             Severity::Medium,
             "CWE-312",
@@ -359,7 +397,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
         {
             use std::os::unix::fs::PermissionsExt;
             if meta.permissions().mode() & 0o077 != 0 {
-                add(
+                f.add(
                     "config-readable-by-others",
                     Severity::High,
                     "CWE-732",
@@ -373,9 +411,12 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
             }
         }
     }
-    // Routing programs decide where calls and keys go: a file others can rewrite hands them
-    // that decision (and a native plugin runs with the gateway's rights).
-    #[cfg(unix)]
+}
+
+/// Routing programs decide where calls and keys go: a file others can rewrite hands them that
+/// decision (and a native plugin runs with the gateway's rights).
+#[cfg(unix)]
+fn program_findings(loaded: &LoadedConfig, f: &mut Findings) {
     for (kind, path) in program_files(loaded) {
         use std::os::unix::fs::PermissionsExt;
         let writable = |p: &std::path::Path| {
@@ -383,7 +424,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
         };
         let dir = path.parent().map(std::path::Path::to_path_buf);
         if writable(&path) || dir.as_deref().is_some_and(writable) {
-            add(
+            f.add(
                 "program-writable-by-others",
                 if kind == "native" {
                     Severity::Critical
@@ -402,16 +443,6 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
                 "chmod go-w the file and its folder",
             );
         }
-    }
-    f.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.id.cmp(b.id)));
-    let penalty: u32 = f.iter().map(|x| x.severity.penalty()).sum();
-    let score = 100u32.saturating_sub(penalty);
-    let blocks = f.iter().any(|x| x.severity == Severity::Critical) || score < MIN_PRODUCTION_SCORE;
-    Report {
-        score,
-        findings: f,
-        blocks_production: blocks,
-        min_score: MIN_PRODUCTION_SCORE,
     }
 }
 
