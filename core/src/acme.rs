@@ -22,7 +22,6 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::config::{AcmeChallenge, AcmeConfig};
-use crate::runtime::Shared;
 use crate::tls::{CertStore, LoadedCert};
 
 /// Tokens the CA will fetch at `/.well-known/acme-challenge/{token}`, with their answers.
@@ -259,7 +258,8 @@ fn alpn_challenge_cert(
 /// Keeps a certificate from the CA in `store`: at start (unless a stored one is still good),
 /// then before each expiry.
 pub struct AcmeService {
-    pub shared: Arc<Shared>,
+    /// Where certificate changes are recorded.
+    pub audit: crate::audit::AuditHandle,
     pub store: Arc<CertStore>,
     pub cfg: AcmeConfig,
     pub storage: Storage,
@@ -282,7 +282,7 @@ impl BackgroundService for AcmeService {
                         self.store.swap(c, "acme");
                         backoff = retry;
                         tracing::info!(target: "gemini_proxy::acme", ?names, not_after, "certificate obtained and in service");
-                        self.shared.audit(crate::audit::security_event(
+                        self.audit.record(crate::audit::security_event(
                             "acme certificate obtained",
                             "Success",
                             None,
@@ -298,7 +298,7 @@ impl BackgroundService for AcmeService {
                     Err(e) => {
                         tracing::warn!(target: "gemini_proxy::acme", error = %e, retry_in_s = backoff.as_secs(), "ACME failed; serving the current certificate");
                         self.store.failed(e.clone());
-                        self.shared.audit(crate::audit::security_event(
+                        self.audit.record(crate::audit::security_event(
                             "acme certificate failed",
                             "Failure",
                             None,

@@ -548,6 +548,11 @@ impl Shared {
     }
 
     /// Queues an audit event (never waits).
+    /// A handle for services that only record audit events.
+    pub fn audit_handle(&self) -> crate::audit::AuditHandle {
+        crate::audit::AuditHandle(self.audit.clone())
+    }
+
     pub fn audit(&self, e: crate::audit::AuditEvent) {
         if let Some(a) = &self.audit {
             a.record(e);

@@ -11,7 +11,7 @@ use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
-use crate::config::LoadedConfig;
+use crate::config::{Config, LoadedConfig};
 use crate::connections::Capped;
 use crate::proxy::GatewayProxy;
 use crate::reload::{ReloadService, ResolveService};
@@ -62,10 +62,46 @@ fn addr(host: &str, port: u16) -> String {
     }
 }
 
-/// Builds a ready-to-run Pingora server for `shared`'s config.
+/// Builds a ready-to-run Pingora server for `shared`'s config: the proxy listener, the admin
+/// listener, certificate upkeep, config reload and upstream DNS.
 pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, String> {
     let rt = shared.runtime.load_full();
     let c = &rt.config;
+    let mut server = pingora_server(c, opts)?;
+    let trusted_proxies: Vec<crate::util::Cidr> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .filter_map(|t| crate::util::Cidr::parse(t).ok())
+        .collect();
+    let proxy = proxy_service(&shared, &mut server, opts, &trusted_proxies)?;
+    server.add_service(proxy);
+    if c.metrics.enabled {
+        let admin = admin_service(&shared, c, &trusted_proxies)?;
+        server.add_service(admin);
+    }
+    server.add_service(background_service(
+        "config reload",
+        ReloadService {
+            shared: shared.clone(),
+            poll: opts.watch_interval,
+        },
+    ));
+    if rt.upstream.target.host.parse::<std::net::IpAddr>().is_err() {
+        server.add_service(background_service(
+            "upstream dns",
+            ResolveService {
+                shared,
+                every: Duration::from_secs(300),
+                retry: Duration::from_secs(5),
+            },
+        ));
+    }
+    Ok(server)
+}
+
+/// The Pingora server itself: threads, grace periods, the upgrade socket (in a private folder).
+fn pingora_server(c: &Config, opts: &ServeOptions) -> Result<Server, String> {
     let threads = if c.server.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -92,14 +128,21 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     server.bootstrap();
+    Ok(server)
+}
 
+type ProxyService = Service<Capped<pingora::proxy::HttpProxy<GatewayProxy>>>;
+
+/// The proxy listener (plain or TLS), with the certificate upkeep TLS needs added to `server`.
+fn proxy_service(
+    shared: &Arc<Shared>,
+    server: &mut Server,
+    opts: &ServeOptions,
+    trusted_proxies: &[crate::util::Cidr],
+) -> Result<ProxyService, String> {
+    let rt = shared.runtime.load_full();
+    let c = &rt.config;
     let clients = &c.server.clients;
-    let trusted_proxies: Vec<crate::util::Cidr> = c
-        .server
-        .trusted_proxies
-        .iter()
-        .filter_map(|t| crate::util::Cidr::parse(t).ok())
-        .collect();
     let mut app = pingora::proxy::HttpProxy::new(
         GatewayProxy::new(shared.clone()),
         server.configuration.clone(),
@@ -111,123 +154,117 @@ pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, 
         Capped::new(
             app,
             clients,
-            trusted_proxies.clone(),
-            connection_metrics(&shared, "proxy"),
+            trusted_proxies.to_vec(),
+            connection_metrics(shared, "proxy"),
         ),
     );
     let listen = addr(&c.server.host, c.server.port);
-    if let Some(store) = &shared.tls {
-        // TLS 1.2 and 1.3 (Pingora's rustls builder), h2 then http/1.1, the swappable slot.
-        let mut settings = store
-            .listener_settings()
-            .map_err(|e| format!("TLS listener {listen}: {e}"))?;
-        let tls_alpn_01 =
-            c.server.tls.acme.as_ref().is_some_and(|a| {
-                a.enabled && a.challenge == crate::config::AcmeChallenge::TlsAlpn01
-            });
-        if tls_alpn_01 {
-            // Patched pingora-core (vendor/pingora-core/PATCH.md): ACME validation beside HTTP.
-            settings.set_alpn_protocols(vec![
-                b"h2".to_vec(),
-                b"http/1.1".to_vec(),
-                crate::tls::ACME_TLS_ALPN.to_vec(),
-            ]);
-        } else {
-            settings.enable_h2();
-        }
-        proxy.add_tls_with_settings(&listen, None, settings);
-        if let Some(acme) = c.server.tls.acme.as_ref().filter(|a| a.enabled) {
-            let challenges = Arc::new(crate::acme::Challenges::default());
-            let dir = shared
-                .config_path
-                .as_ref()
-                .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
-                .unwrap_or_else(|| ".".into());
-            server.add_service(background_service(
-                "acme",
-                crate::acme::AcmeService {
-                    shared: shared.clone(),
-                    store: store.clone(),
-                    cfg: acme.clone(),
-                    storage: crate::acme::Storage {
-                        dir: dir.join(&acme.storage_dir),
-                    },
-                    challenges: challenges.clone(),
-                },
-            ));
-            let mut http01 = Service::new(
-                "acme http-01".to_string(),
-                crate::acme::ChallengeApp {
-                    challenges,
-                    https_port: c.server.port,
-                },
-            );
-            http01.add_tcp(&addr(&c.server.host, acme.http_port));
-            server.add_service(http01);
-        } else {
-            let (cert, key) = (
-                c.server.tls.cert_path.clone().unwrap_or_default(),
-                c.server.tls.key_path.clone().unwrap_or_default(),
-            );
+    let Some(store) = &shared.tls else {
+        proxy.add_tcp(&listen);
+        return Ok(proxy);
+    };
+    // TLS 1.2 and 1.3 (Pingora's rustls builder), h2 then http/1.1, the swappable slot.
+    let mut settings = store
+        .listener_settings()
+        .map_err(|e| format!("TLS listener {listen}: {e}"))?;
+    let acme = c.server.tls.acme.as_ref().filter(|a| a.enabled);
+    if acme.is_some_and(|a| a.challenge == crate::config::AcmeChallenge::TlsAlpn01) {
+        // Patched pingora-core (vendor/pingora-core/PATCH.md): ACME validation beside HTTP.
+        settings.set_alpn_protocols(vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            crate::tls::ACME_TLS_ALPN.to_vec(),
+        ]);
+    } else {
+        settings.enable_h2();
+    }
+    proxy.add_tls_with_settings(&listen, None, settings);
+    match acme {
+        Some(acme) => add_acme(shared, server, store, c, acme),
+        None => {
             server.add_service(background_service(
                 "certificate files",
                 crate::tls::CertFileWatch {
-                    shared: shared.clone(),
+                    audit: shared.audit_handle(),
                     store: store.clone(),
-                    cert: cert.into(),
-                    key: key.into(),
+                    cert: c.server.tls.cert_path.clone().unwrap_or_default().into(),
+                    key: c.server.tls.key_path.clone().unwrap_or_default().into(),
                     every: opts.watch_interval,
                 },
             ));
         }
-    } else {
-        proxy.add_tcp(&listen);
     }
-    server.add_service(proxy);
+    Ok(proxy)
+}
 
-    if c.metrics.enabled {
-        let mut admin_app =
-            pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone()));
-        admin_app.server_options = Some(crate::connections::server_options(clients));
-        let mut admin = Service::new(
-            "gemini-proxy admin".to_string(),
-            Capped::new(
-                admin_app,
-                clients,
-                trusted_proxies.clone(),
-                connection_metrics(&shared, "admin"),
-            ),
-        );
-        let admin_addr = addr(&c.metrics.host, c.metrics.prometheus_port);
-        match (&shared.tls, c.metrics.tls) {
-            (Some(store), true) => {
-                let settings = store
-                    .listener_settings()
-                    .map_err(|e| format!("admin TLS listener {admin_addr}: {e}"))?;
-                admin.add_tls_with_settings(&admin_addr, None, settings);
-            }
-            _ => admin.add_tcp(&admin_addr),
-        }
-        server.add_service(admin);
-    }
+/// The ACME client, and the HTTP-01 challenge listener it answers on.
+fn add_acme(
+    shared: &Shared,
+    server: &mut Server,
+    store: &Arc<crate::tls::CertStore>,
+    c: &Config,
+    acme: &crate::config::AcmeConfig,
+) {
+    let challenges = Arc::new(crate::acme::Challenges::default());
+    let dir = shared
+        .config_path
+        .as_ref()
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .unwrap_or_else(|| ".".into());
     server.add_service(background_service(
-        "config reload",
-        ReloadService {
-            shared: shared.clone(),
-            poll: opts.watch_interval,
+        "acme",
+        crate::acme::AcmeService {
+            audit: shared.audit_handle(),
+            store: store.clone(),
+            cfg: acme.clone(),
+            storage: crate::acme::Storage {
+                dir: dir.join(&acme.storage_dir),
+            },
+            challenges: challenges.clone(),
         },
     ));
-    if rt.upstream.target.host.parse::<std::net::IpAddr>().is_err() {
-        server.add_service(background_service(
-            "upstream dns",
-            ResolveService {
-                shared,
-                every: Duration::from_secs(300),
-                retry: Duration::from_secs(5),
-            },
-        ));
+    let mut http01 = Service::new(
+        "acme http-01".to_string(),
+        crate::acme::ChallengeApp {
+            challenges,
+            https_port: c.server.port,
+        },
+    );
+    http01.add_tcp(&addr(&c.server.host, acme.http_port));
+    server.add_service(http01);
+}
+
+type AdminService = Service<Capped<pingora::apps::http_app::HttpServer<AdminApp>>>;
+
+/// The admin listener (metrics, admin API), on TLS when `metrics.tls` is set.
+fn admin_service(
+    shared: &Arc<Shared>,
+    c: &Config,
+    trusted_proxies: &[crate::util::Cidr],
+) -> Result<AdminService, String> {
+    let clients = &c.server.clients;
+    let mut admin_app = pingora::apps::http_app::HttpServer::new_app(AdminApp::new(shared.clone()));
+    admin_app.server_options = Some(crate::connections::server_options(clients));
+    let mut admin = Service::new(
+        "gemini-proxy admin".to_string(),
+        Capped::new(
+            admin_app,
+            clients,
+            trusted_proxies.to_vec(),
+            connection_metrics(shared, "admin"),
+        ),
+    );
+    let admin_addr = addr(&c.metrics.host, c.metrics.prometheus_port);
+    match (&shared.tls, c.metrics.tls) {
+        (Some(store), true) => {
+            let settings = store
+                .listener_settings()
+                .map_err(|e| format!("admin TLS listener {admin_addr}: {e}"))?;
+            admin.add_tls_with_settings(&admin_addr, None, settings);
+        }
+        _ => admin.add_tcp(&admin_addr),
     }
-    Ok(server)
+    Ok(admin)
 }
 
 struct ChannelSignal(parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);

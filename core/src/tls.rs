@@ -15,8 +15,6 @@ use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{ClientHello, ResolvesServerCert};
 use serde::Serialize;
 
-use crate::runtime::Shared;
-
 /// What is being served, for `/health` and metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct CertInfo {
@@ -199,7 +197,8 @@ impl CertStore {
 
 /// Reloads the certificate files when they change (checked every `every`).
 pub struct CertFileWatch {
-    pub shared: Arc<Shared>,
+    /// Where certificate changes are recorded.
+    pub audit: crate::audit::AuditHandle,
     pub store: Arc<CertStore>,
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -236,7 +235,7 @@ impl BackgroundService for CertFileWatch {
                     let (names, not_after) = (c.names.clone(), c.not_after);
                     self.store.swap(c, "file");
                     tracing::info!(target: "gemini_proxy::tls", ?names, not_after, "certificate reloaded from files");
-                    self.shared.audit(crate::audit::security_event(
+                    self.audit.record(crate::audit::security_event(
                         "tls certificate reloaded from files",
                         "Success",
                         None,
@@ -246,7 +245,7 @@ impl BackgroundService for CertFileWatch {
                 Err(e) => {
                     tracing::warn!(target: "gemini_proxy::tls", error = %e, "new certificate files refused; serving the previous certificate");
                     self.store.failed(e.clone());
-                    self.shared.audit(crate::audit::security_event(
+                    self.audit.record(crate::audit::security_event(
                         "tls certificate reload failed",
                         "Failure",
                         None,

@@ -20,7 +20,7 @@ pub use event::{
     AuditEvent, CallAudit, CallExtra, GenericEvent, admin_event, call_event, config_event,
     security_event,
 };
-pub use sink::{AuditSink, AuditStartError};
+pub use sink::{AuditHandle, AuditSink, AuditStartError};
 
 #[cfg(test)]
 mod tests;

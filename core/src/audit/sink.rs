@@ -40,6 +40,19 @@ pub struct AuditSink {
     pub sql_limits: crate::audit::db::QueryLimits,
 }
 
+/// Where a service that only records events sends them: the audit writer, or nowhere when
+/// auditing is off.
+#[derive(Clone, Default)]
+pub struct AuditHandle(pub Option<Arc<AuditSink>>);
+
+impl AuditHandle {
+    pub fn record(&self, e: AuditEvent) {
+        if let Some(a) = &self.0 {
+            a.record(e);
+        }
+    }
+}
+
 /// Why the audit trail could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("audit: {0}")]
