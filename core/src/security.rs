@@ -113,40 +113,6 @@ fn weak_password(p: &str) -> bool {
             .any(|w| p.to_ascii_lowercase().contains(w) && p.len() < w.len() + 4)
 }
 
-/// Why a config sent to the admin API (`PUT /api/config`, rollback) is refused in any mode: it
-/// turns authentication off, or sets a JWT secret or admin password that is weak. A stolen or
-/// short-lived admin token must not be able to open the gateway for good; weak values already
-/// in the file are reported by `check`, not refused here.
-pub fn weakens_auth(
-    before: &crate::config::Config,
-    after: &crate::config::Config,
-) -> Option<String> {
-    let (was, now) = (&before.auth, &after.auth);
-    if was.enabled && !now.enabled {
-        return Some("turns authentication off (edit the config file to do that)".into());
-    }
-    if !now.enabled {
-        return None;
-    }
-    if let Some(s) = now.jwt_secret.as_deref()
-        && now.jwt_secret != was.jwt_secret
-        && !strong_secret(s)
-    {
-        return Some("sets a weak JWT secret: it needs 32+ characters with upper and lower case letters, digits and special characters".into());
-    }
-    if let Some(p) = now.admin_password.as_deref()
-        && now.admin_password_hash.is_none()
-        && (now.admin_password != was.admin_password || was.admin_password_hash.is_some())
-        && weak_password(p)
-    {
-        return Some(
-            "sets a weak admin password: it needs 12+ characters and must not be a common password"
-                .into(),
-        );
-    }
-    None
-}
-
 /// Whether the file itself (not the environment) holds `path` as a non-empty value.
 fn in_file(loaded: &LoadedConfig, path: &[&str]) -> bool {
     let mut v = &loaded.migrated;
@@ -275,6 +241,31 @@ fn auth_findings(c: &Config, f: &mut Findings) {
                 "set JWT_SECRET",
             ),
             None => {}
+        }
+        for k in &c.auth.keys {
+            if let Some(secret) = k.secret.as_deref()
+                && !strong_secret(secret)
+            {
+                f.add(
+                    "jwt-key-weak",
+                    Severity::Critical,
+                    "CWE-326",
+                    format!("the HMAC secret of auth.keys `{}` is weak: it needs 32+ characters with upper and lower case letters, digits and special characters", k.kid),
+                    "generate one: openssl rand -base64 48 (then add a special character)",
+                );
+            }
+        }
+        if c.auth.leeway.0 > std::time::Duration::from_secs(300) {
+            f.add(
+                "auth-leeway-long",
+                Severity::High,
+                "CWE-613",
+                format!(
+                    "auth.leeway is {} s: expired tokens stay valid that long",
+                    c.auth.leeway.0.as_secs()
+                ),
+                "keep auth.leeway at a few seconds (clock skew), at most 5 minutes",
+            );
         }
         if c.auth.admin_password_hash.is_none() {
             match c.auth.admin_password.as_deref() {
@@ -521,6 +512,24 @@ mod tests {
                 ),
                 "jwt-secret-weak",
                 "CWE-326",
+            ),
+            (
+                base(
+                    "{ host: 127.0.0.1 }",
+                    &format!(
+                        "{{ enabled: true, jwt_secret: \"{STRONG}\", keys: [ {{ kid: k2, algorithm: HS256, secret: a }} ] }}"
+                    ),
+                ),
+                "jwt-key-weak",
+                "CWE-326",
+            ),
+            (
+                base(
+                    "{ host: 127.0.0.1 }",
+                    &format!("{{ enabled: true, jwt_secret: \"{STRONG}\", leeway: 30d }}"),
+                ),
+                "auth-leeway-long",
+                "CWE-613",
             ),
             (
                 base(

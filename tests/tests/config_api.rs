@@ -84,31 +84,91 @@ async fn config_is_read_redacted_replaced_versioned_and_rolled_back() {
     );
     assert_eq!(h.config_text(), new);
 
-    // An admin token cannot open the gateway for good: no auth off, no weak secrets.
-    for (weaker, why) in [
+    // An admin token cannot turn itself into lasting access or into the pooled keys: who is
+    // trusted, how calls are authenticated, where keys go and native code change in the file.
+    let auth_line = new
+        .lines()
+        .find(|l| l.starts_with("auth:"))
+        .unwrap()
+        .to_string();
+    let with_pipeline = |p: &str| format!("{new}pipeline:\n{p}");
+    for (locked, why) in [
         (
             new.replace("enabled: true", "enabled: false"),
-            "authentication off",
+            "`auth:` section",
         ),
-        (new.replace(SECRET, "short"), "weak JWT secret"),
+        (new.replace(SECRET, "short"), "`auth:` section"),
         (
-            new.replace(SECRET, "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
-            "weak JWT secret",
+            new.replace(SECRET, "Another-Strong-Secret-0123456789-abcdefgh!"),
+            "`auth:` section",
         ),
-        (new.replace(PASSWORD, "admin"), "weak admin password"),
-        (new.replace(PASSWORD, "Password1234"), "weak admin password"),
+        (new.replace(PASSWORD, "admin"), "`auth:` section"),
+        (
+            new.replace(&auth_line, &auth_line.replace(" }", ", leeway: 3650d }")),
+            "`auth:` section",
+        ),
+        (
+            new.replace(
+                &auth_line,
+                &auth_line.replace(
+                    " }",
+                    ", keys: [ { kid: weak, algorithm: HS256, secret: a } ] }",
+                ),
+            ),
+            "`auth:` section",
+        ),
+        (
+            new.replace(
+                &auth_line,
+                &auth_line.replace(" }", ", revocations_file: other-revoked.json }"),
+            ),
+            "`auth:` section",
+        ),
+        (
+            with_pipeline("  - auth: { when: { path_prefix: [ /nothing ] } }\n  - key_select\n"),
+            "`auth` stage",
+        ),
+        (with_pipeline("  - key_select\n  - auth\n"), "`auth` stage"),
+        (
+            with_pipeline("  - auth\n  - native: { path: ./evil.so }\n  - key_select\n"),
+            "`native` stage",
+        ),
+        (
+            new.replace(&h.mock.base_url(), "http://127.0.0.2:9"),
+            "where the pooled keys are sent",
+        ),
+        (
+            new.replacen(
+                "server: { host: 127.0.0.1,",
+                "server: { host: 127.0.0.1, trusted_proxies: [ 0.0.0.0/0 ],",
+                1,
+            ),
+            "trusted_proxies",
+        ),
     ] {
-        assert_ne!(weaker, new);
-        let (s, r) = req(&h, reqwest::Method::PUT, "/api/config", &t, Some(weaker)).await;
+        assert_ne!(locked, new);
+        let (s, r) = req(&h, reqwest::Method::PUT, "/api/config", &t, Some(locked)).await;
         assert_eq!(s, 400, "{why}: {r}");
         let message = r["error"]["message"].as_str().unwrap();
         assert!(message.contains(why), "{message}");
         assert!(
-            !message.contains("short") && !message.contains("Password1234"),
+            !message.contains("short")
+                && !message.contains(SECRET)
+                && !message.contains("Another-Strong"),
             "{message}"
         );
         assert_eq!(h.config_text(), new, "{why}: nothing written");
     }
+    // The calls still need a credential.
+    let (s, _) = h
+        .call(
+            "POST",
+            "/v1beta/models/gemini-2.5-flash:generateContent",
+            ("x-goog-api-key", "garbage"),
+            Some("{}".into()),
+        )
+        .await;
+    assert_eq!(s, 401);
 
     let (s, hist) = req(&h, reqwest::Method::GET, "/api/config/history", &t, None).await;
     assert_eq!(s, 200);

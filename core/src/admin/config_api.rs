@@ -79,10 +79,13 @@ impl AdminApp {
             }
             Err(e) => return error(400, e),
         };
-        let weakened =
-            crate::security::weakens_auth(&self.shared.runtime.load().config, &loaded.config);
-        if let Some(why) = weakened {
-            return error(400, format!("a config sent to the admin API {why}"));
+        let locked =
+            super::config_guard::locked_change(&self.shared.runtime.load().config, &loaded.config);
+        if let Some(why) = locked {
+            return error(
+                400,
+                format!("a config sent to the admin API {why}: edit the config file for that"),
+            );
         }
         if let Some(why) = crate::security::production_refusal(&loaded) {
             return error(400, format!("production mode refuses this config {why}"));

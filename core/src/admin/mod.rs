@@ -6,6 +6,7 @@
 
 mod analytics;
 mod config_api;
+mod config_guard;
 mod gate;
 mod keys;
 mod login;

@@ -138,7 +138,10 @@ pub struct Runtime {
 
 /// With `auth.enabled`, the pipeline starts with the `auth` stage (configured from the top-level
 /// `auth:` section) unless it already names one; a bare `auth` entry gets that config too.
-fn with_auth_stage(mut entries: Vec<serde_yaml::Value>, c: &Config) -> Vec<serde_yaml::Value> {
+pub(crate) fn with_auth_stage(
+    mut entries: Vec<serde_yaml::Value>,
+    c: &Config,
+) -> Vec<serde_yaml::Value> {
     use serde_yaml::{Mapping, Value};
     let from_config = || serde_yaml::to_value(c.auth.stage_config()).unwrap_or(Value::Null);
     let kind = |e: &Value| match e {
