@@ -63,7 +63,9 @@ where
                 }
             },
             Err(e) => {
-                error!("HTTP server fails to read from downstream: {e}");
+                // A client's malformed request is not a server error: any client could flood the
+                // log with it (gemini-proxy).
+                debug!("HTTP server fails to read from downstream: {e}");
                 return None;
             }
         }
@@ -154,7 +156,9 @@ where
                 }
             },
             Err(e) => {
-                error!("HTTP server fails to read from downstream: {e}");
+                // A client's malformed request is not a server error: any client could flood the
+                // log with it (gemini-proxy).
+                debug!("HTTP server fails to read from downstream: {e}");
                 return None;
             }
         }

@@ -495,9 +495,10 @@ impl HttpSession {
                             } else {
                                 debug!("Invalid request header from {:?}", self.underlying_stream);
                                 buf.truncate(MAX_ERR_BUF_LEN);
+                                // Never the bytes: a head carries credentials (gemini-proxy).
                                 return Error::e_because(
                                     InvalidHTTPHeader,
-                                    format!("buf: {}", buf.escape_ascii()),
+                                    format!("{} bytes of request head", buf.len()),
                                     e,
                                 );
                             }
@@ -505,9 +506,10 @@ impl HttpSession {
                         _ => {
                             debug!("Invalid request header from {:?}", self.underlying_stream);
                             buf.truncate(MAX_ERR_BUF_LEN);
+                            // Never the bytes: a head carries credentials (gemini-proxy).
                             return Error::e_because(
                                 InvalidHTTPHeader,
-                                format!("buf: {:?}", buf.as_bstr()),
+                                format!("{} bytes of request head", buf.len()),
                                 e,
                             );
                         }
