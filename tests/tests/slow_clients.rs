@@ -166,3 +166,39 @@ async fn a_stream_nobody_reads_frees_its_key() {
     let r = h.generate("next").await;
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_over_the_limit_after_100_continue_gets_413_and_closes() {
+    let h = Harness::start_with(&[("a", "valid-a", 1)], "", |t| {
+        set_server_line(t, None, "max_body_bytes: 100000, clients: { body_timeout: 10s }");
+    });
+    for expect in ["expect: 100-continue\r\n", ""] {
+        let mut s = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+        s.write_all(
+            format!("POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nhost: x\r\nx-goog-api-key: client-token\r\ntransfer-encoding: chunked\r\n{expect}\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        if !expect.is_empty() {
+            let mut cont = [0u8; 64];
+            let n = s.read(&mut cont).await.unwrap();
+            assert!(String::from_utf8_lossy(&cont[..n]).starts_with("HTTP/1.1 100"));
+        }
+        // Four times the limit, then the end of the body.
+        let chunk = vec![b'a'; 16384];
+        for _ in 0..25 {
+            let mut c = format!("{:x}\r\n", chunk.len()).into_bytes();
+            c.extend_from_slice(&chunk);
+            c.extend_from_slice(b"\r\n");
+            if s.write_all(&c).await.is_err() {
+                break;
+            }
+        }
+        let _ = s.write_all(b"0\r\n\r\n").await;
+        let (got, closed) = until_closed(&mut s, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains("HTTP/1.1 413"), "{expect:?}: {text}");
+        assert!(closed.is_some(), "{expect:?}: the connection stayed open after the 413");
+    }
+    assert!(h.mock.requests().is_empty());
+}

@@ -270,7 +270,11 @@ impl Failure {
 pub async fn write_failure(session: &mut Session, ctx: &mut CallState, f: Failure) {
     ctx.done.status = f.status;
     ctx.error = Some(f.class);
-    if f.status == 499 || session.response_written().is_some() {
+    // A `100 Continue` already sent is not an answer: the final one still has to go out.
+    let answered = session
+        .response_written()
+        .is_some_and(|r| !r.status.is_informational());
+    if f.status == 499 || answered {
         return;
     }
     if f.body_unread {

@@ -18,6 +18,7 @@ impl GatewayProxy {
         }
         let status = session
             .response_written()
+            .filter(|r| !r.status.is_informational())
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         if ctx.done.status == 0 {
