@@ -345,3 +345,33 @@ async fn saving_back_the_redacted_config_keeps_the_secrets() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("gemini.api_keys[1].key"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_body_declared_too_large_is_refused_before_it_is_read() {
+    let h = with_auth();
+    let addr = h.gateway.admin_addr.unwrap();
+    let token = login(&h).await;
+    for (path, auth) in [
+        ("/auth/login", String::new()),
+        ("/api/tokens", format!("authorization: Bearer {token}\r\n")),
+    ] {
+        let started = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        // Declares 10 MB, sends nothing of it.
+        write!(
+            s,
+            "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{auth}content-type: application/json\r\ncontent-length: 10000000\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(out.starts_with("HTTP/1.1 413"), "{path}: {out}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{path}: answered only after {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -170,7 +170,11 @@ async fn a_stream_nobody_reads_frees_its_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_chunked_body_over_the_limit_after_100_continue_gets_413_and_closes() {
     let h = Harness::start_with(&[("a", "valid-a", 1)], "", |t| {
-        set_server_line(t, None, "max_body_bytes: 100000, clients: { body_timeout: 10s }");
+        set_server_line(
+            t,
+            None,
+            "max_body_bytes: 100000, clients: { body_timeout: 10s }",
+        );
     });
     for expect in ["expect: 100-continue\r\n", ""] {
         let mut s = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
@@ -198,7 +202,10 @@ async fn a_chunked_body_over_the_limit_after_100_continue_gets_413_and_closes() 
         let (got, closed) = until_closed(&mut s, Duration::from_secs(5)).await;
         let text = String::from_utf8_lossy(&got);
         assert!(text.contains("HTTP/1.1 413"), "{expect:?}: {text}");
-        assert!(closed.is_some(), "{expect:?}: the connection stayed open after the 413");
+        assert!(
+            closed.is_some(),
+            "{expect:?}: the connection stayed open after the 413"
+        );
     }
     assert!(h.mock.requests().is_empty());
 }

@@ -172,7 +172,7 @@ impl AdminApp {
             who,
             settled: false,
         };
-        let body = match read_body(session).await {
+        let body = match read_body(session, &self.shared).await {
             Ok(b) => b,
             Err(r) => return r,
         };

@@ -77,7 +77,7 @@ impl AdminApp {
         let body = if matches!(route.method, "GET" | "HEAD") {
             Vec::new()
         } else {
-            match read_body(session).await {
+            match read_body(session, &self.shared).await {
                 Ok(b) => b,
                 Err(r) => return r,
             }
@@ -150,12 +150,25 @@ fn error(status: u16, message: impl std::fmt::Display) -> Response<Vec<u8>> {
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 64 * 1024;
 
-/// Longest an admin request body may take to arrive.
-const ADMIN_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<u8>>> {
+/// Reads an admin request body: at most [`MAX_ADMIN_BODY`] bytes (a larger declared length is
+/// refused before reading), within `server.clients.body_timeout`.
+async fn read_body(
+    session: &mut ServerSession,
+    shared: &Shared,
+) -> Result<Vec<u8>, Response<Vec<u8>>> {
+    let declared = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ADMIN_BODY as u64) {
+        session.set_keepalive(None);
+        return Err(error(413, "request body too large"));
+    }
+    let deadline = shared.runtime.load().config.server.clients.body_timeout.0;
     let mut body = Vec::new();
-    let until = tokio::time::Instant::now() + ADMIN_BODY_TIMEOUT;
+    let until = tokio::time::Instant::now() + deadline;
     loop {
         let Ok(next) = tokio::time::timeout_at(until, session.read_request_body()).await else {
             return Err(error(408, "the request body arrived too slowly"));
@@ -163,6 +176,7 @@ async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Response<Vec<
         match next {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > MAX_ADMIN_BODY {
+                    session.set_keepalive(None);
                     return Err(error(413, "request body too large"));
                 }
                 body.extend_from_slice(&chunk);
