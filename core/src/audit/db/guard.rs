@@ -192,8 +192,65 @@ fn explained(sql: &str) -> Option<&str> {
     )
 }
 
+/// Functions a read-only transaction does not stop: they checkpoint the file, switch logging or
+/// profiling, manage external resources, or run SQL given as a string.
+const REFUSED_FUNCTIONS: &[&str] = &[
+    "checkpoint",
+    "force_checkpoint",
+    "create_external_resource",
+    "deregister_external_resource",
+    "destroy_external_resource",
+    "register_external_resource",
+    "register_external_resource_type",
+    "enable_logging",
+    "disable_logging",
+    "enable_profiling",
+    "disable_profiling",
+    "truncate_duckdb_logs",
+    "write_log",
+    "duckdb_secrets",
+    "which_secret",
+    "query",
+    "query_table",
+];
+
+/// A refused function named in `sql`: as a word followed by `(` (spaces and comments between
+/// are skipped), wherever it is, quoted or not. A string that merely reads like a call is
+/// refused too; that is the price of never missing one.
+fn refused_function(sql: &str) -> Option<&'static str> {
+    let lower = sql.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut i = 0;
+    while i < bytes.len() {
+        if !is_word(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && is_word(bytes[i]) {
+            i += 1;
+        }
+        let name = &lower[start..i];
+        let Some(refused) = REFUSED_FUNCTIONS.iter().find(|f| **f == name) else {
+            continue;
+        };
+        // Past a closing quote of a quoted name, then spaces and comments.
+        let after = lower[i..].strip_prefix('"').unwrap_or(&lower[i..]);
+        if skip_space(after).starts_with('(') {
+            return Some(refused);
+        }
+    }
+    None
+}
+
 /// `Ok` when `sql` is exactly one read-only query (see the module docs).
 pub fn check(sql: &str) -> Result<(), DbError> {
+    if let Some(f) = refused_function(sql) {
+        return Err(DbError::Refused(format!(
+            "the function `{f}` is not accepted: the SQL endpoint is read-only"
+        )));
+    }
     let mut parser = PARSER.lock();
     let parser = parser
         .as_mut()

@@ -22,6 +22,7 @@ fn read_only_check() {
         "VALUES (1), (2)",
         "select \"set\" from (select 1 as \"set\")",
         "SELECT E'it''s', $$dollar; DELETE$$",
+        "SELECT count(*) AS query FROM requests WHERE path LIKE '%checkpoint%'",
     ] {
         assert!(
             crate::audit::db::guard::check(ok).is_ok(),
@@ -54,6 +55,13 @@ fn read_only_check() {
         "RESET threads",
         "CALL checkpoint()",
         "CHECKPOINT",
+        "SELECT * FROM checkpoint()",
+        "SELECT * FROM main.\"CheckPoint\" /* x */ ()",
+        "SELECT * FROM force_checkpoint()",
+        "FROM enable_logging()",
+        "SELECT write_log('x')",
+        "SELECT * FROM query('SELECT 1')",
+        "SELECT * FROM truncate_duckdb_logs()",
         "BEGIN",
         "COMMIT",
         "CREATE TABLE t (a INT)",
