@@ -430,19 +430,19 @@ metrics: { enabled: true, prometheus_port: 9090 }
 
     #[test]
     fn semantic_errors_have_paths() {
-        let dup = "gemini: {api_keys: [{id: a, key: k1}, {id: a, key: k2}]}";
+        let dup = "gemini: {api_keys: [{id: a, key: key-one-1}, {id: a, key: key-two-2}]}";
         assert_eq!(
             load_str(dup, "f", &no_env).unwrap_err().path,
             "gemini.api_keys[1].id"
         );
-        let same = "gemini: {api_keys: [{id: a, key: k1}, {id: b, key: k1}]}";
+        let same = "gemini: {api_keys: [{id: a, key: key-one-1}, {id: b, key: key-one-1}]}";
         let e = load_str(same, "f", &no_env).unwrap_err();
         assert_eq!(e.path, "gemini.api_keys[1].key");
         assert!(
-            !e.to_string().contains("k1"),
+            !e.to_string().contains("key-one-1"),
             "secret leaked into error: {e}"
         );
-        let url = "gemini: {base_url: 'ftp://x', api_keys: [{id: a, key: k1}]}";
+        let url = "gemini: {base_url: 'ftp://x', api_keys: [{id: a, key: key-one-1}]}";
         assert_eq!(
             load_str(url, "f", &no_env).unwrap_err().path,
             "gemini.base_url"
@@ -452,13 +452,26 @@ metrics: { enabled: true, prometheus_port: 9090 }
             load_str(none, "f", &no_env).unwrap_err().path,
             "gemini.api_keys"
         );
-        let ports = "server: {port: 9090}\ngemini: {api_keys: [{id: a, key: k}]}";
+        let ports = "server: {port: 9090}\ngemini: {api_keys: [{id: a, key: key-kkk}]}";
         assert_eq!(
             load_str(ports, "f", &no_env).unwrap_err().path,
             "metrics.prometheus_port"
         );
-        let v = "version: 7\ngemini: {api_keys: [{id: a, key: k}]}";
+        let v = "version: 7\ngemini: {api_keys: [{id: a, key: key-kkk}]}";
         assert_eq!(load_str(v, "f", &no_env).unwrap_err().path, "version");
+        // A pooled key is long enough to be masked and spelled the same in JSON, headers and URLs.
+        for (key, why) in [
+            ("abc12", "shorter than 6"),
+            ("'has\"quote-123'", "`\"`"),
+            ("'back\\slash-123'", "`\\`"),
+            ("plus+key-123", "`+`"),
+            ("slash/key-123", "`/`"),
+        ] {
+            let text = format!("gemini: {{api_keys: [{{id: a, key: {key}}}]}}");
+            let e = load_str(&text, "f", &no_env).unwrap_err();
+            assert_eq!(e.path, "gemini.api_keys[0].key", "{key}");
+            assert!(e.message.contains(why), "{key}: {e}");
+        }
         let yaml = "gemini: [unclosed";
         assert!(
             load_str(yaml, "f", &no_env)
@@ -498,7 +511,7 @@ metrics: { enabled: true, prometheus_port: 9090 }
     fn env_overrides_secrets_and_keys() {
         let env = |k: &str| match k {
             "JWT_SECRET" => Some("from-env".to_string()),
-            "GEMINI_API_KEY" => Some("k-a, k-b".to_string()),
+            "GEMINI_API_KEY" => Some("key-a1, key-b2".to_string()),
             _ => None,
         };
         let l = load_str(MINIMAL, "f", &env).unwrap();
@@ -510,15 +523,15 @@ metrics: { enabled: true, prometheus_port: 9090 }
             .iter()
             .map(|k| (k.id.as_str(), k.key.as_str()))
             .collect();
-        assert_eq!(keys, [("env-1", "k-a"), ("env-2", "k-b")]);
-        let one = |k: &str| (k == "GEMINI_API_KEY").then(|| "only".to_string());
+        assert_eq!(keys, [("env-1", "key-a1"), ("env-2", "key-b2")]);
+        let one = |k: &str| (k == "GEMINI_API_KEY").then(|| "only-key".to_string());
         let l = load_str(MINIMAL, "f", &one).unwrap();
         assert_eq!(
             (
                 l.config.gemini.api_keys[0].id.as_str(),
                 l.config.gemini.api_keys[0].key.as_str()
             ),
-            ("primary", "only")
+            ("primary", "only-key")
         );
         // An empty key list in the file is fine when the environment supplies keys.
         let l = load_str("gemini: {api_keys: []}", "f", &one).unwrap();

@@ -13,7 +13,7 @@ pub use load::{
 };
 pub use model::*;
 pub use upstream::UpstreamTarget;
-pub use validate::validate;
+pub use validate::{MIN_KEY_LEN, validate};
 
 /// True for `localhost` and loopback addresses: listeners nobody else can reach.
 pub fn is_loopback_host(host: &str) -> bool {

@@ -9,6 +9,9 @@ use sha2::{Digest, Sha256};
 use super::load::ConfigError;
 use super::model::{ApiKeyConfig, Config};
 
+/// The shortest pooled key: shorter ones could not be masked in answers without garbling them.
+pub const MIN_KEY_LEN: usize = 6;
+
 /// A problem: (path in the file, what is wrong).
 type Bad = (String, String);
 
@@ -151,8 +154,27 @@ fn key(k: &ApiKeyConfig, at: &str) -> Result<(), Bad> {
             "is the placeholder the admin API shows for a secret: send the key itself",
         );
     }
-    if secret.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-        return bad(format!("{at}.key"), "contains spaces or control characters");
+    // Only what needs no escaping in JSON, headers or URLs: the gateway masks a key wherever an
+    // answer spells it, and an escaped spelling would slip past.
+    if let Some(c) = secret
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        let what = if c.is_ascii_graphic() {
+            format!("`{c}`")
+        } else {
+            "a space or control character".to_string()
+        };
+        return bad(
+            format!("{at}.key"),
+            format!("contains {what}: a key is A-Z a-z 0-9 - _ . only"),
+        );
+    }
+    if secret.len() < MIN_KEY_LEN {
+        return bad(
+            format!("{at}.key"),
+            format!("is shorter than {MIN_KEY_LEN} characters (a Gemini key has 39)"),
+        );
     }
     if k.weight > 1_000_000 {
         return bad(format!("{at}.weight"), "must be at most 1000000");

@@ -5,7 +5,8 @@
 //! a redirect. Every upstream body and header value goes through [`Scrubber`] on its way to the
 //! client, and so does every message the gateway stores (audit rows, `/errors`, logs). It masks,
 //! byte for byte, so a body's length and framing never change:
-//! - every pooled key (configured or added through the API, of at least [`MIN_SECRET`] bytes);
+//! - every pooled key (configured or added through the API; validation keeps them at least
+//!   [`MIN_SECRET`] bytes of characters that JSON, headers and URLs spell as they are);
 //! - anything shaped like a Google API key (`AIza` and 35 more key characters), pooled or not;
 //! - the value after `api_key:` (Google's way of naming a consumer).
 
@@ -14,9 +15,9 @@ use std::collections::HashSet;
 use aho_corasick::{AhoCorasick, MatchKind};
 use bytes::{Bytes, BytesMut};
 
-/// Shorter keys are not looked for (they would mask ordinary words); the security check flags
-/// them as weak anyway.
-pub const MIN_SECRET: usize = 6;
+/// Shorter secrets are not looked for (they would mask ordinary words); config validation
+/// refuses pooled keys that short.
+pub const MIN_SECRET: usize = crate::config::MIN_KEY_LEN;
 const GOOGLE_KEY_PREFIX: &[u8] = b"AIza";
 const GOOGLE_KEY_LEN: usize = 39;
 const CONSUMER_PREFIX: &[u8] = b"api_key:";
