@@ -86,7 +86,15 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
             Action::ChatCompletions
         } else if oa == "embeddings" {
             Action::Embeddings
-        } else if oa == "models" || oa.starts_with("models/") {
+        } else if oa == "models" {
+            Action::OpenAiModels
+        } else if let Some(model) = oa.strip_prefix("models/") {
+            // One model's entry: its name is checked as a call of that model would be.
+            let model = model.strip_prefix("models/").unwrap_or(model);
+            if model.is_empty() || model.contains('/') {
+                return None;
+            }
+            route.model = Some(model.to_string());
             Action::OpenAiModels
         } else if oa.is_empty() {
             return None;
@@ -241,11 +249,15 @@ mod tests {
             classify("GET", "/v1beta/openai/models").unwrap().action,
             Action::OpenAiModels
         );
+        let one = classify("GET", "/v1beta/openai/models/gemini").unwrap();
+        assert_eq!(one.action, Action::OpenAiModels);
+        assert_eq!(one.model.as_deref(), Some("gemini"));
+        let prefixed = classify("GET", "/v1beta/openai/models/models/gemini-2.5-pro").unwrap();
+        assert_eq!(prefixed.model.as_deref(), Some("gemini-2.5-pro"));
+        assert!(classify("GET", "/v1beta/openai/models/a/b").is_none());
         assert_eq!(
-            classify("GET", "/v1beta/openai/models/gemini")
-                .unwrap()
-                .action,
-            Action::OpenAiModels
+            classify("GET", "/v1beta/openai/models").unwrap().model,
+            None
         );
         assert_eq!(
             classify("POST", "/v1beta/openai/embeddings")

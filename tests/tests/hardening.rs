@@ -118,3 +118,28 @@ async fn cors_answers_preflights_for_allowed_origins_only() {
         .unwrap();
     assert!(!r.headers().contains_key("access-control-allow-origin"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn methods_the_gemini_api_does_not_speak_get_405() {
+    let h = Harness::start(&[("a", "valid-a", 1)]);
+    for method in ["TRACE", "CONNECT", "PROPFIND", "FOO"] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = h
+            .client
+            .request(m, h.url("/v1beta/models/gemini-2.5-flash"))
+            .header(CLIENT.0, CLIENT.1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method}");
+    }
+    assert!(h.mock.requests().is_empty(), "nothing reached the upstream");
+    let r = h
+        .client
+        .get(h.url("/v1beta/models/gemini-2.5-flash"))
+        .header(CLIENT.0, CLIENT.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

@@ -176,6 +176,22 @@ async fn a_token_limited_to_some_models_reaches_no_other() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // One model's entry is checked however the call spells it.
+    for (path, want) in [
+        ("/v1beta/models/gemini-2.5-pro", 403),
+        ("/v1beta/openai/models/gemini-2.5-pro", 403),
+        ("/v1beta/openai/models/models/gemini-2.5-pro", 403),
+        ("/v1beta/openai/models/gemini-2.5-flash", 200),
+    ] {
+        let r = h
+            .client
+            .get(h.url(path))
+            .header("x-goog-api-key", &flash)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -99,6 +99,18 @@ fn check_header_size(session: &Session, max: u64) -> Result<(), Failure> {
 /// The route of the path as Google will read it; path tricks and bad model names refused.
 fn route(session: &Session) -> Result<Inbound, Failure> {
     let req = session.req_header();
+    // The Gemini API speaks these; TRACE, CONNECT and invented methods are not passed on.
+    if !matches!(
+        req.method.as_str(),
+        "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+    ) {
+        return Err(Failure::new(
+            405,
+            ErrorClass::BadRequest,
+            format!("method {} is not accepted", req.method),
+        )
+        .unread());
+    }
     if inbound::path_is_suspicious(req.uri.path()) {
         return Err(Failure::new(
             400,
