@@ -81,26 +81,9 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
             .or(if tail == "openai" { Some("") } else { None })
     {
         route.api_kind = ApiKind::OpenAi;
-        let oa = oa.trim_end_matches('/');
-        route.action = if oa == "chat/completions" {
-            Action::ChatCompletions
-        } else if oa == "embeddings" {
-            Action::Embeddings
-        } else if oa == "models" {
-            Action::OpenAiModels
-        } else if let Some(model) = oa.strip_prefix("models/") {
-            // One model's entry: its name is checked as a call of that model would be.
-            let model = model.strip_prefix("models/").unwrap_or(model);
-            if model.is_empty() || model.contains('/') {
-                return None;
-            }
-            route.model = Some(model.to_string());
-            Action::OpenAiModels
-        } else if oa.is_empty() {
-            return None;
-        } else {
-            Action::Other
-        };
+        let (action, model) = openai_action(oa.trim_end_matches('/'))?;
+        route.action = action;
+        route.model = model;
         return Some(route);
     }
     let first = tail.split(['/', ':']).next().unwrap_or("");
@@ -144,6 +127,27 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
         _ => route.action = Action::Other,
     }
     Some(route)
+}
+
+/// The action of an OpenAI-style path (after `openai/`), and the model it names, if any.
+fn openai_action(oa: &str) -> Option<(Action, Option<String>)> {
+    Some(match oa {
+        "chat/completions" => (Action::ChatCompletions, None),
+        "embeddings" => (Action::Embeddings, None),
+        "models" => (Action::OpenAiModels, None),
+        "" => return None,
+        _ => match oa.strip_prefix("models/") {
+            // One model's entry: its name is checked as a call of that model would be.
+            Some(model) => {
+                let model = model.strip_prefix("models/").unwrap_or(model);
+                if model.is_empty() || model.contains('/') {
+                    return None;
+                }
+                (Action::OpenAiModels, Some(model.to_string()))
+            }
+            None => (Action::Other, None),
+        },
+    })
 }
 
 /// `files` (a new upload or a resumable session) or `fileSearchStores/{id}:uploadToFileSearchStore`.

@@ -184,9 +184,9 @@ impl AdminApp {
             return error(400, "expected {\"password\": \"...\"}");
         };
         let a = &rt.config.auth;
-        let Some(secret) = a.jwt_secret.clone().filter(|_| a.enabled) else {
+        if !a.enabled || a.jwt_secret.is_none() {
             return error(503, "admin login needs auth.enabled and auth.jwt_secret");
-        };
+        }
         let (hash, plain) = (a.admin_password_hash.clone(), a.admin_password.clone());
         if hash.is_none() && plain.is_none() {
             return error(503, "no admin password is configured");
@@ -206,7 +206,7 @@ impl AdminApp {
         }
         let ttl = a.token_ttl.0;
         let claims = gemini_proxy_plugins::auth::new_claims("admin", Role::Admin, ttl, vec![]);
-        match super::tokens::sign_claims(&rt, &secret, claims) {
+        match rt.config.auth.sign(claims) {
             Ok(token) => {
                 tracing::info!(target: "gemini_proxy::security", client_ip = %ip, "admin logged in");
                 json_response(

@@ -24,15 +24,9 @@ impl AdminApp {
             tenant: Option<String>,
         }
         let rt = self.shared.runtime.load_full();
-        let Some(secret) = rt
-            .config
-            .auth
-            .jwt_secret
-            .as_deref()
-            .filter(|_| rt.auth.is_some())
-        else {
+        if rt.auth.is_none() || rt.config.auth.jwt_secret.is_none() {
             return error(503, "issuing tokens needs auth.enabled and auth.jwt_secret");
-        };
+        }
         let req: Issue = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => return error(400, format!("bad token request: {e}")),
@@ -57,7 +51,7 @@ impl AdminApp {
         claims.limits = req.limits;
         claims.tenant = req.tenant;
         let jti = claims.jti.clone();
-        match sign_claims(&rt, secret, claims) {
+        match rt.config.auth.sign(claims) {
             Ok(token) => {
                 tracing::info!(target: "gemini_proxy::security", sub = %req.sub, role = role.as_str(), jti = ?jti, "token issued");
                 json_response(
@@ -89,21 +83,4 @@ impl AdminApp {
             Err(e) => error(500, format!("cannot write the revocation file: {e}")),
         }
     }
-}
-
-/// Signs with the gateway's HMAC secret, adding the configured issuer and audience.
-pub(super) fn sign_claims(
-    rt: &crate::runtime::Runtime,
-    secret: &str,
-    mut claims: gemini_proxy_plugins::auth::Claims,
-) -> Result<String, String> {
-    let a = &rt.config.auth;
-    claims.iss = a.issuer.clone();
-    claims.aud = a.audience.clone();
-    gemini_proxy_plugins::auth::sign(
-        secret,
-        a.algorithm.as_deref().unwrap_or("HS256"),
-        None,
-        &claims,
-    )
 }

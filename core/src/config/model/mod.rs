@@ -259,6 +259,23 @@ impl AuthConfig {
             "revocations_file": (!self.revocations_file.is_empty()).then_some(&self.revocations_file),
         })
     }
+
+    /// Signs a gateway token with `jwt_secret`, adding the configured issuer and audience: the
+    /// one way tokens are made (CLI `token`, the CLI's own admin calls, login, `POST /api/tokens`).
+    pub fn sign(&self, mut claims: gemini_proxy_plugins::auth::Claims) -> Result<String, String> {
+        let secret = self
+            .jwt_secret
+            .as_deref()
+            .ok_or("auth.jwt_secret (or JWT_SECRET) is not set: no token can be signed")?;
+        claims.iss = self.issuer.clone();
+        claims.aud = self.audience.clone();
+        gemini_proxy_plugins::auth::sign(
+            secret,
+            self.algorithm.as_deref().unwrap_or("HS256"),
+            None,
+            &claims,
+        )
+    }
 }
 
 impl std::fmt::Debug for AuthConfig {
