@@ -1,6 +1,6 @@
 //! gemini-proxy core: the only crate that knows Pingora. It wires the proxy listener, the admin
-//! listener, configuration (load, validate, migrate, hot reload), the runtime snapshot and the
-//! embedded mock Gemini upstream used by the demo, the tests and the benchmarks.
+//! listener, configuration (load, validate, migrate, hot reload), the runtime snapshot, storage
+//! and the CLI. The mock Gemini upstream is the `gemini-proxy-mock` crate, re-exported as `mock`.
 
 pub mod acme;
 pub mod admin;
@@ -11,7 +11,8 @@ pub mod config;
 pub mod config_history;
 pub mod connections;
 pub mod metrics;
-pub mod mock;
+/// The mock Gemini upstream (its own crate), for the demo and the tests.
+pub use gemini_proxy_mock as mock;
 pub mod pipeline;
 pub mod pool;
 pub mod probe;

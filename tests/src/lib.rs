@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use gemini_proxy_core::config::{LoadedConfig, load_file, load_str};
-pub use gemini_proxy_core::mock::{MockGemini, Recorded};
 use gemini_proxy_core::server::{RunningGateway, ServeOptions};
+pub use gemini_proxy_mock::{MockGemini, Recorded};
 
 /// A port that was free a moment ago (Pingora binds by address, so tests pick one).
 pub fn free_port() -> u16 {

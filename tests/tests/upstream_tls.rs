@@ -1,7 +1,7 @@
 //! The upstream over HTTPS: certificate verification, SNI, ALPN h2, connection reuse.
 
 use futures_util::StreamExt;
-use gemini_proxy_core::mock::{MockOptions, MockTls};
+use gemini_proxy_mock::{MockOptions, MockTls};
 use gemini_proxy_tests::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
