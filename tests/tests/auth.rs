@@ -277,6 +277,19 @@ async fn admin_login_issues_tokens_that_open_the_admin_api_and_can_revoke() {
     // A user cannot issue tokens.
     let (s, _) = admin_post(&h, "/api/tokens", Some(&user_token), json!({"sub": "x"})).await;
     assert_eq!(s, 403);
+    // An admin token cannot mint one that outlives it: admin tokens live at most token_ttl,
+    // user tokens at most max_token_ttl.
+    for (body, want) in [
+        (json!({"sub": "evil", "role": "admin", "ttl": "3650d"}), 400),
+        (json!({"sub": "evil", "role": "admin", "ttl": "2h"}), 400),
+        (json!({"sub": "ok", "role": "admin", "ttl": "30m"}), 201),
+        (json!({"sub": "svc", "ttl": "31d"}), 400),
+        (json!({"sub": "svc", "ttl": "0s"}), 400),
+        (json!({"sub": "svc", "ttl": "30d"}), 201),
+    ] {
+        let (s, r) = admin_post(&h, "/api/tokens", Some(&admin), body.clone()).await;
+        assert_eq!(s, want, "{body}: {r}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

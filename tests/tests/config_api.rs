@@ -131,7 +131,23 @@ async fn config_is_read_redacted_replaced_versioned_and_rolled_back() {
         (with_pipeline("  - key_select\n  - auth\n"), "`auth` stage"),
         (
             with_pipeline("  - auth\n  - native: { path: ./evil.so }\n  - key_select\n"),
-            "`native` stage",
+            "a program a stage loads",
+        ),
+        (
+            with_pipeline("  - auth\n  - rhai: { script: /etc/passwd }\n  - key_select\n"),
+            "a program a stage loads",
+        ),
+        (
+            new.replace("pool: { state_file: \"\", keys_file: \"\" }", "pool: { state_file: \"revoked-tokens.json\", keys_file: \"\" }"),
+            "a file the gateway writes",
+        ),
+        (
+            format!("{new}audit: {{ log_path: proxy.yaml }}\n"),
+            "a file the gateway writes",
+        ),
+        (
+            new.replacen("server: { host: 127.0.0.1,", "server: { host: 127.0.0.1, public_url: \"http://evil.example\",", 1),
+            "`server:`",
         ),
         (
             new.replace(&h.mock.base_url(), "http://127.0.0.2:9"),
@@ -143,7 +159,7 @@ async fn config_is_read_redacted_replaced_versioned_and_rolled_back() {
                 "server: { host: 127.0.0.1, trusted_proxies: [ 0.0.0.0/0 ],",
                 1,
             ),
-            "trusted_proxies",
+            "`server:`",
         ),
     ] {
         assert_ne!(locked, new);

@@ -1,7 +1,8 @@
 //! What a config sent to the admin API may not change. An admin token is a bearer credential
 //! that expires and can be revoked; it must not be able to turn itself into lasting access or
-//! into the pooled keys. So who is trusted, how calls are authenticated, where the pooled keys
-//! are sent, and native code change only by editing the config file (hot reload applies it).
+//! into the pooled keys. So who is trusted and how calls are authenticated, the listeners and
+//! what they expose, where the pooled keys are sent, every file the gateway reads or writes,
+//! and the programs stages load change only by editing the config file (hot reload applies it).
 
 use serde_yaml::Value;
 
@@ -17,9 +18,9 @@ pub fn locked_change(before: &Config, after: &Config) -> Option<&'static str> {
     if auth_entries(before) != auth_entries(after) {
         return Some("changes the pipeline's `auth` stage (its options, its `when:` or its place)");
     }
-    if native_entries(before) != native_entries(after) {
+    if program_files(before) != program_files(after) {
         return Some(
-            "adds or changes a `native` stage (native code runs with the gateway's rights)",
+            "adds or changes a program a stage loads (`rhai` script, `wasm` module, `native` plugin)",
         );
     }
     if before.gemini.base_url != after.gemini.base_url
@@ -29,9 +30,17 @@ pub fn locked_change(before: &Config, after: &Config) -> Option<&'static str> {
             "changes `gemini.base_url` or `gemini.ca_file` (where the pooled keys are sent)",
         );
     }
-    if before.server.trusted_proxies != after.server.trusted_proxies {
+    if before.server != after.server || before.metrics != after.metrics {
         return Some(
-            "changes `server.trusted_proxies` (which addresses may speak for a client: lockouts and per-client limits)",
+            "changes the `server:` or `metrics:` section (listeners, TLS, CORS, public URL, client limits, trusted proxies, the admin listener)",
+        );
+    }
+    if before.audit != after.audit
+        || before.pool.state_file != after.pool.state_file
+        || before.pool.keys_file != after.pool.keys_file
+    {
+        return Some(
+            "changes a file the gateway writes (`audit:` paths, `pool.state_file`, `pool.keys_file`)",
         );
     }
     None
@@ -64,11 +73,18 @@ fn auth_entries(c: &Config) -> Vec<(usize, Value)> {
         .collect()
 }
 
-/// Native stages, without their place (moving one is harmless).
-fn native_entries(c: &Config) -> Vec<Value> {
+/// The files the pipeline's stages load, by kind: a program decides where calls and keys go
+/// (and a native one runs with the gateway's rights).
+fn program_files(c: &Config) -> Vec<(String, Value)> {
     effective(c)
         .into_iter()
-        .map(|(_, e)| e)
-        .filter(|e| kind(e) == Some("native"))
+        .filter_map(|(_, e)| {
+            let kind = kind(&e)?.to_string();
+            let body = e.as_mapping()?.values().next()?;
+            ["script", "module", "path"]
+                .iter()
+                .find_map(|f| body.get(*f).cloned())
+                .map(|file| (kind, file))
+        })
         .collect()
 }

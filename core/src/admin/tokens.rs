@@ -46,7 +46,24 @@ impl AdminApp {
         {
             return error(400, format!("tenant: {e}"));
         }
-        let ttl = req.ttl.map_or(rt.config.auth.token_ttl.0, |d| d.0);
+        let a = &rt.config.auth;
+        let ttl = req.ttl.map_or(a.token_ttl.0, |d| d.0);
+        let cap = if role == Role::Admin {
+            a.token_ttl.0
+        } else {
+            a.max_token_ttl.0.max(a.token_ttl.0)
+        };
+        if ttl.is_zero() || ttl > cap {
+            return error(
+                400,
+                format!(
+                    "ttl must be above 0 and at most {} s for a{} token (auth.{})",
+                    cap.as_secs(),
+                    if role == Role::Admin { "n admin" } else { " user" },
+                    if role == Role::Admin { "token_ttl" } else { "max_token_ttl" }
+                ),
+            );
+        }
         let mut claims = gemini_proxy_plugins::auth::new_claims(&req.sub, role, ttl, req.models);
         claims.limits = req.limits;
         claims.tenant = req.tenant;

@@ -213,6 +213,9 @@ pub struct AuthConfig {
     pub revocations_file: String,
     /// Lifetime of tokens the gateway issues (login, `POST /api/tokens`).
     pub token_ttl: ConfigDuration,
+    /// Longest life `POST /api/tokens` gives a user token (an admin token gets `token_ttl` at
+    /// most): an admin token cannot mint one that outlives it by years.
+    pub max_token_ttl: ConfigDuration,
     /// Admin password for `POST /auth/login` (`ADMIN_PASSWORD` overrides).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_password: Option<String>,
@@ -238,6 +241,7 @@ impl Default for AuthConfig {
             leeway: ConfigDuration::secs(30),
             revocations_file: "data/revoked-tokens.json".into(),
             token_ttl: ConfigDuration::secs(3600),
+            max_token_ttl: ConfigDuration::secs(30 * 86_400),
             admin_password: None,
             admin_password_hash: None,
             allow_unauthenticated: false,
