@@ -375,3 +375,31 @@ async fn an_admin_body_declared_too_large_is_refused_before_it_is_read() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_client_that_waits_for_100_continue_gets_it() {
+    let h = with_auth();
+    let addr = h.gateway.admin_addr.unwrap();
+    let body = format!("{{\"password\":\"{PASSWORD}\"}}");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        s,
+        "POST /auth/login HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 64];
+    let n = s.read(&mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    s.write_all(body.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"token\""), "{out}");
+}

@@ -138,7 +138,10 @@ async fn config_is_read_redacted_replaced_versioned_and_rolled_back() {
             "a program a stage loads",
         ),
         (
-            new.replace("pool: { state_file: \"\", keys_file: \"\" }", "pool: { state_file: \"revoked-tokens.json\", keys_file: \"\" }"),
+            new.replace(
+                "pool: { state_file: \"\", keys_file: \"\" }",
+                "pool: { state_file: \"revoked-tokens.json\", keys_file: \"\" }",
+            ),
             "a file the gateway writes",
         ),
         (
@@ -146,7 +149,11 @@ async fn config_is_read_redacted_replaced_versioned_and_rolled_back() {
             "a file the gateway writes",
         ),
         (
-            new.replacen("server: { host: 127.0.0.1,", "server: { host: 127.0.0.1, public_url: \"http://evil.example\",", 1),
+            new.replacen(
+                "server: { host: 127.0.0.1,",
+                "server: { host: 127.0.0.1, public_url: \"http://evil.example\",",
+                1,
+            ),
             "`server:`",
         ),
         (

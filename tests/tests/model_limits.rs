@@ -286,6 +286,19 @@ async fn chunked_bodies_are_charged_what_they_carry() {
         assert_eq!(task.await.unwrap(), 429);
     }
     assert!(h.mock.requests().is_empty(), "none reached the upstream");
+    // A declared body over max_body_bytes is 413 (never retried), not a rate limit.
+    let mut s = tokio::net::TcpStream::connect(h.gateway.proxy_addr)
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(
+        format!("POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nhost: x\r\nx-goog-api-key: {t}\r\ncontent-length: 45000000\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (got, _) = until_closed(&mut s, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     // The refusals cost nothing: a small call still fits.
     let r = h
         .client

@@ -209,3 +209,22 @@ async fn a_chunked_body_over_the_limit_after_100_continue_gets_413_and_closes() 
     }
     assert!(h.mock.requests().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_chunked_body_gets_400_and_the_connection_closes() {
+    let h = start("body_timeout: 5s");
+    let mut s = TcpStream::connect(h.gateway.proxy_addr).await.unwrap();
+    // `zz` is no chunk size; a pipelined request follows.
+    s.write_all(b"POST /v1beta/models/gemini-2.5-flash:generateContent HTTP/1.1\r\nhost: x\r\nx-goog-api-key: client-token\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\nGET /v1beta/models HTTP/1.1\r\nhost: x\r\nx-goog-api-key: client-token\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = until_closed(&mut s, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{text}");
+    assert!(
+        closed.is_some(),
+        "the connection stayed open after a framing error"
+    );
+    assert!(h.mock.requests().is_empty());
+}

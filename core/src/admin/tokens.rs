@@ -59,8 +59,16 @@ impl AdminApp {
                 format!(
                     "ttl must be above 0 and at most {} s for a{} token (auth.{})",
                     cap.as_secs(),
-                    if role == Role::Admin { "n admin" } else { " user" },
-                    if role == Role::Admin { "token_ttl" } else { "max_token_ttl" }
+                    if role == Role::Admin {
+                        "n admin"
+                    } else {
+                        " user"
+                    },
+                    if role == Role::Admin {
+                        "token_ttl"
+                    } else {
+                        "max_token_ttl"
+                    }
                 ),
             );
         }

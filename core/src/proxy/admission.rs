@@ -23,6 +23,11 @@ impl GatewayProxy {
             return Ok(None);
         }
         let mut inbound = route(session)?;
+        // A declared body over the limit is refused before anything is charged for it.
+        let limit = body_limit(&rt.config.server, &inbound);
+        if inbound.content_length.is_some_and(|n| n > limit) {
+            return Err(Failure::too_large("request body", limit));
+        }
         ctx.api = inbound.route.api_kind.as_str();
         ctx.action = inbound.route.action.as_str();
         ctx.done.streamed = inbound.route.stream;
@@ -73,6 +78,15 @@ impl GatewayProxy {
             ));
         }
         Failure::rejected(rejection)
+    }
+}
+
+/// The most body bytes a call may carry: uploads have their own limit.
+pub(super) fn body_limit(server: &crate::config::ServerConfig, inbound: &Inbound) -> u64 {
+    if inbound.route.api_kind == gemini_proxy_sdk::ApiKind::Upload {
+        server.max_upload_bytes
+    } else {
+        server.max_body_bytes
     }
 }
 

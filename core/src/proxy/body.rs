@@ -33,16 +33,9 @@ impl GatewayProxy {
         inbound: &Inbound,
     ) -> Result<RequestBody, Failure> {
         let server = &ctx.runtime.config.server;
-        let upload = inbound.route.api_kind == ApiKind::Upload;
-        let limit = if upload {
-            server.max_upload_bytes
-        } else {
-            server.max_body_bytes
-        };
-        if inbound.content_length.is_some_and(|n| n > limit) {
-            return Err(Failure::too_large("request body", limit));
-        }
-        if upload {
+        // A declared length over the limit was refused at admission.
+        let limit = super::admission::body_limit(server, inbound);
+        if inbound.route.api_kind == ApiKind::Upload {
             return Ok(RequestBody::Streamed { limit });
         }
         let b = read_body(session, limit, server.clients.body_timeout.0).await?;
@@ -134,11 +127,13 @@ async fn read_body(
                 ));
             }
             Err(_) => {
+                // The framing is broken: nothing after it on this connection can be trusted.
                 return Err(Failure::new(
                     400,
                     ErrorClass::BadRequestBody,
                     "could not read the request body",
-                ));
+                )
+                .unread());
             }
         }
     }
@@ -183,11 +178,14 @@ pub async fn stream_request_body(
             }
             Ok(None) => return Ok(()),
             Err(_) => {
-                return Err(StreamErr::Client(Failure::new(
-                    400,
-                    ErrorClass::BadRequestBody,
-                    "could not read the upload body",
-                )));
+                return Err(StreamErr::Client(
+                    Failure::new(
+                        400,
+                        ErrorClass::BadRequestBody,
+                        "could not read the upload body",
+                    )
+                    .unread(),
+                ));
             }
         }
     }
