@@ -472,6 +472,14 @@ metrics: { enabled: true, prometheus_port: 9090 }
             assert_eq!(e.path, "gemini.api_keys[0].key", "{key}");
             assert!(e.message.contains(why), "{key}: {e}");
         }
+        let e = load_str(
+            "gemini: {api_keys: [{id: SECRETasID123456, key: SECRETasID123456}]}",
+            "f",
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.path, "gemini.api_keys[0].id");
+        assert!(!e.to_string().contains("SECRETasID"), "{e}");
         let yaml = "gemini: [unclosed";
         assert!(
             load_str(yaml, "f", &no_env)

@@ -176,6 +176,13 @@ fn key(k: &ApiKeyConfig, at: &str) -> Result<(), Bad> {
             format!("is shorter than {MIN_KEY_LEN} characters (a Gemini key has 39)"),
         );
     }
+    // The id is shown everywhere (metrics, audit, the console); the secret never is.
+    if k.id.contains(secret) {
+        return bad(
+            format!("{at}.id"),
+            "contains the key itself: an id is shown everywhere, the key nowhere",
+        );
+    }
     if k.weight > 1_000_000 {
         return bad(format!("{at}.weight"), "must be at most 1000000");
     }

@@ -193,7 +193,8 @@ fn explained(sql: &str) -> Option<&str> {
 }
 
 /// Functions a read-only transaction does not stop: they checkpoint the file, switch logging or
-/// profiling, manage external resources, or run SQL given as a string.
+/// profiling, manage external resources, run SQL given as a string, or reseed the shared
+/// connection's random numbers.
 const REFUSED_FUNCTIONS: &[&str] = &[
     "checkpoint",
     "force_checkpoint",
@@ -212,6 +213,7 @@ const REFUSED_FUNCTIONS: &[&str] = &[
     "which_secret",
     "query",
     "query_table",
+    "setseed",
 ];
 
 /// A refused function named in `sql`: as a word followed by `(` (spaces and comments between

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use duckdb::Connection;
+use duckdb::arrow::datatypes::DataType;
 use duckdb::types::{TimeUnit, Value as DValue, ValueRef};
 use serde_json::{Value, json};
 
@@ -77,7 +78,15 @@ fn run_rows(conn: &Connection, sql: &str, max_rows: usize) -> Result<Rows, DbErr
         let st = row.as_ref();
         let n = st.column_count();
         if columns.is_none() {
-            columns = Some(st.column_names());
+            let names = st.column_names();
+            if let Some(i) = (0..n).find(|i| !shown(&st.column_type(*i))) {
+                return Err(DbError::Refused(format!(
+                    "column `{}` is of a type the SQL API cannot show ({:?}): cast it, e.g. `::VARCHAR`",
+                    names[i],
+                    st.column_type(i)
+                )));
+            }
+            columns = Some(names);
         }
         if out.len() == max_rows {
             truncated = true;
@@ -92,6 +101,48 @@ fn run_rows(conn: &Connection, sql: &str, max_rows: usize) -> Result<Rows, DbErr
     drop(rows);
     let columns = columns.unwrap_or_else(|| st.column_names());
     Ok((columns, out, truncated))
+}
+
+/// Whether the duckdb crate can read values of `t` (it panics on the others: `NULL`-typed
+/// columns, times other than microseconds, view types).
+fn shown(t: &DataType) -> bool {
+    use duckdb::arrow::datatypes::TimeUnit as Unit;
+    match t {
+        DataType::Utf8
+        | DataType::LargeUtf8
+        | DataType::Binary
+        | DataType::LargeBinary
+        | DataType::FixedSizeBinary(_)
+        | DataType::Boolean
+        | DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Float16
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Timestamp(..)
+        | DataType::Date32
+        | DataType::Time64(Unit::Microsecond)
+        | DataType::Interval(_) => true,
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            shown(f.data_type())
+        }
+        DataType::Struct(fields) => fields.iter().all(|f| shown(f.data_type())),
+        DataType::Map(f, _) => shown(f.data_type()),
+        DataType::Dictionary(k, v) => {
+            matches!(**k, DataType::UInt8 | DataType::UInt16 | DataType::UInt32) && shown(v)
+        }
+        DataType::Union(fields, _) => fields.iter().all(|(_, f)| shown(f.data_type())),
+        _ => false,
+    }
 }
 
 fn format_ts(unit: TimeUnit, v: i64) -> String {

@@ -62,6 +62,7 @@ fn read_only_check() {
         "SELECT write_log('x')",
         "SELECT * FROM query('SELECT 1')",
         "SELECT * FROM truncate_duckdb_logs()",
+        "SELECT setseed(0.5)",
         "BEGIN",
         "COMMIT",
         "CREATE TABLE t (a INT)",
@@ -124,6 +125,24 @@ fn attacks_through_query_change_nothing() {
         assert_eq!(count(&conn), json!(3), "{attack}");
     }
     assert!(!std::path::Path::new(&out).exists());
+    // Types the duckdb crate cannot read are a clear refusal, not a panic.
+    for odd in [
+        "SELECT getvariable('nothing') AS v",
+        "SELECT TIME_NS '12:00:00' AS t",
+        "SELECT [getvariable('nothing')] AS l",
+    ] {
+        match query(&conn, odd, limits) {
+            Err(DbError::Refused(m)) => assert!(m.contains("cast it"), "{odd}: {m}"),
+            other => panic!("{odd}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        query(&conn, "SELECT TIME '12:00:00' AS t, [1, 2] AS l", limits)
+            .unwrap()
+            .rows
+            .len(),
+        1
+    );
     // Random mutations of queries and attacks (the stable stand-in for a fuzzer on the
     // guard): whatever the guard lets through, the database and the export folder stay as
     // they were.
