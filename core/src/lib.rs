@@ -19,6 +19,7 @@ pub mod probe;
 pub mod proxy;
 pub mod reload;
 pub mod runtime;
+pub mod scrub;
 pub mod security;
 pub mod server;
 pub mod stats;

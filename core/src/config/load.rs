@@ -101,7 +101,7 @@ fn too_deep(text: &str) -> Option<usize> {
 
 /// A secret field (anywhere) that holds the redaction placeholder: never a real value.
 fn placeholder_secret(v: &Value, at: &str) -> Option<String> {
-    use crate::config_history::{SECRET_FIELDS, looks_redacted};
+    use super::{SECRET_FIELDS, looks_redacted};
     match v {
         Value::Mapping(m) => m.iter().find_map(|(k, x)| {
             let name = k.as_str().unwrap_or("");
@@ -149,7 +149,7 @@ pub fn load_str(text: &str, file: &str, env: EnvLookup<'_>) -> Result<LoadedConf
             path,
             format!(
                 "holds `{}`, the placeholder the admin API shows for a secret: write the secret itself",
-                crate::config_history::REDACTED
+                super::REDACTED
             ),
         ));
     }

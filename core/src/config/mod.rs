@@ -3,6 +3,7 @@
 mod duration;
 mod load;
 mod model;
+mod redaction;
 mod upstream;
 mod validate;
 
@@ -12,6 +13,7 @@ pub use load::{
     process_env,
 };
 pub use model::*;
+pub use redaction::{REDACTED, SECRET_FIELDS, looks_redacted, redacted};
 pub use upstream::UpstreamTarget;
 pub use validate::{MIN_KEY_LEN, validate};
 

@@ -148,7 +148,7 @@ fn key(k: &ApiKeyConfig, at: &str) -> Result<(), Bad> {
     if secret.is_empty() {
         return bad(format!("{at}.key"), "is empty");
     }
-    if crate::config_history::looks_redacted(secret) {
+    if super::looks_redacted(secret) {
         return bad(
             format!("{at}.key"),
             "is the placeholder the admin API shows for a secret: send the key itself",

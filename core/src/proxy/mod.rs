@@ -31,7 +31,6 @@ mod observer;
 mod relay;
 mod resources;
 mod response_head;
-mod scrub;
 pub mod tenancy;
 mod upstream_request;
 
@@ -43,6 +42,7 @@ use pingora::ErrorType;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
+pub use crate::scrub::{Scrubber, StreamScrub};
 pub use crate::util::Cidr;
 pub use call::CallState;
 pub use errors::{ErrorStyle, error_body, grpc_status};
@@ -50,7 +50,6 @@ pub use failure::ErrorClass;
 pub use fuzz::fuzz_inbound;
 pub use inbound::{Inbound, client_ip, sanitize_headers, split_key_param};
 pub use observer::{BodyFormat, Observed, Observer};
-pub use scrub::{Scrubber, StreamScrub};
 
 use crate::runtime::Shared;
 use failure::{Failure, write_failure};

@@ -7,7 +7,7 @@
 use http::{HeaderName, HeaderValue};
 
 use super::inbound::split_key_param;
-use super::scrub::Scrubber;
+use crate::scrub::Scrubber;
 
 /// Relayed as they are (after masking).
 const RELAYED: &[&str] = &[

@@ -133,7 +133,7 @@ pub struct Runtime {
     pub trusted_proxies: Vec<crate::util::Cidr>,
     /// Masks every pooled key (configured, added or removed through the API) in what is relayed
     /// or stored.
-    pub scrubber: Arc<crate::proxy::Scrubber>,
+    pub scrubber: Arc<crate::scrub::Scrubber>,
 }
 
 /// With `auth.enabled`, the pipeline starts with the `auth` stage (configured from the top-level
@@ -242,7 +242,7 @@ impl Runtime {
         let (keys, candidates) = upstream_keys(&key_cfgs, preset_weights, &file)?;
         let upstream = upstream(c, previous, &file)?;
         let live = pool.live_handles(keys.iter().map(|k| &k.id));
-        let scrubber = Arc::new(crate::proxy::Scrubber::new(
+        let scrubber = Arc::new(crate::scrub::Scrubber::new(
             c.gemini
                 .api_keys
                 .iter()
