@@ -98,119 +98,18 @@ pub async fn obtain(
     challenges: &Challenges,
     store: &CertStore,
 ) -> Result<LoadedCert, String> {
-    let builder = || -> Result<_, String> {
-        match &cfg.ca_file {
-            Some(ca) => Account::builder_with_root(ca).map_err(|e| format!("ca_file {ca}: {e}")),
-            None => Account::builder().map_err(|e| e.to_string()),
-        }
-    };
-    let url = directory_url(cfg);
-    let account = match std::fs::read(storage.account())
-        .ok()
-        .and_then(|b| serde_json::from_slice::<AccountCredentials>(&b).ok())
-    {
-        Some(creds) => builder()?
-            .from_credentials(creds)
-            .await
-            .map_err(|e| format!("ACME account ({url}): {e}"))?,
-        None => {
-            let contact = cfg.contact.as_ref().map(|c| {
-                if c.starts_with("mailto:") {
-                    c.clone()
-                } else {
-                    format!("mailto:{c}")
-                }
-            });
-            let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
-            let (account, creds) = builder()?
-                .create(
-                    &NewAccount {
-                        contact: &contacts,
-                        terms_of_service_agreed: true,
-                        only_return_existing: false,
-                    },
-                    url.clone(),
-                    None,
-                )
-                .await
-                .map_err(|e| format!("ACME account at {url}: {e}"))?;
-            let json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
-            storage.write(&storage.account(), &json)?;
-            tracing::info!(target: "gemini_proxy::acme", directory = %url, "ACME account created");
-            account
-        }
-    };
+    let account = account(cfg, storage).await?;
     let ids: Vec<Identifier> = cfg.domains.iter().cloned().map(Identifier::Dns).collect();
     let mut order = account
         .new_order(&NewOrder::new(&ids))
         .await
         .map_err(|e| format!("new order: {e}"))?;
     let mut published = Vec::new();
-    {
-        let mut authzs = order.authorizations();
-        while let Some(a) = authzs.next().await {
-            let mut authz = a.map_err(|e| format!("authorization: {e}"))?;
-            if authz.status == AuthorizationStatus::Valid {
-                continue;
-            }
-            match cfg.challenge {
-                AcmeChallenge::Http01 => {
-                    let mut ch = authz
-                        .challenge(ChallengeType::Http01)
-                        .ok_or("the CA offers no http-01 challenge")?;
-                    let token = ch.token.clone();
-                    challenges
-                        .0
-                        .write()
-                        .insert(token.clone(), ch.key_authorization().as_str().to_string());
-                    published.push(Published::Token(token));
-                    ch.set_ready()
-                        .await
-                        .map_err(|e| format!("challenge ready: {e}"))?;
-                }
-                AcmeChallenge::TlsAlpn01 => {
-                    let mut ch = authz
-                        .challenge(ChallengeType::TlsAlpn01)
-                        .ok_or("the CA offers no tls-alpn-01 challenge")?;
-                    let domain = ch.identifier().to_string();
-                    let cert =
-                        alpn_challenge_cert(&domain, ch.key_authorization().digest().as_ref())?;
-                    store.set_alpn_challenge(&domain, Some(cert));
-                    published.push(Published::Domain(domain));
-                    ch.set_ready()
-                        .await
-                        .map_err(|e| format!("challenge ready: {e}"))?;
-                }
-            }
-        }
-    }
-    let retry = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(250))
-        .timeout(Duration::from_secs(90));
-    let status = order.poll_ready(&retry).await;
-    let result = async {
-        match status.map_err(|e| format!("validation: {e}"))? {
-            OrderStatus::Ready => {}
-            other => {
-                return Err(format!(
-                    "the order is {other:?}, not ready (challenge failed?)"
-                ));
-            }
-        }
-        let key_pem = order
-            .finalize()
-            .await
-            .map_err(|e| format!("finalize: {e}"))?;
-        let chain = order
-            .poll_certificate(&retry)
-            .await
-            .map_err(|e| format!("certificate: {e}"))?;
-        let loaded = crate::tls::parse_pem(chain.as_bytes(), key_pem.as_bytes())?;
-        storage.write(&storage.key(), key_pem.as_bytes())?;
-        storage.write(&storage.cert(), chain.as_bytes())?;
-        Ok(loaded)
-    }
-    .await;
+    let result = match publish(cfg, &mut order, challenges, store, &mut published).await {
+        Ok(()) => certificate(&mut order, storage).await,
+        Err(e) => Err(e),
+    };
+    // Answers are withdrawn whether the order succeeded or not.
     for p in published {
         match p {
             Published::Token(t) => {
@@ -220,6 +119,121 @@ pub async fn obtain(
         }
     }
     result
+}
+
+/// The ACME account: the stored one, or a new one (stored for next time).
+async fn account(cfg: &AcmeConfig, storage: &Storage) -> Result<Account, String> {
+    let builder = || -> Result<_, String> {
+        match &cfg.ca_file {
+            Some(ca) => Account::builder_with_root(ca).map_err(|e| format!("ca_file {ca}: {e}")),
+            None => Account::builder().map_err(|e| e.to_string()),
+        }
+    };
+    let url = directory_url(cfg);
+    let stored = std::fs::read(storage.account())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<AccountCredentials>(&b).ok());
+    if let Some(creds) = stored {
+        return builder()?
+            .from_credentials(creds)
+            .await
+            .map_err(|e| format!("ACME account ({url}): {e}"));
+    }
+    let contact = cfg.contact.as_ref().map(|c| {
+        if c.starts_with("mailto:") {
+            c.clone()
+        } else {
+            format!("mailto:{c}")
+        }
+    });
+    let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+    let new = NewAccount {
+        contact: &contacts,
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
+    let (account, creds) = builder()?
+        .create(&new, url.clone(), None)
+        .await
+        .map_err(|e| format!("ACME account at {url}: {e}"))?;
+    let json = serde_json::to_vec(&creds).map_err(|e| e.to_string())?;
+    storage.write(&storage.account(), &json)?;
+    tracing::info!(target: "gemini_proxy::acme", directory = %url, "ACME account created");
+    Ok(account)
+}
+
+/// Publishes the answer to each pending authorization's challenge (noted in `published`, so
+/// the caller withdraws them) and tells the CA it is ready.
+async fn publish(
+    cfg: &AcmeConfig,
+    order: &mut instant_acme::Order,
+    challenges: &Challenges,
+    store: &CertStore,
+    published: &mut Vec<Published>,
+) -> Result<(), String> {
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut authz = a.map_err(|e| format!("authorization: {e}"))?;
+        if authz.status == AuthorizationStatus::Valid {
+            continue;
+        }
+        let (kind, name) = match cfg.challenge {
+            AcmeChallenge::Http01 => (ChallengeType::Http01, "http-01"),
+            AcmeChallenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+        };
+        let mut ch = authz
+            .challenge(kind.clone())
+            .ok_or_else(|| format!("the CA offers no {name} challenge"))?;
+        if kind == ChallengeType::Http01 {
+            let token = ch.token.clone();
+            let answer = ch.key_authorization().as_str().to_string();
+            challenges.0.write().insert(token.clone(), answer);
+            published.push(Published::Token(token));
+        } else {
+            let domain = ch.identifier().to_string();
+            let cert = alpn_challenge_cert(&domain, ch.key_authorization().digest().as_ref())?;
+            store.set_alpn_challenge(&domain, Some(cert));
+            published.push(Published::Domain(domain));
+        }
+        ch.set_ready()
+            .await
+            .map_err(|e| format!("challenge ready: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Waits for validation, finalizes, and stores the certificate and its key.
+async fn certificate(
+    order: &mut instant_acme::Order,
+    storage: &Storage,
+) -> Result<LoadedCert, String> {
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .timeout(Duration::from_secs(90));
+    match order
+        .poll_ready(&retry)
+        .await
+        .map_err(|e| format!("validation: {e}"))?
+    {
+        OrderStatus::Ready => {}
+        other => {
+            return Err(format!(
+                "the order is {other:?}, not ready (challenge failed?)"
+            ));
+        }
+    }
+    let key_pem = order
+        .finalize()
+        .await
+        .map_err(|e| format!("finalize: {e}"))?;
+    let chain = order
+        .poll_certificate(&retry)
+        .await
+        .map_err(|e| format!("certificate: {e}"))?;
+    let loaded = crate::tls::parse_pem(chain.as_bytes(), key_pem.as_bytes())?;
+    storage.write(&storage.key(), key_pem.as_bytes())?;
+    storage.write(&storage.cert(), chain.as_bytes())?;
+    Ok(loaded)
 }
 
 /// What an order put up for validation (taken down when it ends).
