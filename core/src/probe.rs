@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use pingora::http::RequestHeader;
 
 use crate::pool::{Verdict, classify};
 use crate::runtime::{Runtime, Shared};
@@ -37,15 +36,16 @@ async fn ask(rt: &Runtime, index: usize) -> Result<(u16, bytes::Bytes), String> 
         .await
         .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
     up.set_read_timeout(Some(Duration::from_secs(10)));
-    let target = format!(
-        "{}/v1beta/models?pageSize=1",
-        rt.upstream.target.path_prefix
-    );
-    let mut req = RequestHeader::build("GET", target.as_bytes(), Some(3))
+    // The same request head a client's `GET /v1beta/models?pageSize=1` would get upstream.
+    let inbound = crate::proxy::Inbound::parse(
+        "GET",
+        "/v1beta/models",
+        Some("pageSize=1"),
+        &http::HeaderMap::new(),
+    )
+    .ok_or_else(|| "bad probe request".to_string())?;
+    let req = crate::proxy::upstream_request(rt, key, &inbound, &http::Method::GET, None)
         .map_err(|_| "bad probe request".to_string())?;
-    let _ = req.insert_header("host", rt.upstream.authority.clone());
-    let _ = req.insert_header("x-goog-api-key", key.goog_api_key.clone());
-    let _ = req.insert_header("accept-encoding", "identity");
     up.write_request_header(Box::new(req))
         .await
         .map_err(|e| format!("send: {}", e.etype().as_str()))?;

@@ -50,6 +50,7 @@ pub use failure::ErrorClass;
 pub use fuzz::fuzz_inbound;
 pub use inbound::{Inbound, client_ip, sanitize_headers, split_key_param};
 pub use observer::{BodyFormat, Observed, Observer};
+pub use upstream_request::upstream_request;
 
 use crate::runtime::Shared;
 use failure::{Failure, write_failure};
