@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use gemini_proxy_core::mock::MockGemini;
 
-mod common;
-use common::{free_port, http};
+use gemini_proxy_tests::{free_port, http_once as http};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gemini-proxy"))

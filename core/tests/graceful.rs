@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use gemini_proxy_core::mock::MockGemini;
 
-mod common;
-use common::{free_port, http};
+use gemini_proxy_tests::{free_port, http_once as http};
 
 /// A call with the client's credential.
 fn call(port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {

@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use gemini_proxy_core::mock::MockGemini;
 
-mod common;
-use common::{free_port, http};
+use gemini_proxy_tests::{free_port, http_once as http};
 
 const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.TOKEN-THAT-MUST-NOT-BE-LOGGED.c2ln";
 const PASSWORD: &str = "Password-That-Must-Not-Be-Logged-2026!";
