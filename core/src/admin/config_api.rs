@@ -80,7 +80,7 @@ impl AdminApp {
             Err(e) => return error(400, e),
         };
         let locked =
-            super::config_guard::locked_change(&self.shared.runtime.load().config, &loaded.config);
+            super::config_guard::locked_change(&self.shared.runtime.load().source, &loaded);
         if let Some(why) = locked {
             return error(
                 400,

@@ -6,14 +6,27 @@
 
 use serde_yaml::Value;
 
-use crate::config::Config;
+use crate::config::{AuthConfig, Config, LoadedConfig};
 
-/// Why the admin API refuses to go from `before` to `after`, if it does.
-pub fn locked_change(before: &Config, after: &Config) -> Option<&'static str> {
+/// Why the admin API refuses to go from the running config to `after`, if it does.
+pub fn locked_change(before: &LoadedConfig, after: &LoadedConfig) -> Option<&'static str> {
+    // The file's own `auth:` too: a secret the environment overrides is the same on both sides
+    // once loaded, yet a file holding another one would take over when the environment goes.
+    let file_auth = |l: &LoadedConfig| match l.migrated.get("auth") {
+        None => Some(AuthConfig::default()),
+        Some(v) => serde_yaml::from_value::<AuthConfig>(v.clone()).ok(),
+    };
+    if file_auth(before) != file_auth(after) {
+        return Some(AUTH_LOCKED);
+    }
+    locked_config_change(&before.config, &after.config)
+}
+
+const AUTH_LOCKED: &str = "changes the `auth:` section (who is trusted: signing secrets and keys, leeway, revocations, the admin password, auth on or off)";
+
+fn locked_config_change(before: &Config, after: &Config) -> Option<&'static str> {
     if before.auth != after.auth {
-        return Some(
-            "changes the `auth:` section (who is trusted: signing secrets and keys, leeway, revocations, the admin password, auth on or off)",
-        );
+        return Some(AUTH_LOCKED);
     }
     if auth_entries(before) != auth_entries(after) {
         return Some("changes the pipeline's `auth` stage (its options, its `when:` or its place)");
@@ -87,4 +100,32 @@ fn program_files(c: &Config) -> Vec<(String, Value)> {
                 .map(|file| (kind, file))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> LoadedConfig {
+        let env = |k: &str| match k {
+            "JWT_SECRET" => Some("Env-Secret-0123456789-abcdefghijklmnop!".to_string()),
+            "ADMIN_PASSWORD" => Some("Env-Admin-Password-2026!".to_string()),
+            _ => None,
+        };
+        crate::config::load_str(text, "(test)", &env).expect("config")
+    }
+
+    #[test]
+    fn a_secret_planted_under_an_environment_override_is_refused() {
+        let base = "gemini: { api_keys: [ { id: a, key: valid-key-a } ] }\nauth: { enabled: true, token_ttl: 1h }\n";
+        let planted = "gemini: { api_keys: [ { id: a, key: valid-key-a } ] }\nauth: { enabled: true, token_ttl: 1h, jwt_secret: attacker-known-secret-0123456789abcdef, admin_password: attacker-pw-0123456789 }\n";
+        let (before, after) = (load(base), load(planted));
+        // Loaded, both carry the environment's secrets ...
+        assert_eq!(before.config.auth, after.config.auth);
+        // ... but the file would hand over once the environment is gone.
+        assert!(locked_change(&before, &after).is_some_and(|m| m.contains("`auth:`")));
+        // A change elsewhere goes through.
+        let weights = base.replace("key: valid-key-a }", "key: valid-key-a, weight: 5 }");
+        assert_eq!(locked_change(&before, &load(&weights)), None);
+    }
 }

@@ -36,10 +36,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{s}` is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    bounded(secs).ok_or_else(|| format!("`{s}` is not a duration of at most 1000000d"))
+}
+
+/// The longest duration a config may give (a million days): deadlines are added to clocks,
+/// which must not overflow.
+const MAX_SECS: f64 = 1_000_000.0 * 86_400.0;
+
+fn bounded(secs: f64) -> Option<Duration> {
+    (secs.is_finite() && (0.0..=MAX_SECS).contains(&secs))
+        .then(|| Duration::try_from_secs_f64(secs).ok())
+        .flatten()
 }
 
 impl fmt::Display for ConfigDuration {
@@ -63,13 +70,12 @@ impl<'de> Deserialize<'de> for ConfigDuration {
             Text(String),
         }
         match Raw::deserialize(d)? {
-            Raw::Secs(s) => Ok(ConfigDuration(Duration::from_secs(s))),
-            Raw::Float(f) if f.is_finite() && f >= 0.0 => {
-                Ok(ConfigDuration(Duration::from_secs_f64(f)))
-            }
-            Raw::Float(f) => Err(serde::de::Error::custom(format!(
-                "{f} is not a valid duration"
-            ))),
+            Raw::Secs(s) => bounded(s as f64).map(ConfigDuration).ok_or_else(|| {
+                serde::de::Error::custom(format!("{s} is not a duration of at most 1000000d"))
+            }),
+            Raw::Float(f) => bounded(f).map(ConfigDuration).ok_or_else(|| {
+                serde::de::Error::custom(format!("{f} is not a duration of at most 1000000d"))
+            }),
             Raw::Text(t) => parse_duration(&t)
                 .map(ConfigDuration)
                 .map_err(serde::de::Error::custom),
@@ -96,6 +102,20 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("abc").is_err());
+        // Past a million days is refused, never a panic (deadlines are added to clocks).
+        assert_eq!(
+            parse_duration("3650d").unwrap(),
+            Duration::from_secs(3650 * 86_400)
+        );
+        for huge in ["1000001d", "99999999999999999999999d", "1e30", "1e400s"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        for raw in ["1e30", "18446744073709551615", "-1", "NaN"] {
+            assert!(
+                serde_json::from_str::<ConfigDuration>(raw).is_err(),
+                "{raw}"
+            );
+        }
         assert_eq!(
             ConfigDuration(Duration::from_millis(1500)).to_string(),
             "1500ms"
