@@ -167,12 +167,9 @@ async fn read_body(
         return Err(error(413, "request body too large"));
     }
     let deadline = shared.runtime.load().config.server.clients.body_timeout.0;
-    let expects_continue = session
-        .req_header()
-        .headers
-        .get("expect")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue && session.write_continue_response().await.is_err() {
+    if crate::util::expects_continue(&session.req_header().headers)
+        && session.write_continue_response().await.is_err()
+    {
         return Err(error(400, "could not read the request body"));
     }
     let mut body = Vec::new();

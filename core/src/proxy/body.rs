@@ -77,16 +77,8 @@ impl GatewayProxy {
     }
 }
 
-fn is_expect_continue(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get("expect")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
 async fn send_continue(session: &mut Session) -> Result<(), Failure> {
-    if !is_expect_continue(session) {
+    if !crate::util::expects_continue(&session.req_header().headers) {
         return Ok(());
     }
     // Writing a header before the body is read would otherwise turn keep-alive off.

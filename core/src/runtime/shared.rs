@@ -48,17 +48,7 @@ impl Shared {
         }
         let runtime = Runtime::build(loaded, &registry, None, &pool)?;
         let audit = crate::audit::AuditSink::start(&loaded.config.audit, &loaded.config_dir())
-            .map_err(|e| {
-                ConfigError::new(
-                    &loaded
-                        .path
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    "audit",
-                    e.to_string(),
-                )
-            })?;
+            .map_err(|e| ConfigError::new(&file_of(loaded), "audit", e.to_string()))?;
         if let Some(a) = &audit {
             a.set_limits(crate::audit::db::limit_rows(&loaded.config.gemini.api_keys));
         }
@@ -223,20 +213,20 @@ fn certificate_store(
             tls_cfg.cert_path.clone().unwrap_or_default(),
             tls_cfg.key_path.clone().unwrap_or_default(),
         );
-        let first = crate::tls::load_files(Path::new(&cert), Path::new(&key)).map_err(|e| {
-            ConfigError::new(
-                &loaded
-                    .path
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                "server.tls",
-                e,
-            )
-        })?;
+        let first = crate::tls::load_files(Path::new(&cert), Path::new(&key))
+            .map_err(|e| ConfigError::new(&file_of(loaded), "server.tls", e))?;
         Some(crate::tls::CertStore::new(first, "file"))
     } else {
         None
     };
     Ok(store)
+}
+
+/// The config file's name for error messages (empty for an inline config).
+fn file_of(loaded: &LoadedConfig) -> String {
+    loaded
+        .path
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }

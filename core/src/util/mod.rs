@@ -20,3 +20,10 @@ pub fn make_private(path: &std::path::Path) {
     #[cfg(not(unix))]
     let _ = path;
 }
+
+/// Whether a request asks for `100 Continue` before it sends its body.
+pub fn expects_continue(headers: &http::HeaderMap) -> bool {
+    headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
