@@ -8,12 +8,22 @@ use gemini_proxy_core::config::{LoadedConfig, load_file, load_str};
 use gemini_proxy_core::server::{RunningGateway, ServeOptions};
 pub use gemini_proxy_mock::{MockGemini, Recorded};
 
-/// A port that was free a moment ago (Pingora binds by address, so tests pick one).
+/// A port that was free a moment ago (Pingora binds by address, so tests pick one), never one
+/// this process was given before: the kernel may offer a just-closed port again, and two
+/// listeners of one gateway on one port would share a socket.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Gateway config text for a mock at `base_url`.

@@ -389,6 +389,25 @@ metrics: { enabled: true, prometheus_port: 9090 }
 "#;
 
     #[test]
+    fn two_listeners_never_share_a_port() {
+        let same = MINIMAL.replace("prometheus_port: 9090", "prometheus_port: 8080");
+        let e = load_str(&same, "t", &no_env).unwrap_err();
+        assert_eq!(e.path, "metrics.prometheus_port", "{e}");
+        let acme = |port: u16| {
+            MINIMAL.replace(
+                "tls: { enabled: false }",
+                &format!("tls: {{ enabled: true, acme: {{ enabled: true, domains: [gw.example], http_port: {port} }} }}"),
+            )
+        };
+        for (port, what) in [(8080, "server.port"), (9090, "metrics.prometheus_port")] {
+            let e = load_str(&acme(port), "t", &no_env).unwrap_err();
+            assert_eq!(e.path, "server.tls.acme.http_port", "{e}");
+            assert!(e.message.contains(what), "{e}");
+        }
+        load_str(&acme(8081), "t", &no_env).unwrap();
+    }
+
+    #[test]
     fn product_brief_minimal_config_loads() {
         let l = load_str(MINIMAL, "proxy.yaml", &no_env).unwrap();
         assert_eq!(l.config.version, 1);

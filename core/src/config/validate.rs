@@ -300,7 +300,7 @@ fn tls(c: &Config) -> Result<(), Bad> {
         return Ok(());
     }
     if let Some(a) = acme {
-        return acme_settings(a);
+        return acme_settings(c, a);
     }
     for (name, v) in [("cert_path", &tls.cert_path), ("key_path", &tls.key_path)] {
         match v {
@@ -322,7 +322,22 @@ fn tls(c: &Config) -> Result<(), Bad> {
     Ok(())
 }
 
-fn acme_settings(a: &super::model::AcmeConfig) -> Result<(), Bad> {
+fn acme_settings(c: &Config, a: &super::model::AcmeConfig) -> Result<(), Bad> {
+    // Two listeners on one address would share one socket (and close it twice).
+    let taken = [
+        (true, c.server.port, "the proxy's server.port"),
+        (
+            c.metrics.enabled,
+            c.metrics.prometheus_port,
+            "metrics.prometheus_port",
+        ),
+    ];
+    if let Some((_, _, what)) = taken.iter().find(|(on, p, _)| *on && *p == a.http_port) {
+        return bad(
+            "server.tls.acme.http_port",
+            format!("port {} is already {what}", a.http_port),
+        );
+    }
     if a.domains.is_empty() {
         return bad(
             "server.tls.acme.domains",
