@@ -7,6 +7,7 @@ pub mod admin;
 pub mod anomaly;
 pub mod audit;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod config_history;
 pub mod connections;

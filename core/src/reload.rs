@@ -55,8 +55,14 @@ pub async fn reload_as(
             .overlay
             .set_file(crate::runtime::keys_file_of(&loaded));
         let current = s.runtime.load_full();
-        let rt = Runtime::build(&loaded, &s.registry, Some(&current), &s.pool)
-            .map_err(|e| e.to_string())?;
+        let rt = Runtime::build(
+            &loaded,
+            &s.registry,
+            Some(&current),
+            &s.pool,
+            s.shared_limits(),
+        )
+        .map_err(|e| e.to_string())?;
         Ok::<_, String>((rt, loaded))
     })
     .await;
@@ -100,8 +106,14 @@ pub async fn rebuild(shared: &Arc<Shared>, why: &str) -> Result<u64, String> {
     let s = shared.clone();
     let built = tokio::task::spawn_blocking(move || {
         let current = s.runtime.load_full();
-        Runtime::build(&current.source, &s.registry, Some(&current), &s.pool)
-            .map_err(|e| e.to_string())
+        Runtime::build(
+            &current.source,
+            &s.registry,
+            Some(&current),
+            &s.pool,
+            s.shared_limits(),
+        )
+        .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("rebuild task failed: {e}"))??;

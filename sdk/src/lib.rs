@@ -100,6 +100,7 @@ mod request;
 mod response;
 mod route;
 mod select;
+mod shared;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -115,6 +116,10 @@ pub use request::{
 pub use response::{CompletedRequest, ResponseHead, UpstreamError, UpstreamOutcome, Usage};
 pub use route::{CallRoute, classify, glob_match, prefix_within};
 pub use select::{Candidate, KeyState, KeyStats, Selection};
+pub use shared::{
+    LimitAdjust, LimitCall, LimitKind, LimitScope, LimitVerdict, SharedLimits, SharedLimitsHandle,
+    SharedUnavailable,
+};
 
 /// Re-exported so plugins use the same `async_trait` as the trait definition.
 pub use async_trait::async_trait;

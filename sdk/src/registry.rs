@@ -17,6 +17,8 @@ use crate::{Plugin, PluginError};
 pub struct BuildEnv {
     /// Directory of the config file; relative paths in plugin configs resolve against it.
     pub config_dir: PathBuf,
+    /// The cluster's shared counters; `None` when the gateway runs as one instance.
+    pub shared_limits: Option<crate::SharedLimitsHandle>,
 }
 
 impl BuildEnv {
@@ -29,6 +31,7 @@ impl BuildEnv {
     pub fn new(config_dir: impl Into<PathBuf>) -> Self {
         BuildEnv {
             config_dir: config_dir.into(),
+            shared_limits: None,
         }
     }
 

@@ -99,6 +99,7 @@ impl AdminApp {
                     &shared.registry,
                     None,
                     &crate::pool::KeyPool::default(),
+                    None,
                 )
                 .map(|_| ())
             })

@@ -48,6 +48,11 @@ fn locked_config_change(before: &Config, after: &Config) -> Option<&'static str>
             "changes the `server:` or `metrics:` section (listeners, TLS, CORS, public URL, client limits, trusted proxies, the admin listener)",
         );
     }
+    if before.cluster != after.cluster {
+        return Some(
+            "changes the `cluster:` section (where the instances share limits, key health and revocations)",
+        );
+    }
     if before.audit != after.audit
         || before.pool.state_file != after.pool.state_file
         || before.pool.keys_file != after.pool.keys_file

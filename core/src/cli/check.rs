@@ -14,6 +14,7 @@ pub fn run_check(args: &CheckArgs) -> i32 {
                 &crate::builtin_registry(),
                 None,
                 &crate::pool::KeyPool::default(),
+                None,
             );
             if args.migrate {
                 print!("{}", config::migrated_yaml(&loaded));

@@ -25,6 +25,8 @@ pub const SECRET_FIELDS: &[&str] = &[
     "admin_password",
     "admin_password_hash",
     "secret",
+    // The Redis URL carries its password.
+    "redis",
 ];
 
 /// The config as JSON with every secret replaced by [`REDACTED`].

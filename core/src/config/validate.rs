@@ -37,7 +37,42 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
         .and_then(|()| auth(c))
         .and_then(|()| presets(c))
         .and_then(|()| tls(c))
+        .and_then(|()| cluster(c))
         .map_err(|(path, msg)| ConfigError::new(file, path, msg))
+}
+
+fn cluster(c: &Config) -> Result<(), Bad> {
+    let Some(k) = &c.cluster else { return Ok(()) };
+    if let Err(m) = super::model::redis_address(&k.redis) {
+        return bad("cluster.redis", m);
+    }
+    if let Some(id) = &k.instance_id
+        && !valid_id(id)
+    {
+        return bad(
+            "cluster.instance_id",
+            "1 to 64 characters of A-Z a-z 0-9 . - _",
+        );
+    }
+    if k.key_prefix.is_empty()
+        || k.key_prefix.len() > 64
+        || k.key_prefix
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return bad(
+            "cluster.key_prefix",
+            "1 to 64 characters, no spaces or control characters",
+        );
+    }
+    let t = k.op_timeout.0;
+    if t < std::time::Duration::from_millis(1) || t > std::time::Duration::from_secs(10) {
+        return bad("cluster.op_timeout", "between 1ms and 10s");
+    }
+    if k.fallback_instances == 0 || k.fallback_instances > 1000 {
+        return bad("cluster.fallback_instances", "between 1 and 1000");
+    }
+    Ok(())
 }
 
 fn listeners(c: &Config) -> Result<(), Bad> {

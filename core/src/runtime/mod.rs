@@ -212,6 +212,7 @@ impl Runtime {
         registry: &Registry,
         previous: Option<&Runtime>,
         pool: &crate::pool::KeyPool,
+        shared_limits: Option<gemini_proxy_sdk::SharedLimitsHandle>,
     ) -> Result<Runtime, ConfigError> {
         let file = loaded
             .path
@@ -219,7 +220,8 @@ impl Runtime {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "(inline)".into());
         let c = &loaded.config;
-        let env = BuildEnv::new(loaded.config_dir());
+        let mut env = BuildEnv::new(loaded.config_dir());
+        env.shared_limits = shared_limits;
         let entries = with_auth_stage(c.pipeline.clone().unwrap_or_else(default_pipeline), c);
         // The admin API verifies tokens with the same keys as the `auth` stage.
         let auth = auth_verifier(loaded, &file)?;

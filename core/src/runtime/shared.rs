@@ -34,6 +34,8 @@ pub struct Shared {
     pub audit: Option<Arc<crate::audit::AuditSink>>,
     /// The certificate the TLS listeners serve (swapped on renewal), when TLS is on.
     pub tls: Option<Arc<crate::tls::CertStore>>,
+    /// The state shared with the other instances (`cluster:`; a change needs a restart).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Shared {
@@ -46,7 +48,15 @@ impl Shared {
             // The applied preset lives in the state file: read it before the first build.
             pool.peek_manual_preset(&state);
         }
-        let runtime = Runtime::build(loaded, &registry, None, &pool)?;
+        let cluster = loaded
+            .config
+            .cluster
+            .as_ref()
+            .map(crate::cluster::Cluster::start)
+            .transpose()
+            .map_err(|e| ConfigError::new(&file_of(loaded), "cluster.redis", e))?;
+        let limits = cluster.as_ref().map(crate::cluster::Cluster::limits_handle);
+        let runtime = Runtime::build(loaded, &registry, None, &pool, limits)?;
         let audit = crate::audit::AuditSink::start(&loaded.config.audit, &loaded.config_dir())
             .map_err(|e| ConfigError::new(&file_of(loaded), "audit", e.to_string()))?;
         if let Some(a) = &audit {
@@ -66,6 +76,7 @@ impl Shared {
             pool,
             audit,
             tls,
+            cluster,
             history: crate::config_history::History::new(
                 loaded
                     .path
@@ -77,7 +88,39 @@ impl Shared {
         shared.adopt_pool();
         shared.pool.spawn_writer(Duration::from_millis(200));
         shared.publish_gauges();
-        Ok(Arc::new(shared))
+        let shared = Arc::new(shared);
+        shared.start_heartbeat();
+        Ok(shared)
+    }
+
+    /// The cluster's limits for the stages, when the gateway runs as a cluster.
+    pub fn shared_limits(&self) -> Option<gemini_proxy_sdk::SharedLimitsHandle> {
+        self.cluster
+            .as_ref()
+            .map(crate::cluster::Cluster::limits_handle)
+    }
+
+    /// Tells the other instances this one is alive, and what it runs.
+    fn start_heartbeat(self: &Arc<Self>) {
+        let Some(c) = &self.cluster else { return };
+        let weak = Arc::downgrade(self);
+        crate::cluster::heartbeat::spawn(&c.link, move || {
+            let Some(s) = weak.upgrade() else {
+                return serde_json::Value::Null;
+            };
+            let started = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                .saturating_sub(s.started.elapsed().as_secs());
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "config_sha256": hex::encode(*s.source_hash.lock()),
+                "config_generation": s.runtime.load().generation,
+                "started_at": started,
+                "in_flight": s.metrics.in_flight.get(),
+            })
+        });
     }
 
     /// The startup config into the history and the audit trail, with the security findings.

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::ConfigDuration;
 
+mod cluster;
 mod server;
+pub use cluster::*;
 pub use server::*;
 
 pub const CURRENT_VERSION: u32 = 1;
@@ -31,6 +33,9 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub anomaly: AnomalyConfig,
+    /// Shared state through Redis; absent: one instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
     /// Named weight presets: preset → key id → weight. Keys a preset does not name keep
     /// their configured weight.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]

@@ -1,0 +1,352 @@
+//! Rate limits every instance shares: one atomic script per admitted call decides over all of the
+//! call's scopes at once, on Redis's clock, with the same 60-second window of one-second buckets
+//! as the local limiter (exact: N instances and a limit of 30 admit 30). Corrections (tokens from
+//! usage, a call taken back, a stream closed) go through a bounded queue applied in the
+//! background, so a call waits for Redis once, at admission.
+//!
+//! Redis keys per scope: `{prefix}rl:{scope}` (hash: `r:{second}` requests, `t:{second}`
+//! tokens) and `{prefix}rs:{scope}` (sorted set of open stream leases by expiry; an instance
+//! renews its own, so the streams of an instance that died free themselves within [`LEASE`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gemini_proxy_sdk::{
+    LimitAdjust, LimitCall, LimitKind, LimitVerdict, SharedLimits, SharedUnavailable,
+};
+
+use super::Link;
+
+/// How long an open stream counts without its instance renewing it.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// Adjustments waiting for Redis at most; past it the oldest are dropped (and counted).
+const QUEUE: usize = 100_000;
+
+const ADMIT: &str = r"
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n, tokens, stream = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
+local lease, lease_ms = ARGV[4], tonumber(ARGV[5])
+local used = {}
+for i = 1, n do
+  local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
+  local rpm, tpm, maxs = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i]), tonumber(ARGV[5 + 3 * i])
+  local h = redis.call('HGETALL', rl)
+  local req, tok, oldest, stale = 0, 0, nil, {}
+  for j = 1, #h, 2 do
+    local f, v = h[j], tonumber(h[j + 1])
+    local s = tonumber(string.sub(f, 3))
+    if s == nil or v == nil or s + 60 <= sec then
+      stale[#stale + 1] = f
+    else
+      if string.sub(f, 1, 1) == 'r' then req = req + v else tok = tok + v end
+      if v > 0 and (oldest == nil or s < oldest) then oldest = s end
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', rl, unpack(stale)) end
+  local retry = 1
+  if oldest then retry = math.max(1, oldest + 60 - sec) end
+  if rpm > 0 and req >= rpm then return {0, i, 1, retry} end
+  if tpm > 0 and tok + tokens > tpm then return {0, i, 2, retry} end
+  if stream and maxs > 0 then
+    redis.call('ZREMRANGEBYSCORE', rs, '-inf', now)
+    if redis.call('ZCARD', rs) >= maxs then return {0, i, 3, 1} end
+  end
+  used[i] = {req, tok}
+end
+local out = {1, sec}
+for i = 1, n do
+  local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
+  redis.call('HINCRBY', rl, 'r:' .. sec, 1)
+  redis.call('HINCRBY', rl, 't:' .. sec, tokens)
+  redis.call('PEXPIRE', rl, 120000)
+  if stream and tonumber(ARGV[5 + 3 * i]) > 0 then
+    redis.call('ZADD', rs, now + lease_ms, lease)
+    redis.call('PEXPIRE', rs, lease_ms * 2)
+  end
+  out[#out + 1] = used[i][1] + 1
+  out[#out + 1] = used[i][2] + tokens
+end
+return out
+";
+
+/// ARGV: second (0: `ago` seconds before Redis's now), ago, requests, tokens, lease, scopes.
+/// KEYS: the scopes' counters, then the stream sets to close the lease in.
+const ADJUST: &str = r"
+local now = tonumber(redis.call('TIME')[1])
+local sec = tonumber(ARGV[1])
+if sec == 0 then sec = now - tonumber(ARGV[2]) end
+local dr, dt, lease, n = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
+local function add(key, field, d)
+  if redis.call('HINCRBY', key, field, d) < 0 then redis.call('HSET', key, field, 0) end
+  redis.call('PEXPIRE', key, 120000)
+end
+for i = 1, n do
+  if sec + 60 > now then
+    if dr ~= 0 then add(KEYS[i], 'r:' .. sec, dr) end
+    if dt ~= 0 then add(KEYS[i], 't:' .. sec, dt) end
+  elseif dt > 0 then
+    add(KEYS[i], 't:' .. now, dt)
+  end
+end
+for i = n + 1, #KEYS do redis.call('ZREM', KEYS[i], lease) end
+return 1
+";
+
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
+for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', until_ms, ARGV[2]) end
+return 1
+";
+
+/// The cluster's limits on Redis.
+pub struct RedisLimits {
+    link: Arc<Link>,
+    admit: redis::Script,
+    queue: tokio::sync::mpsc::Sender<(Instant, LimitAdjust)>,
+    /// Open stream leases of this instance: lease → stream sets.
+    open: Arc<parking_lot::Mutex<HashMap<String, Vec<String>>>>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RedisLimits {
+    pub fn start(link: Arc<Link>) -> Arc<RedisLimits> {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+        let limits = Arc::new(RedisLimits {
+            link: link.clone(),
+            admit: redis::Script::new(ADMIT),
+            queue: tx,
+            open: Arc::default(),
+            dropped: Arc::default(),
+        });
+        link.spawn(apply_adjustments(link.clone(), rx, limits.dropped.clone()));
+        link.spawn(renew_leases(Arc::downgrade(&link), limits.open.clone()));
+        limits
+    }
+
+    /// Adjustments dropped because Redis stayed away while the queue filled.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn keys(&self, kind: &str, scope: &str) -> String {
+        self.link.key(&format!("{kind}:{scope}"))
+    }
+}
+
+fn verdict(raw: &[i64], n: usize) -> Option<LimitVerdict> {
+    match raw {
+        [1, second, rest @ ..] if rest.len() == 2 * n => Some(LimitVerdict::Admitted {
+            second: u64::try_from(*second).ok()?,
+            used: rest
+                .chunks(2)
+                .map(|c| (c[0].max(0) as u64, c[1].max(0) as u64))
+                .collect(),
+        }),
+        [0, scope, kind, retry] if (1..=n as i64).contains(scope) => Some(LimitVerdict::Refused {
+            scope: (*scope - 1) as usize,
+            kind: match kind {
+                1 => LimitKind::Rpm,
+                2 => LimitKind::Tpm,
+                _ => LimitKind::Streams,
+            },
+            retry_after: Duration::from_secs((*retry).clamp(1, 61) as u64),
+        }),
+        _ => None,
+    }
+}
+
+#[gemini_proxy_sdk::async_trait]
+impl SharedLimits for RedisLimits {
+    async fn admit(&self, call: &LimitCall) -> Result<LimitVerdict, SharedUnavailable> {
+        let mut keys = Vec::with_capacity(call.scopes.len() * 2);
+        for s in &call.scopes {
+            keys.push(self.keys("rl", &s.key));
+            keys.push(self.keys("rs", &s.key));
+        }
+        let mut args = vec![
+            call.scopes.len().to_string(),
+            call.tokens.to_string(),
+            u8::from(call.stream).to_string(),
+            call.call_id.clone(),
+            LEASE.as_millis().to_string(),
+        ];
+        for s in &call.scopes {
+            for l in [s.rpm, s.tpm, s.concurrent_streams] {
+                args.push(l.unwrap_or(0).to_string());
+            }
+        }
+        let script = self.admit.clone();
+        let raw: Vec<i64> = self
+            .link
+            .run(None, move |c| super::eval(c, script, keys, args))
+            .await
+            .map_err(|_| SharedUnavailable)?;
+        let v = verdict(&raw, call.scopes.len()).ok_or_else(|| {
+            tracing::warn!(target: "gemini_proxy::cluster", "Redis answered the limit script unexpectedly; going on with local limits");
+            SharedUnavailable
+        })?;
+        if call.stream && matches!(v, LimitVerdict::Admitted { .. }) {
+            let sets = call
+                .scopes
+                .iter()
+                .filter(|s| s.concurrent_streams.is_some())
+                .map(|s| self.keys("rs", &s.key))
+                .collect();
+            self.open.lock().insert(call.call_id.clone(), sets);
+        }
+        Ok(v)
+    }
+
+    fn adjust(&self, mut adjust: LimitAdjust) {
+        if let Some((lease, _)) = &adjust.close_stream
+            && let Some(sets) = self.open.lock().remove(lease)
+        {
+            adjust.close_stream = Some((lease.clone(), sets));
+        }
+        adjust.scopes = adjust.scopes.iter().map(|s| self.keys("rl", s)).collect();
+        if self.queue.try_send((Instant::now(), adjust)).is_err() {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn instances(&self) -> u32 {
+        self.link.instances()
+    }
+}
+
+/// Applies queued adjustments, several at once; what Redis cannot take now waits (bounded, and
+/// only while it still matters: a minute) and is retried.
+async fn apply_adjustments(
+    link: Arc<Link>,
+    mut rx: tokio::sync::mpsc::Receiver<(Instant, LimitAdjust)>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let script = redis::Script::new(ADJUST);
+    let inflight = Arc::new(tokio::sync::Semaphore::new(256));
+    let waiting = Arc::new(parking_lot::Mutex::new(
+        VecDeque::<(Instant, LimitAdjust)>::new(),
+    ));
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let next = tokio::select! {
+            m = rx.recv() => match m { Some(m) => vec![m], None => return },
+            _ = retry.tick() => {
+                let mut w = waiting.lock();
+                w.retain(|(at, _)| at.elapsed() < Duration::from_secs(61));
+                w.drain(..).collect()
+            }
+        };
+        for (at, adj) in next {
+            let Ok(permit) = inflight.clone().acquire_owned().await else {
+                return;
+            };
+            let (link, script, waiting, dropped) = (
+                link.clone(),
+                script.clone(),
+                waiting.clone(),
+                dropped.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = permit;
+                if apply_one(&link, &script, at, &adj).await.is_err() {
+                    let mut w = waiting.lock();
+                    if w.len() >= QUEUE {
+                        w.pop_front();
+                        dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    w.push_back((at, adj));
+                }
+            });
+        }
+    }
+}
+
+async fn apply_one(
+    link: &Link,
+    script: &redis::Script,
+    at: Instant,
+    adj: &LimitAdjust,
+) -> Result<(), super::LinkError> {
+    let mut keys = adj.scopes.clone();
+    let lease = match &adj.close_stream {
+        Some((lease, sets)) => {
+            keys.extend(sets.iter().cloned());
+            lease.clone()
+        }
+        None => String::new(),
+    };
+    let args = vec![
+        adj.second.to_string(),
+        at.elapsed().as_secs().to_string(),
+        adj.requests.to_string(),
+        adj.tokens.to_string(),
+        lease,
+        adj.scopes.len().to_string(),
+    ];
+    let script = script.clone();
+    link.run(Some(Duration::from_secs(1)), move |c| {
+        super::eval::<i64>(c, script, keys, args)
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Keeps this instance's open streams counted: renews their leases a few times per lease.
+async fn renew_leases(
+    link: std::sync::Weak<Link>,
+    open: Arc<parking_lot::Mutex<HashMap<String, Vec<String>>>>,
+) {
+    let script = redis::Script::new(RENEW);
+    let mut tick = tokio::time::interval(LEASE / 4);
+    loop {
+        tick.tick().await;
+        let Some(link) = link.upgrade() else { return };
+        let leases: Vec<(String, Vec<String>)> = open
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (lease, sets) in leases.into_iter().filter(|(_, s)| !s.is_empty()) {
+            let args = vec![LEASE.as_millis().to_string(), lease];
+            let script = script.clone();
+            let _ = link
+                .run(Some(Duration::from_secs(1)), move |c| {
+                    super::eval::<i64>(c, script, sets, args)
+                })
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unexpected_answers_are_not_verdicts() {
+        assert!(verdict(&[], 1).is_none());
+        assert!(verdict(&[1, 5], 1).is_none());
+        assert!(verdict(&[0, 3, 1, 5], 2).is_none());
+        assert!(verdict(&[7, 1, 1, 1], 1).is_none());
+        assert_eq!(
+            verdict(&[1, 100, 3, 40], 1),
+            Some(LimitVerdict::Admitted {
+                second: 100,
+                used: vec![(3, 40)]
+            })
+        );
+        assert_eq!(
+            verdict(&[0, 2, 2, 999], 2),
+            Some(LimitVerdict::Refused {
+                scope: 1,
+                kind: LimitKind::Tpm,
+                retry_after: Duration::from_secs(61)
+            })
+        );
+    }
+}

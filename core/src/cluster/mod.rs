@@ -1,0 +1,225 @@
+//! Running as one of several instances: the link to Redis that they share. Every operation has a
+//! time budget; past it, or with Redis away, the caller goes on with local state and the link
+//! counts the failure and reports itself degraded until an operation succeeds again. The
+//! connection reconnects by itself with backoff; Redis being away at startup only means the
+//! instance starts degraded.
+//!
+//! Nothing secret goes to Redis: keys by id, tokens by `jti`, callers by scope name.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::config::ClusterConfig;
+
+pub mod heartbeat;
+pub mod limits;
+
+/// Why a Redis operation gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkError {
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Failed(String),
+}
+
+pub use crate::config::redis_address;
+
+/// This instance's part in a cluster: the link and the limits shared through it.
+pub struct Cluster {
+    pub link: Arc<Link>,
+    pub limits: Arc<limits::RedisLimits>,
+}
+
+impl Cluster {
+    pub fn start(cfg: &ClusterConfig) -> Result<Cluster, String> {
+        let link = Link::start(cfg)?;
+        let limits = limits::RedisLimits::start(link.clone());
+        Ok(Cluster { link, limits })
+    }
+
+    /// The limits as stages see them.
+    pub fn limits_handle(&self) -> gemini_proxy_sdk::SharedLimitsHandle {
+        gemini_proxy_sdk::SharedLimitsHandle(self.limits.clone())
+    }
+}
+
+/// The shared link to Redis, with its own small runtime so that its connection outlives any one
+/// of the gateway's services.
+pub struct Link {
+    pub instance_id: String,
+    pub prefix: String,
+    pub address: String,
+    budget: Duration,
+    manager: ConnectionManager,
+    runtime: tokio::runtime::Handle,
+    degraded: AtomicBool,
+    errors: AtomicU64,
+    /// Live instances at the last heartbeat (0 = none seen yet).
+    peers: AtomicU32,
+    fallback_instances: u32,
+    last_error: parking_lot::Mutex<Option<String>>,
+}
+
+impl Link {
+    /// Starts the link's runtime and a connection that connects on first use.
+    pub fn start(cfg: &ClusterConfig) -> Result<Arc<Link>, String> {
+        let address = redis_address(&cfg.redis)?;
+        let client = redis::Client::open(cfg.redis.as_str())
+            .map_err(|e| format!("not a Redis URL ({:?})", e.kind()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("cluster-link".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("cluster runtime");
+                let _ = tx.send(rt.handle().clone());
+                rt.block_on(std::future::pending::<()>());
+            })
+            .map_err(|e| e.to_string())?;
+        let runtime = rx.recv().map_err(|e| e.to_string())?;
+        let manager_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(3);
+        let manager = {
+            let _enter = runtime.enter();
+            ConnectionManager::new_lazy_with_config(client, manager_cfg)
+                .map_err(|e| format!("Redis connection: {:?}", e.kind()))?
+        };
+        Ok(Arc::new(Link {
+            instance_id: cfg.instance_id.clone().unwrap_or_else(default_instance_id),
+            prefix: cfg.key_prefix.clone(),
+            address,
+            budget: cfg.op_timeout.0,
+            manager,
+            runtime,
+            degraded: AtomicBool::new(true),
+            errors: AtomicU64::new(0),
+            peers: AtomicU32::new(0),
+            fallback_instances: cfg.fallback_instances.max(1),
+            last_error: parking_lot::Mutex::new(Some("not connected yet".into())),
+        }))
+    }
+
+    /// A Redis key or channel name under the cluster's prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Runs `op` on the link's runtime within the time budget (`budget`, or the link's own).
+    pub async fn run<T, F, Fut>(&self, budget: Option<Duration>, op: F) -> Result<T, LinkError>
+    where
+        T: Send + 'static,
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
+    {
+        let budget = budget.unwrap_or(self.budget);
+        let task = self.runtime.spawn(op(self.manager.clone()));
+        let abort = task.abort_handle();
+        let outcome = match tokio::time::timeout(budget, task).await {
+            Ok(Ok(Ok(v))) => Ok(v),
+            Ok(Ok(Err(e))) => Err(LinkError::Failed(describe(&e))),
+            Ok(Err(_)) => Err(LinkError::Failed("the operation stopped".into())),
+            Err(_) => {
+                abort.abort();
+                Err(LinkError::Timeout(budget))
+            }
+        };
+        match &outcome {
+            Ok(_) => self.succeeded(),
+            Err(e) => self.failed(e),
+        }
+        outcome
+    }
+
+    fn succeeded(&self) {
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!(target: "gemini_proxy::cluster", redis = %self.address, "Redis answers again: shared state in use");
+            *self.last_error.lock() = None;
+        }
+    }
+
+    fn failed(&self, e: &LinkError) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(target: "gemini_proxy::cluster", redis = %self.address, error = %e, "Redis unavailable: going on with local state");
+        }
+        *self.last_error.lock() = Some(e.to_string());
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(Ordering::Relaxed)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+
+    /// Instances to share a limit with while Redis is away.
+    pub fn instances(&self) -> u32 {
+        match self.peers.load(Ordering::Relaxed) {
+            0 => self.fallback_instances,
+            n => n,
+        }
+    }
+
+    pub(crate) fn set_peers(&self, n: u32) {
+        self.peers.store(n, Ordering::Relaxed);
+    }
+
+    /// Spawns a background task on the link's runtime.
+    pub fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.runtime.spawn(f);
+    }
+}
+
+/// Runs a Lua script (by its hash, loading it when Redis does not know it yet).
+pub async fn eval<T: redis::FromRedisValue>(
+    mut c: ConnectionManager,
+    script: redis::Script,
+    keys: Vec<String>,
+    args: Vec<String>,
+) -> redis::RedisResult<T> {
+    let mut inv = script.prepare_invoke();
+    for k in &keys {
+        inv.key(k);
+    }
+    for a in &args {
+        inv.arg(a);
+    }
+    inv.invoke_async(&mut c).await
+}
+
+/// A Redis error without anything the server or the URL might have put in it beyond its kind
+/// and code.
+fn describe(e: &redis::RedisError) -> String {
+    match e.code() {
+        Some(code) => format!("{:?} ({code})", e.kind()),
+        None if e.is_timeout() => "timed out".into(),
+        None if e.is_connection_refusal() => "connection refused".into(),
+        None if e.is_io_error() => "connection lost".into(),
+        None => format!("{:?}", e.kind()),
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".into());
+    format!("{host}-{}", std::process::id())
+}
