@@ -223,6 +223,14 @@ metrics_table! {
     key_cooldown_seconds: IntGaugeVec = gauges("api_key_cooldown_seconds",
         "Seconds until the key's longest cooldown ends (0 when none)", ["key_id"]);
     key_in_flight: IntGaugeVec = gauges("api_key_in_flight", "Calls in flight per key", ["key_id"]);
+    cluster_degraded: IntGauge = gauge("cluster_degraded",
+        "1 while Redis does not answer and this instance runs on local state");
+    /// A counter, set from the link at scrape time.
+    cluster_redis_errors: IntGauge = gauge("cluster_redis_errors_total",
+        "Redis operations that failed or ran out of time");
+    cluster_instances: IntGauge = gauge("cluster_instances", "Live instances last seen");
+    cluster_dropped: IntGauge = gauge("cluster_adjustments_dropped_total",
+        "Limit corrections dropped while Redis stayed away");
 }
 
 impl Metrics {

@@ -35,6 +35,7 @@ fn check(path: &Path, scratch: &Path) {
         &gemini_proxy_core::builtin_registry(),
         None,
         &gemini_proxy_core::pool::KeyPool::default(),
+        None,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(!rt.keys.is_empty());

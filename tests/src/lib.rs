@@ -400,3 +400,75 @@ pub fn http_once(
         .to_string();
     (status, body)
 }
+
+/// A real `redis-server` on a free loopback port with a password, for cluster tests; killed when
+/// dropped. Needs the Debian package (`apt-get install -y redis-server`; `scripts/test` installs
+/// it).
+pub struct RedisServer {
+    pub port: u16,
+    pub password: String,
+    child: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        Self::start_on(free_port())
+    }
+
+    /// On a given port (to restart one where the gateways expect it).
+    pub fn start_on(port: u16) -> RedisServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let password = "Cluster-test-password-0123456789".to_string();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--requirepass", &password])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install -y redis-server)");
+        let r = RedisServer {
+            port,
+            password,
+            child: Some(child),
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// The URL a gateway's `cluster.redis` takes.
+    pub fn url(&self) -> String {
+        format!("redis://:{}@127.0.0.1:{}/0", self.password, self.port)
+    }
+
+    /// Kills the server at once (a crash, not a shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -113,6 +113,7 @@ impl AdminApp {
             Op::Sql => self.sql(&body, caller, ip).await,
             Op::SqlSchema => self.sql_schema().await,
             Op::Export => self.export(&body, caller, ip).await,
+            Op::Cluster => self.cluster().await,
         }
     }
 }

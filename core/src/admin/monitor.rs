@@ -23,6 +23,14 @@ impl AdminApp {
             "keys": {"configured": keys.len(), "enabled": keys.iter().filter(|k| k.enabled).count()},
             "upstream": {"host": rt.upstream.target.host, "tls": rt.upstream.target.tls},
             "pipeline": rt.pipeline.stages.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
+            "cluster": self.shared.cluster.as_ref().map(|c| json!({
+                "instance_id": c.link.instance_id,
+                "redis": c.link.address,
+                "degraded": c.link.degraded(),
+                "redis_errors": c.link.errors(),
+                "last_error": c.link.last_error(),
+                "instances": c.link.instances(),
+            })),
             "tls": self.shared.tls.as_ref().map(|t| {
                 let info = t.info();
                 json!({
@@ -37,7 +45,41 @@ impl AdminApp {
         })
     }
 
+    /// `GET /api/cluster`: the live instances as their heartbeats describe them, so an operator
+    /// sees drift (versions, config hashes) between them.
+    pub(super) async fn cluster(&self) -> Response<Vec<u8>> {
+        let Some(c) = &self.shared.cluster else {
+            return json_response(200, &json!({"cluster": false, "instances": []}));
+        };
+        match crate::cluster::heartbeat::instances(&c.link).await {
+            Ok(list) => {
+                let hashes: std::collections::BTreeSet<&str> = list
+                    .iter()
+                    .filter_map(|i| i["settings_sha256"].as_str())
+                    .collect();
+                json_response(
+                    200,
+                    &json!({
+                        "cluster": true,
+                        "this_instance": c.link.instance_id,
+                        "degraded": c.link.degraded(),
+                        "config_drift": hashes.len() > 1,
+                        "instances": list,
+                    }),
+                )
+            }
+            Err(e) => super::error(503, format!("the cluster's Redis does not answer: {e}")),
+        }
+    }
+
     pub(super) fn metrics(&self) -> Response<Vec<u8>> {
+        if let Some(c) = &self.shared.cluster {
+            let m = &self.shared.metrics;
+            m.cluster_degraded.set(i64::from(c.link.degraded()));
+            m.cluster_redis_errors.set(c.link.errors() as i64);
+            m.cluster_instances.set(i64::from(c.link.instances()));
+            m.cluster_dropped.set(c.limits.dropped() as i64);
+        }
         self.shared.metrics.publish_pool(&self.shared.pool.report());
         self.shared.metrics.publish_scripts();
         if let Some(t) = &self.shared.tls {

@@ -39,6 +39,7 @@ pub enum Op {
     Sql,
     SqlSchema,
     Export,
+    Cluster,
 }
 
 pub struct Route {
@@ -67,6 +68,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/performance", Public, Op::Performance),
     r("GET", "/errors", Public, Op::Errors),
     r("POST", "/auth/login", Public, Op::Login),
+    r("GET", "/api/cluster", Admin, Op::Cluster),
     r("GET", "/api/keys", Admin, Op::Keys),
     r("POST", "/api/keys", Admin, Op::AddKey),
     r("DELETE", "/api/keys/{id}", Admin, Op::RemoveKey),

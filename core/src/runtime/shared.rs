@@ -13,6 +13,19 @@ use crate::config::{ConfigError, LoadedConfig};
 use crate::metrics::Metrics;
 use crate::stats::Stats;
 
+/// Hash of what should be the same on every instance: the config without the sections that
+/// are each instance's own (listeners, admin listener, cluster identity, audit files).
+fn shared_settings_hash(c: &crate::config::Config) -> String {
+    use sha2::Digest;
+    let mut v = serde_json::to_value(c).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        for own in ["server", "metrics", "cluster", "audit"] {
+            m.remove(own);
+        }
+    }
+    hex::encode(sha2::Sha256::digest(v.to_string().as_bytes()))
+}
+
 /// State that outlives reloads.
 pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
@@ -116,6 +129,7 @@ impl Shared {
             serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "config_sha256": hex::encode(*s.source_hash.lock()),
+                "settings_sha256": shared_settings_hash(&s.runtime.load().config),
                 "config_generation": s.runtime.load().generation,
                 "started_at": started,
                 "in_flight": s.metrics.in_flight.get(),

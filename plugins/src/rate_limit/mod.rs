@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use gemini_proxy_sdk::{
     Admission, BuildEnv, CompletedRequest, Phases, Plugin, PluginError, PluginFactory, Rejection,
-    RequestContext,
+    RequestContext, SharedLimitsHandle,
 };
+
+mod shared;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
@@ -34,6 +36,22 @@ pub struct Limits {
     pub tpm: Option<u64>,
     #[serde(default)]
     pub concurrent_streams: Option<u64>,
+}
+
+impl Limits {
+    /// This instance's share of each limit when `n` instances split it (at least 1).
+    fn divided(self, n: u64) -> Limits {
+        let part = |l: Option<u64>| l.map(|v| v.div_ceil(n.max(1)).max(1));
+        Limits {
+            rpm: part(self.rpm),
+            tpm: part(self.tpm),
+            concurrent_streams: part(self.concurrent_streams),
+        }
+    }
+
+    fn is_unlimited(&self) -> bool {
+        *self == Limits::default()
+    }
 }
 
 /// Config of the `rate_limit` stage.
@@ -146,6 +164,16 @@ struct Ticket {
     sec: u64,
     estimate: u64,
     streams: Vec<String>,
+    /// Counted in the cluster's shared counters too.
+    shared: Option<SharedTicket>,
+}
+
+/// Where the shared counters counted a call.
+struct SharedTicket {
+    second: u64,
+    /// Tokens per scope in the window right after admission (for the body's check).
+    tokens: Vec<u64>,
+    lease: Option<String>,
 }
 
 /// The `rate_limit` stage.
@@ -153,6 +181,11 @@ pub struct RateLimit {
     config: RateLimitConfig,
     logs: Mutex<HashMap<String, Log>>,
     epoch: Instant,
+    /// The cluster's counters, when the gateway runs as a cluster.
+    shared: Option<SharedLimitsHandle>,
+    /// Names this stage's stream leases: unique per process, never from the client.
+    lease_base: u64,
+    leases: std::sync::atomic::AtomicU64,
 }
 
 fn limits_from_claims(cx: &RequestContext) -> Option<Limits> {
@@ -171,6 +204,14 @@ fn over_tpm(tpm: u64, what: &str, log: &Log, sec: u64) -> Rejection {
         format!("rate limit: more than {tpm} tokens a minute for this {what}"),
     )
     .retry_after(log.retry_after(sec))
+    .reason("tpm")
+}
+
+fn over_tpm_message(tpm: u64, what: &str) -> Rejection {
+    Rejection::new(
+        429,
+        format!("rate limit: more than {tpm} tokens a minute for this {what}"),
+    )
     .reason("tpm")
 }
 
@@ -201,15 +242,20 @@ impl RateLimit {
         scopes
     }
 
-    fn check(&self, cx: &mut RequestContext) -> Result<(), Rejection> {
+    /// Decides locally (`share`: this instance's share of each limit, 1 = all of it) and counts
+    /// the call; with `enforce` false it only counts (the shared counters decided).
+    fn check(&self, cx: &mut RequestContext, share: u64, enforce: bool) -> Result<(), Rejection> {
         let sec = self.epoch.elapsed().as_secs();
         let estimate = estimate_of(cx.request.body_size.unwrap_or(0));
-        let scopes = self.scopes(cx);
+        let mut scopes = self.scopes(cx);
+        for (_, l, _) in &mut scopes {
+            *l = l.divided(share);
+        }
         let stream = cx.request.stream;
         let mut logs = self.logs.lock();
         prune_if_full(&mut logs, sec, self.config.max_callers.max(100));
         // Decide for every scope before recording anything, so a refusal costs no quota.
-        for (key, limits, what) in &scopes {
+        for (key, limits, what) in scopes.iter().filter(|_| enforce) {
             let log = logs.entry(key.clone()).or_default();
             log.prune(sec);
             if let Some(rpm) = limits.rpm
@@ -239,6 +285,7 @@ impl RateLimit {
             sec,
             estimate,
             streams: Vec::new(),
+            shared: None,
         };
         let mut remaining: f64 = 1.0;
         for (key, limits, _) in &scopes {
@@ -316,6 +363,41 @@ impl RateLimit {
     }
 }
 
+impl RateLimit {
+    /// The local log follows the body's real size (the shared counters decided).
+    fn count_body(&self, cx: &mut RequestContext, bytes: u64) {
+        let actual = estimate_of(bytes);
+        let Some(t) = cx.extensions.get_mut::<Ticket>() else {
+            return;
+        };
+        let mut logs = self.logs.lock();
+        for key in &t.keys {
+            if let Some(log) = logs.get_mut(key) {
+                log.correct(t.sec, t.sec, t.estimate, actual);
+            }
+        }
+        t.estimate = actual;
+    }
+
+    /// A refused call leaves no trace in the local log.
+    fn take_back(&self, cx: &mut RequestContext) {
+        let Some(t) = cx.extensions.remove::<Ticket>() else {
+            return;
+        };
+        let mut logs = self.logs.lock();
+        for key in &t.keys {
+            if let Some(log) = logs.get_mut(key) {
+                log.remove(t.sec, t.estimate);
+            }
+        }
+        for key in &t.streams {
+            if let Some(log) = logs.get_mut(key) {
+                log.streams = log.streams.saturating_sub(1);
+            }
+        }
+    }
+}
+
 /// Past `max` callers, idle ones are forgotten first; when every one is busy, the oldest go
 /// (their limits start over, which only ever lets fewer calls through than the attacker
 /// filling the map paid for).
@@ -349,14 +431,32 @@ impl Plugin for RateLimit {
     }
 
     async fn on_admit(&self, cx: &mut RequestContext) -> Result<Admission, PluginError> {
-        Ok(match self.check(cx) {
+        let decided = match &self.shared {
+            Some(shared) => self.check_shared(shared, cx).await,
+            None => None,
+        };
+        Ok(match decided.unwrap_or_else(|| self.check(cx, 1, true)) {
             Ok(()) => Admission::Continue,
             Err(r) => Admission::Reject(r),
         })
     }
 
     fn on_body(&self, cx: &mut RequestContext, body: &[u8]) -> Result<Admission, PluginError> {
-        Ok(match self.check_body(cx, body.len() as u64) {
+        let bytes = body.len() as u64;
+        if let Some(shared) = &self.shared
+            && let Some(decided) = self.check_body_shared(shared, cx, estimate_of(bytes))
+        {
+            // The local log follows without deciding; the shared counters did.
+            self.count_body(cx, bytes);
+            return Ok(match decided {
+                Ok(()) => Admission::Continue,
+                Err(r) => {
+                    self.take_back(cx);
+                    Admission::Reject(r)
+                }
+            });
+        }
+        Ok(match self.check_body(cx, bytes) {
             Ok(()) => Admission::Continue,
             Err(r) => Admission::Reject(r),
         })
@@ -369,6 +469,9 @@ impl Plugin for RateLimit {
         let actual = done
             .usage
             .map(|u| u.prompt_tokens + u.candidates_tokens + u.thoughts_tokens);
+        if let Some(shared) = &self.shared {
+            self.complete_shared(shared, t, actual);
+        }
         let now = self.epoch.elapsed().as_secs();
         let mut logs = self.logs.lock();
         // Replace the estimate with what the upstream counted (a failed call: the estimate stays).
@@ -391,7 +494,7 @@ impl PluginFactory for RateLimit {
     const KIND: &'static str = "rate_limit";
     type Config = RateLimitConfig;
 
-    fn build(config: RateLimitConfig, _env: &BuildEnv) -> Result<Arc<dyn Plugin>, PluginError> {
+    fn build(config: RateLimitConfig, env: &BuildEnv) -> Result<Arc<dyn Plugin>, PluginError> {
         for (what, l) in [("per_ip", config.per_ip), ("per_user", config.per_user)] {
             if [l.rpm, l.tpm, l.concurrent_streams].contains(&Some(0)) {
                 return Err(PluginError::new(format!(
@@ -403,8 +506,25 @@ impl PluginFactory for RateLimit {
             config,
             logs: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+            shared: env.shared_limits.clone(),
+            lease_base: rand_base(),
+            leases: std::sync::atomic::AtomicU64::new(0),
         }))
     }
+}
+
+/// A per-process random number (leases of two instances never share a name).
+fn rand_base() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 #[cfg(test)]

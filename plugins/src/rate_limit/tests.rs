@@ -105,17 +105,20 @@ fn a_flood_of_addresses_keeps_the_map_bounded() {
         config: serde_json::from_value(serde_json::json!({"per_ip": {"rpm": 1000}})).unwrap(),
         logs: Mutex::new(HashMap::new()),
         epoch: Instant::now(),
+        shared: None,
+        lease_base: 1,
+        leases: Default::default(),
     };
     let max = p.config.max_callers;
     for i in 0..(max as u32 * 2 + 10) {
         let mut cx = call(&std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string(), None);
-        p.check(&mut cx).unwrap();
+        p.check(&mut cx, 1, true).unwrap();
     }
     assert!(p.logs.lock().len() <= max, "{}", p.logs.lock().len());
     // Fresh IPv6 addresses of one /64 are one caller.
     for i in 0..1000u128 {
         let ip = std::net::Ipv6Addr::from((0x2001_0db8_0000_0001u128 << 64) | i);
-        p.check(&mut call(&ip.to_string(), None)).unwrap();
+        p.check(&mut call(&ip.to_string(), None), 1, true).unwrap();
     }
     assert_eq!(
         p.logs
@@ -166,6 +169,9 @@ fn a_call_longer_than_the_window_is_charged_when_it_ends() {
         config: serde_json::from_value(serde_json::json!({"per_user": {"tpm": 1000}})).unwrap(),
         logs: Mutex::new(HashMap::new()),
         epoch: Instant::now() - Duration::from_secs(100),
+        shared: None,
+        lease_base: 1,
+        leases: Default::default(),
     };
     let mut long = call("10.0.0.1", Some("u"));
     long.request.body_size = None;

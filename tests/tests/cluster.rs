@@ -1,0 +1,238 @@
+//! Several gateways sharing one real `redis-server`: limits hold across instances, the instances
+//! see each other, and Redis away (at startup or killed under load) never fails a call.
+
+use std::time::Duration;
+
+use gemini_proxy_tests::*;
+
+const GENERATE: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
+
+/// A gateway in the cluster on `redis_url`, limiting each client IP to `rpm` calls a minute.
+fn member(redis_url: &str, id: &str, prefix: &str, rpm: u32) -> Harness {
+    member_of(redis_url, id, prefix, rpm, None)
+}
+
+/// Like [`member`], sending upstream to `upstream` (so that instances share every setting).
+fn member_of(redis_url: &str, id: &str, prefix: &str, rpm: u32, upstream: Option<&str>) -> Harness {
+    let extra = format!(
+        "pool: {{ state_file: \"\" }}\npipeline:\n  - rate_limit: {{ per_ip: {{ rpm: {rpm} }} }}\n  - key_select\ncluster: {{ redis: \"{redis_url}\", instance_id: {id}, key_prefix: \"{prefix}\", fallback_instances: 3 }}\n"
+    );
+    let upstream = upstream.map(str::to_string);
+    Harness::start_with(&[("a", "valid-a", 1)], &extra, move |text| {
+        if let Some(u) = upstream {
+            *text = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("  base_url:") {
+                        format!("  base_url: \"{u}\"")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n";
+        }
+    })
+}
+
+/// Sends `n` calls at once, spread round robin over `gateways`; the statuses.
+async fn spread(gateways: &[&Harness], n: usize) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let h = gateways[i % gateways.len()];
+        let (client, url) = (h.client.clone(), h.url(GENERATE));
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header(CLIENT.0, CLIENT.1)
+                .body(gen_body(&format!("c{i}")))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+fn count(statuses: &[u16], s: u16) -> usize {
+    statuses.iter().filter(|&&x| x == s).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_instances_share_one_limit_exactly() {
+    let redis = RedisServer::start();
+    let gws: Vec<Harness> = (1..=3)
+        .map(|i| member(&redis.url(), &format!("gw-{i}"), "exact:", 30))
+        .collect();
+    let refs: Vec<&Harness> = gws.iter().collect();
+    let statuses = spread(&refs, 90).await;
+    assert_eq!(count(&statuses, 200), 30, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 60, "{statuses:?}");
+    let upstream: usize = gws.iter().map(|g| g.mock.requests().len()).sum();
+    assert_eq!(upstream, 30, "refused calls never reach the upstream");
+    for g in &gws {
+        let h = g.admin_json("/health").await;
+        assert_eq!(h["cluster"]["degraded"], false, "{h}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_instances_see_each_other_and_the_password_stays_hidden() {
+    let redis = RedisServer::start();
+    let first = member(&redis.url(), "gw-1", "live:", 1000);
+    let upstream = first.mock.base_url();
+    let mut gws = vec![first];
+    for i in 2..=3 {
+        gws.push(member_of(
+            &redis.url(),
+            &format!("gw-{i}"),
+            "live:",
+            1000,
+            Some(&upstream),
+        ));
+    }
+    let mut listed = serde_json::Value::Null;
+    for _ in 0..50 {
+        listed = gws[0].admin_json("/api/cluster").await;
+        if listed["instances"].as_array().map_or(0, Vec::len) == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<&str> = listed["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .filter_map(|i| i["instance_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["gw-1", "gw-2", "gw-3"], "{listed}");
+    // Their files differ (ports, ids), the settings they share do not.
+    assert_eq!(listed["config_drift"], false, "{listed}");
+    for i in listed["instances"].as_array().unwrap() {
+        assert!(
+            i["config_sha256"].as_str().is_some_and(|h| h.len() == 64),
+            "{i}"
+        );
+        assert!(
+            i["started_at"].as_u64().is_some() && i["in_flight"].is_number(),
+            "{i}"
+        );
+    }
+    // The password is nowhere an admin or a monitor can read.
+    for path in [
+        "/api/config",
+        "/health",
+        "/api/cluster",
+        "/metrics",
+        "/api/config/history",
+    ] {
+        let text = gws[1].admin_text(path).await;
+        assert!(
+            !text.contains(&redis.password),
+            "{path} shows the Redis password"
+        );
+    }
+    assert_eq!(
+        gws[1].admin_json("/api/config").await["config"]["cluster"]["redis"],
+        "<redacted>"
+    );
+    // An instance that stops drops out of the list.
+    gws.pop();
+    for _ in 0..80 {
+        let l = gws[0].admin_json("/api/cluster").await;
+        if l["instances"].as_array().map_or(0, Vec::len) == 2 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("a stopped instance is still listed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_away_at_startup_means_degraded_not_down() {
+    // Nothing listens there: the gateway starts and serves with its share of the limit.
+    let url = format!("redis://:pw@127.0.0.1:{}/0", free_port());
+    let g = member(&url, "alone", "away:", 30);
+    let statuses = spread(&[&g], 20).await;
+    assert_eq!(
+        count(&statuses, 200),
+        10,
+        "30 a minute over 3 instances: {statuses:?}"
+    );
+    assert_eq!(count(&statuses, 429), 10, "{statuses:?}");
+    let h = g.admin_json("/health").await;
+    assert_eq!(h["cluster"]["degraded"], true, "{h}");
+    assert!(h["cluster"]["redis_errors"].as_u64().unwrap() >= 20, "{h}");
+    let m = g.admin_text("/metrics").await;
+    assert!(m.contains("cluster_degraded 1"), "{m}");
+    assert_eq!(
+        g.admin_json("/api/cluster").await["error"]["code"],
+        503,
+        "the list needs Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_killed_under_load_fails_no_call_and_the_count_converges() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let gws: Vec<Harness> = (1..=2)
+        .map(|i| member(&redis.url(), &format!("k-{i}"), "kill:", 100_000))
+        .collect();
+    let refs: Vec<&Harness> = gws.iter().collect();
+    let load = {
+        let refs: Vec<String> = refs.iter().map(|h| h.url(GENERATE)).collect();
+        let client = gws[0].client.clone();
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..400 {
+                let r = client
+                    .post(&refs[i % refs.len()])
+                    .header(CLIENT.0, CLIENT.1)
+                    .body(gen_body("k"))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                statuses.push(r);
+                if i % 40 == 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    redis.kill();
+    let statuses = load.await.unwrap();
+    assert_eq!(count(&statuses, 200), 400, "no call fails: {statuses:?}");
+    assert_eq!(
+        gws[0].admin_json("/health").await["cluster"]["degraded"],
+        true
+    );
+    // Back on the same port: the instances use it again.
+    let redis = RedisServer::start_on(port);
+    let _ = spread(&refs, 4).await;
+    for _ in 0..100 {
+        let _ = spread(&refs, 2).await;
+        let all_back = {
+            let mut back = true;
+            for g in &gws {
+                back &= g.admin_json("/health").await["cluster"]["degraded"] == false;
+            }
+            back
+        };
+        if all_back {
+            drop(redis);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the instances never used Redis again");
+}
