@@ -8,6 +8,7 @@ pub mod anomaly;
 pub mod audit;
 pub mod cli;
 pub mod cluster;
+pub mod cluster_sync;
 pub mod config;
 pub mod config_history;
 pub mod connections;

@@ -65,6 +65,7 @@ fn addr(host: &str, port: u16) -> String {
 /// Builds a ready-to-run Pingora server for `shared`'s config: the proxy listener, the admin
 /// listener, certificate upkeep, config reload and upstream DNS.
 pub fn build_server(shared: Arc<Shared>, opts: &ServeOptions) -> Result<Server, String> {
+    crate::cluster_sync::start(&shared);
     let rt = shared.runtime.load_full();
     let c = &rt.config;
     let mut server = pingora_server(c, opts)?;

@@ -46,6 +46,12 @@ impl AdminApp {
             .apply_overlay(before, after, &format!("key {id} removed"), 202, id)
             .await;
         if r.status() == 202 {
+            crate::cluster_sync::announce(
+                &self.shared,
+                crate::cluster_sync::ClusterEvent::KeyRemoved {
+                    key_id: id.to_string(),
+                },
+            );
             return json_response(
                 202,
                 &json!({"removed": id, "draining_calls": draining,
@@ -93,6 +99,18 @@ impl AdminApp {
             return error(404, format!("no key `{id}`"));
         }
         tracing::info!(target: "gemini_proxy::security", key_id = id, action, "key state changed by an operator");
+        let action = match action {
+            "disable" => crate::cluster_sync::KeyAction::Disable,
+            "enable" => crate::cluster_sync::KeyAction::Enable,
+            _ => crate::cluster_sync::KeyAction::Reset,
+        };
+        crate::cluster_sync::announce(
+            &self.shared,
+            crate::cluster_sync::ClusterEvent::KeyState {
+                key_id: id.to_string(),
+                action,
+            },
+        );
         let key = pool.report().into_iter().find(|k| k.id == id);
         json_response(200, &json!({ "key": key }))
     }
@@ -118,6 +136,10 @@ impl AdminApp {
         self.shared.pool.set_manual_preset(name.clone());
         match crate::reload::rebuild(&self.shared, "preset applied").await {
             Ok(generation) => {
+                crate::cluster_sync::announce(
+                    &self.shared,
+                    crate::cluster_sync::ClusterEvent::Preset { name: name.clone() },
+                );
                 let rt = self.shared.runtime.load_full();
                 json_response(
                     200,

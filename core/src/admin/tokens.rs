@@ -103,6 +103,10 @@ impl AdminApp {
         match verifier.revocations().revoke(&r.jti) {
             Ok(()) => {
                 tracing::info!(target: "gemini_proxy::security", jti = %r.jti, "token revoked");
+                crate::cluster_sync::announce(
+                    &self.shared,
+                    crate::cluster_sync::ClusterEvent::Revoked { jti: r.jti.clone() },
+                );
                 json_response(200, &json!({"revoked": r.jti}))
             }
             Err(e) => error(500, format!("cannot write the revocation file: {e}")),

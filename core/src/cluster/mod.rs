@@ -15,6 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::ClusterConfig;
 
+pub mod events;
 pub mod heartbeat;
 pub mod limits;
 
@@ -33,13 +34,19 @@ pub use crate::config::redis_address;
 pub struct Cluster {
     pub link: Arc<Link>,
     pub limits: Arc<limits::RedisLimits>,
+    /// Events to the other instances, once started.
+    pub bus: std::sync::OnceLock<events::Bus>,
 }
 
 impl Cluster {
     pub fn start(cfg: &ClusterConfig) -> Result<Cluster, String> {
         let link = Link::start(cfg)?;
         let limits = limits::RedisLimits::start(link.clone());
-        Ok(Cluster { link, limits })
+        Ok(Cluster {
+            link,
+            limits,
+            bus: std::sync::OnceLock::new(),
+        })
     }
 
     /// The limits as stages see them.
@@ -55,6 +62,7 @@ pub struct Link {
     pub prefix: String,
     pub address: String,
     budget: Duration,
+    client: redis::Client,
     manager: ConnectionManager,
     runtime: tokio::runtime::Handle,
     degraded: AtomicBool,
@@ -92,7 +100,7 @@ impl Link {
             .set_number_of_retries(3);
         let manager = {
             let _enter = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client, manager_cfg)
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)
                 .map_err(|e| format!("Redis connection: {:?}", e.kind()))?
         };
         Ok(Arc::new(Link {
@@ -100,6 +108,7 @@ impl Link {
             prefix: cfg.key_prefix.clone(),
             address,
             budget: cfg.op_timeout.0,
+            client,
             manager,
             runtime,
             degraded: AtomicBool::new(true),

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use super::shared_health::HealthEvent;
 use super::{DeadReason, KeyLive, KeyPool, QuotaWindow, Verdict, has_room, model_key, now_unix};
+
 use crate::config::PoolConfig;
 use crate::util::clock;
 
@@ -127,51 +129,13 @@ impl KeyPool {
         if *verdict != Verdict::Success {
             *h.errors.entry(verdict.class()).or_default() += 1;
         }
-        let mut died = None;
-        let dirty = match verdict {
-            Verdict::Success => {
-                st.succeeded(&id);
-                false
-            }
-            Verdict::KeyDead(reason) => {
-                died = st.died(&id, *reason, now);
-                died.is_some()
-            }
-            Verdict::ProjectQuota {
-                window,
-                retry_delay,
-                quota_id,
-            } => {
-                let until = quota_ends(cfg, *window, *retry_delay, now);
-                let project = h.project.clone();
-                let cooldown = Cooldown {
-                    until,
-                    reason: verdict.class().to_string(),
-                    quota_id: Some(quota_id.clone()),
-                };
-                st.rest_project((project, model), cooldown, clock::unix_secs(now))
-            }
-            Verdict::ModelUnavailable => {
-                let until = clock::unix_secs(now + cfg.model_unavailable_for.0);
-                st.rest_key((id, model), until, verdict.class(), clock::unix_secs(now))
-            }
-            Verdict::BareRateLimit => {
-                // Jitter so that keys resting together do not all come back together; a short
-                // rest is not worth a write of the state file.
-                let base = cfg.rate_limit_backoff.0.as_secs_f64();
-                let secs = base * (0.75 + 0.5 * rand::random::<f64>());
-                let until = clock::unix_secs(now + Duration::from_secs_f64(secs)) + 1;
-                st.rest_key((id, model), until, verdict.class(), clock::unix_secs(now));
-                false
-            }
-            Verdict::Transient
-            | Verdict::GatewayBug
-            | Verdict::AffinityMiss
-            | Verdict::ClientError => false,
-        };
+        let (dirty, died, found) = st.apply_verdict(cfg, &id, model, verdict, now);
         drop(guard);
         if dirty {
             self.mark_dirty();
+        }
+        if let Some(f) = found {
+            self.publish(f);
         }
         died
     }
@@ -203,8 +167,15 @@ impl KeyPool {
             };
             h.opened += 1;
             h.consecutive_failures = 0;
+            let fingerprint = h.fingerprint.clone();
             st.troubled.insert(id.clone());
             tracing::warn!(target: "gemini_proxy::pool", key_id, open_for_s = open_for.as_secs(), "circuit breaker opened");
+            drop(guard);
+            self.publish(HealthEvent::BreakerOpen {
+                key_id: key_id.to_string(),
+                fingerprint,
+                until_ms: clock::unix_millis() + open_for.as_millis() as u64,
+            });
         }
     }
 
@@ -275,6 +246,107 @@ fn quota_ends(
 }
 
 impl HealthState {
+    /// What one verdict does to the state: (state file to write, the key just died, a finding
+    /// for the other instances).
+    fn apply_verdict(
+        &mut self,
+        cfg: &PoolConfig,
+        id: &Arc<str>,
+        model: String,
+        verdict: &Verdict,
+        now: SystemTime,
+    ) -> (bool, Option<DeadReason>, Option<HealthEvent>) {
+        let mut died = None;
+        let mut found = None;
+        let Some(h) = self.keys.get(id) else {
+            return (false, None, None);
+        };
+        let (project, fingerprint) = (h.project.clone(), h.fingerprint.clone());
+        let dirty = match verdict {
+            Verdict::Success => {
+                self.succeeded(id);
+                false
+            }
+            Verdict::KeyDead(reason) => {
+                died = self.died(id, *reason, now);
+                if died.is_some() {
+                    found = Some(HealthEvent::Dead {
+                        key_id: id.to_string(),
+                        fingerprint: fingerprint.clone(),
+                        reason: *reason,
+                    });
+                }
+                died.is_some()
+            }
+            Verdict::ProjectQuota {
+                window,
+                retry_delay,
+                quota_id,
+            } => {
+                let until = quota_ends(cfg, *window, *retry_delay, now);
+                let cooldown = Cooldown {
+                    until,
+                    reason: verdict.class().to_string(),
+                    quota_id: Some(quota_id.clone()),
+                };
+                let changed = self.rest_project(
+                    (project.clone(), model.clone()),
+                    cooldown.clone(),
+                    clock::unix_secs(now),
+                );
+                if changed {
+                    found = Some(HealthEvent::ProjectRest {
+                        project: project.to_string(),
+                        model,
+                        cooldown,
+                    });
+                }
+                changed
+            }
+            Verdict::ModelUnavailable => {
+                let until = clock::unix_secs(now + cfg.model_unavailable_for.0);
+                let changed = self.rest_key(
+                    (id.clone(), model.clone()),
+                    until,
+                    verdict.class(),
+                    clock::unix_secs(now),
+                );
+                if changed {
+                    found = Some(HealthEvent::KeyRest {
+                        key_id: id.to_string(),
+                        fingerprint: fingerprint.clone(),
+                        model,
+                        cooldown: Cooldown {
+                            until,
+                            reason: verdict.class().to_string(),
+                            quota_id: None,
+                        },
+                    });
+                }
+                changed
+            }
+            Verdict::BareRateLimit => {
+                // Jitter so that keys resting together do not all come back together; a short
+                // rest is not worth a write of the state file.
+                let base = cfg.rate_limit_backoff.0.as_secs_f64();
+                let secs = base * (0.75 + 0.5 * rand::random::<f64>());
+                let until = clock::unix_secs(now + Duration::from_secs_f64(secs)) + 1;
+                self.rest_key(
+                    (id.clone(), model),
+                    until,
+                    verdict.class(),
+                    clock::unix_secs(now),
+                );
+                false
+            }
+            Verdict::Transient
+            | Verdict::GatewayBug
+            | Verdict::AffinityMiss
+            | Verdict::ClientError => false,
+        };
+        (dirty, died, found)
+    }
+
     /// A success closes a half-open breaker.
     fn succeeded(&mut self, id: &Arc<str>) {
         let Some(h) = self.keys.get_mut(id) else {
@@ -292,7 +364,12 @@ impl HealthState {
     }
 
     /// Marks the key dead; `Some` only the first time.
-    fn died(&mut self, id: &Arc<str>, reason: DeadReason, now: SystemTime) -> Option<DeadReason> {
+    pub(super) fn died(
+        &mut self,
+        id: &Arc<str>,
+        reason: DeadReason,
+        now: SystemTime,
+    ) -> Option<DeadReason> {
         let h = self.keys.get_mut(id)?;
         if h.dead.is_some() {
             return None;
@@ -304,7 +381,12 @@ impl HealthState {
 
     /// Rests (project, model) until `cooldown.until`, unless it already rests longer or the map
     /// is full. True when something changed.
-    fn rest_project(&mut self, key: (Arc<str>, String), cooldown: Cooldown, now: u64) -> bool {
+    pub(super) fn rest_project(
+        &mut self,
+        key: (Arc<str>, String),
+        cooldown: Cooldown,
+        now: u64,
+    ) -> bool {
         if !self.project_model.contains_key(&key)
             && !has_room(&mut self.project_model, &mut self.swept[0], |c| {
                 c.until > now
@@ -325,7 +407,13 @@ impl HealthState {
     }
 
     /// Rests (key, model) until `until`, unless the map is full. True when it did.
-    fn rest_key(&mut self, key: (Arc<str>, String), until: u64, reason: &str, now: u64) -> bool {
+    pub(super) fn rest_key(
+        &mut self,
+        key: (Arc<str>, String),
+        until: u64,
+        reason: &str,
+        now: u64,
+    ) -> bool {
         if !self.key_model.contains_key(&key)
             && !has_room(&mut self.key_model, &mut self.swept[1], |c| c.until > now)
         {

@@ -17,6 +17,7 @@ pub mod live;
 pub mod overlay;
 pub mod persist;
 pub mod report;
+pub mod shared_health;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ pub use health::Cooldown;
 pub use live::KeyLive;
 pub use overlay::{AdminOverlay, KeyOverlay};
 pub use report::{CooldownReport, KeyReport};
+pub use shared_health::HealthEvent;
 pub use usage::UsageWindows;
 
 use crate::util::clock;
@@ -83,6 +85,8 @@ pub struct KeyPool {
     state_file: Mutex<Option<std::path::PathBuf>>,
     dirty: std::sync::mpsc::SyncSender<()>,
     dirty_rx: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    /// Where new health findings go (a cluster's other instances).
+    publisher: std::sync::OnceLock<shared_health::HealthPublisher>,
 }
 
 fn now_unix() -> u64 {
@@ -107,6 +111,7 @@ impl Default for KeyPool {
             state_file: Mutex::new(None),
             dirty: tx,
             dirty_rx: Mutex::new(Some(rx)),
+            publisher: std::sync::OnceLock::new(),
         }
     }
 }

@@ -135,6 +135,14 @@ pub fn unix_secs(t: SystemTime) -> u64 {
 }
 
 /// The Pacific calendar day (days since 1970-01-01) of a UTC instant: Google's quota day.
+/// Now in unix milliseconds.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn pacific_day(unix: i64) -> i64 {
     (unix + pacific_offset(unix)).div_euclid(86_400)
 }

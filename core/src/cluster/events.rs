@@ -1,0 +1,173 @@
+//! What one instance learns or is told that the others must apply too (key health findings,
+//! operator actions, revocations): published on one channel, and, for what stays true a while,
+//! kept under `{prefix}state:{subject}` (expiring with it) so an instance that starts or
+//! reconnects catches up before it takes the next message. Published in the background; what
+//! Redis cannot take now is retried for a while.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::Link;
+
+/// How long an unpublished event is retried.
+const RETRY_FOR: Duration = Duration::from_secs(600);
+const QUEUE: usize = 10_000;
+
+/// One event to publish: `subject` names the state it leaves behind (a newer event about the
+/// same subject replaces it), `expires` when that state stops mattering (unix seconds).
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub event: Value,
+    pub subject: Option<String>,
+    pub expires: Option<u64>,
+}
+
+/// The publishing side; cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    tx: tokio::sync::mpsc::Sender<(Instant, Outgoing)>,
+}
+
+impl Bus {
+    /// Queues an event; never blocks (a full queue drops it, with a warning).
+    pub fn publish(&self, out: Outgoing) {
+        if self.tx.try_send((Instant::now(), out)).is_err() {
+            tracing::warn!(target: "gemini_proxy::cluster", "cluster event queue full: event dropped");
+        }
+    }
+}
+
+/// Starts publishing and listening. `apply` gets every event another instance published (and, at
+/// each (re)connection, the state they left), on the link's runtime.
+pub fn start(link: &Arc<Link>, apply: impl Fn(Value) + Send + Sync + 'static) -> Bus {
+    let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
+    link.spawn(publish_loop(link.clone(), rx));
+    link.spawn(listen_loop(Arc::downgrade(link), Arc::new(apply)));
+    Bus { tx }
+}
+
+async fn publish_loop(link: Arc<Link>, mut rx: tokio::sync::mpsc::Receiver<(Instant, Outgoing)>) {
+    let mut waiting: VecDeque<(Instant, Outgoing)> = VecDeque::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let batch: Vec<(Instant, Outgoing)> = tokio::select! {
+            m = rx.recv() => match m { Some(m) => vec![m], None => return },
+            _ = retry.tick() => {
+                waiting.retain(|(at, _)| at.elapsed() < RETRY_FOR);
+                waiting.drain(..).collect()
+            }
+        };
+        for (at, out) in batch {
+            if publish_one(&link, &out).await.is_err() {
+                if waiting.len() >= QUEUE {
+                    waiting.pop_front();
+                }
+                waiting.push_back((at, out));
+            }
+        }
+    }
+}
+
+async fn publish_one(link: &Link, out: &Outgoing) -> Result<(), super::LinkError> {
+    let envelope = json!({"from": link.instance_id, "event": out.event}).to_string();
+    let channel = link.key("events");
+    let state = out
+        .subject
+        .as_ref()
+        .map(|s| (link.key(&format!("state:{s}")), out.expires));
+    link.run(Some(Duration::from_secs(1)), move |mut c| async move {
+        let mut p = redis::pipe();
+        if let Some((key, expires)) = state {
+            let set = p.cmd("SET").arg(&key).arg(&envelope);
+            if let Some(at) = expires {
+                set.arg("EXAT").arg(at);
+            }
+            set.ignore();
+        }
+        p.cmd("PUBLISH").arg(&channel).arg(&envelope).ignore();
+        p.query_async::<()>(&mut c).await
+    })
+    .await
+}
+
+async fn listen_loop(link: std::sync::Weak<Link>, apply: Arc<dyn Fn(Value) + Send + Sync>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(l) = link.upgrade() else { return };
+        let (client, channel, me) = (l.client.clone(), l.key("events"), l.instance_id.clone());
+        drop(l);
+        let sub = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        })
+        .await;
+        if let Ok(Ok(ps)) = sub {
+            backoff = Duration::from_millis(100);
+            if let Some(l) = link.upgrade() {
+                catch_up(&l, &me, &*apply).await;
+            }
+            let mut messages = ps.into_on_message();
+            while let Some(msg) = messages.next().await {
+                if let Ok(text) = msg.get_payload::<String>() {
+                    deliver(&text, &me, &*apply);
+                }
+            }
+            tracing::debug!(target: "gemini_proxy::cluster", "cluster event stream ended; reconnecting");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Hands on one published envelope, unless this instance sent it or it is malformed.
+fn deliver(text: &str, me: &str, apply: &(dyn Fn(Value) + Send + Sync)) {
+    let Ok(mut v) = serde_json::from_str::<Value>(text) else {
+        tracing::warn!(target: "gemini_proxy::cluster", "malformed cluster event ignored");
+        return;
+    };
+    if v["from"].as_str() == Some(me) || !v["event"].is_object() {
+        return;
+    }
+    apply(v["event"].take());
+}
+
+/// Applies the state other instances left (on every (re)connection).
+async fn catch_up(link: &Link, me: &str, apply: &(dyn Fn(Value) + Send + Sync)) {
+    let pattern = link.key("state:*");
+    let found = link
+        .run(Some(Duration::from_secs(2)), move |mut c| async move {
+            let mut out: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut c)
+                    .await?;
+                if !keys.is_empty() {
+                    let vals: Vec<Option<String>> =
+                        redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
+                    out.extend(vals.into_iter().flatten());
+                }
+                if next == 0 || out.len() > 100_000 {
+                    return Ok(out);
+                }
+                cursor = next;
+            }
+        })
+        .await;
+    match found {
+        Ok(list) => list.iter().for_each(|t| deliver(t, me, apply)),
+        Err(e) => {
+            tracing::warn!(target: "gemini_proxy::cluster", error = %e, "cannot read the cluster's state; catching up at the next connection")
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! What a cluster's instances tell each other, and what each does with it: key health findings
+//! (cooldowns, dead keys, open breakers), operator actions on keys and presets, and token
+//! revocations. Each is applied here exactly as if it had happened here, and is not handed on
+//! again. Key secrets never travel: keys are named by id (and fingerprint).
+
+use std::sync::{Arc, Weak};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::cluster::events::{Bus, Outgoing};
+use crate::pool::HealthEvent;
+use crate::runtime::Shared;
+
+/// One thing the other instances must apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ClusterEvent {
+    Health(HealthEvent),
+    /// An operator disabled, enabled or reset a key.
+    KeyState {
+        key_id: String,
+        action: KeyAction,
+    },
+    /// An operator removed a key (calls in flight on it finish).
+    KeyRemoved {
+        key_id: String,
+    },
+    /// An operator applied a weight preset (`None`: back to the schedule).
+    Preset {
+        name: Option<String>,
+    },
+    Revoked {
+        jti: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyAction {
+    Disable,
+    Enable,
+    Reset,
+}
+
+/// Starts telling and listening, once, when the gateway runs as a cluster.
+pub fn start(shared: &Arc<Shared>) {
+    let Some(c) = &shared.cluster else { return };
+    if c.bus.get().is_some() {
+        return;
+    }
+    let weak = Arc::downgrade(shared);
+    let bus = crate::cluster::events::start(&c.link, move |v| apply(&weak, v));
+    let publisher = bus.clone();
+    shared.pool.set_publisher(Box::new(move |e| {
+        publisher.publish(outgoing(&ClusterEvent::Health(e), None));
+    }));
+    let _ = c.bus.set(bus);
+}
+
+/// Tells the other instances (when there are any) what happened here.
+pub fn announce(shared: &Shared, event: ClusterEvent) {
+    if let Some(bus) = shared.cluster.as_ref().and_then(|c| c.bus.get()) {
+        let revocation_life = shared.runtime.load().config.auth.max_token_ttl.0;
+        bus_publish(bus, &event, Some(revocation_life));
+    }
+}
+
+fn bus_publish(bus: &Bus, event: &ClusterEvent, revocation_life: Option<std::time::Duration>) {
+    bus.publish(outgoing(event, revocation_life));
+}
+
+/// The event with the state it leaves for instances that start later.
+fn outgoing(event: &ClusterEvent, revocation_life: Option<std::time::Duration>) -> Outgoing {
+    let now = crate::util::clock::unix_secs(std::time::SystemTime::now());
+    let (subject, expires) = match event {
+        ClusterEvent::Health(h) => (Some(format!("health:{}", h.subject())), h.expires()),
+        // The same subject as a death: enabling a key replaces the state that it was disabled.
+        ClusterEvent::KeyState { key_id, .. } => (Some(format!("health:dead:{key_id}")), None),
+        ClusterEvent::Preset { .. } => (Some("preset".into()), None),
+        ClusterEvent::Revoked { jti } => (
+            Some(format!("revoked:{}", hex_of(jti))),
+            // A revoked token outlives no token the gateway signs.
+            Some(now + revocation_life.map_or(31 * 86_400, |d| d.as_secs() + 86_400)),
+        ),
+        ClusterEvent::KeyRemoved { .. } => (None, None),
+    };
+    Outgoing {
+        event: serde_json::to_value(event).unwrap_or_default(),
+        subject,
+        expires,
+    }
+}
+
+/// A `jti` as a Redis key part: whatever a token carried, a plain name.
+fn hex_of(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..16])
+}
+
+fn apply(shared: &Weak<Shared>, v: Value) {
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let event = match serde_json::from_value::<ClusterEvent>(v) {
+        Ok(e) => e,
+        Err(_) => {
+            tracing::warn!(target: "gemini_proxy::cluster", "unknown cluster event ignored");
+            return;
+        }
+    };
+    match event {
+        ClusterEvent::Health(h) => {
+            shared.pool.apply_remote(&h);
+        }
+        ClusterEvent::KeyState { key_id, action } => {
+            let pool = &shared.pool;
+            match action {
+                KeyAction::Disable => {
+                    pool.set_dead(&key_id, Some(crate::pool::DeadReason::Operator))
+                }
+                KeyAction::Enable => pool.set_dead(&key_id, None),
+                KeyAction::Reset => pool.reset(&key_id),
+            };
+        }
+        ClusterEvent::Revoked { jti } => {
+            if let Some(v) = &shared.runtime.load().auth
+                && !v.revocations().contains(&jti)
+                && let Err(e) = v.revocations().revoke(&jti)
+            {
+                tracing::warn!(target: "gemini_proxy::cluster", error = %e, "cannot record a revocation from the cluster");
+            }
+        }
+        ClusterEvent::Preset { name } => {
+            if shared.pool.manual_preset() != name {
+                shared.pool.set_manual_preset(name);
+                rebuild(shared, "preset applied on another instance");
+            }
+        }
+        ClusterEvent::KeyRemoved { key_id } => {
+            let rt = shared.runtime.load_full();
+            let mut overlay = shared.pool.overlay.get();
+            if overlay
+                .apply(&rt.config.gemini.api_keys)
+                .iter()
+                .any(|k| k.id == key_id)
+            {
+                overlay.added.retain(|k| k.id != key_id);
+                overlay.removed.insert(key_id);
+                shared.pool.overlay.set(overlay);
+                rebuild(shared, "key removed on another instance");
+            }
+        }
+    }
+}
+
+fn rebuild(shared: Arc<Shared>, why: &'static str) {
+    tokio::spawn(async move {
+        if let Err(e) = crate::reload::rebuild(&shared, why).await {
+            tracing::warn!(target: "gemini_proxy::cluster", error = %e, "cannot apply a change from the cluster");
+        } else if let Err(e) = shared.pool.overlay.save() {
+            tracing::warn!(error = %e, "cannot write the keys file");
+        }
+    });
+}

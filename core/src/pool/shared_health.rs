@@ -1,0 +1,146 @@
+//! Key health other instances should know at once: a project resting for a model (quota 429s),
+//! a key resting for a model (no access, `limit: 0`), a dead key, an open breaker. The pool hands
+//! each new finding to a publisher (set when the gateway runs as a cluster) and applies what
+//! other instances found, without handing that on again. Keys are named by id, with the key's
+//! fingerprint so an instance never applies a finding about another secret under the same id.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::health::{Breaker, Cooldown};
+use super::{DeadReason, KeyPool, now_unix};
+
+/// One finding about key health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "finding", rename_all = "snake_case")]
+pub enum HealthEvent {
+    ProjectRest {
+        project: String,
+        model: String,
+        cooldown: Cooldown,
+    },
+    KeyRest {
+        key_id: String,
+        fingerprint: String,
+        model: String,
+        cooldown: Cooldown,
+    },
+    Dead {
+        key_id: String,
+        fingerprint: String,
+        reason: DeadReason,
+    },
+    BreakerOpen {
+        key_id: String,
+        fingerprint: String,
+        /// Unix milliseconds.
+        until_ms: u64,
+    },
+}
+
+impl HealthEvent {
+    /// Until when the finding matters (unix seconds); `None`: until an operator acts.
+    pub fn expires(&self) -> Option<u64> {
+        match self {
+            HealthEvent::ProjectRest { cooldown, .. } | HealthEvent::KeyRest { cooldown, .. } => {
+                Some(cooldown.until)
+            }
+            HealthEvent::Dead { .. } => None,
+            HealthEvent::BreakerOpen { until_ms, .. } => Some(until_ms.div_ceil(1000)),
+        }
+    }
+
+    /// A name per subject: a newer finding about the same thing replaces the older.
+    pub fn subject(&self) -> String {
+        match self {
+            HealthEvent::ProjectRest { project, model, .. } => format!("project:{project}:{model}"),
+            HealthEvent::KeyRest { key_id, model, .. } => format!("key:{key_id}:{model}"),
+            HealthEvent::Dead { key_id, .. } => format!("dead:{key_id}"),
+            HealthEvent::BreakerOpen { key_id, .. } => format!("breaker:{key_id}"),
+        }
+    }
+}
+
+pub type HealthPublisher = Box<dyn Fn(HealthEvent) + Send + Sync>;
+
+impl KeyPool {
+    /// Where new findings go (once, at startup, when running as a cluster).
+    pub fn set_publisher(&self, publish: HealthPublisher) {
+        let _ = self.publisher.set(publish);
+    }
+
+    pub(super) fn publish(&self, event: HealthEvent) {
+        if let Some(p) = self.publisher.get() {
+            p(event);
+        }
+    }
+
+    /// Applies another instance's finding. False when it does not apply here (unknown key, other
+    /// secret, already past).
+    pub fn apply_remote(&self, event: &HealthEvent) -> bool {
+        let now = now_unix();
+        if event.expires().is_some_and(|t| t <= now) {
+            return false;
+        }
+        let mut guard = self.health.lock();
+        let st = &mut *guard;
+        let same_key = |id: &str, fp: &str| st.keys.get(id).is_some_and(|h| h.fingerprint == fp);
+        let applied = match event {
+            HealthEvent::ProjectRest {
+                project,
+                model,
+                cooldown,
+            } => st.rest_project(
+                (Arc::from(project.as_str()), model.clone()),
+                cooldown.clone(),
+                now,
+            ),
+            HealthEvent::KeyRest {
+                key_id,
+                fingerprint,
+                model,
+                cooldown,
+            } if same_key(key_id, fingerprint) => st.rest_key(
+                (Arc::from(key_id.as_str()), model.clone()),
+                cooldown.until,
+                &cooldown.reason,
+                now,
+            ),
+            HealthEvent::Dead {
+                key_id,
+                fingerprint,
+                reason,
+            } if same_key(key_id, fingerprint) => {
+                let id: Arc<str> = Arc::from(key_id.as_str());
+                st.died(&id, *reason, std::time::SystemTime::now())
+                    .is_some()
+            }
+            HealthEvent::BreakerOpen {
+                key_id,
+                fingerprint,
+                until_ms,
+            } if same_key(key_id, fingerprint) => {
+                let left = until_ms.saturating_sub(crate::util::clock::unix_millis());
+                let id: Arc<str> = Arc::from(key_id.as_str());
+                match st.keys.get_mut(key_id.as_str()) {
+                    Some(h) if h.breaker == Breaker::Closed && left > 0 => {
+                        h.breaker = Breaker::Open {
+                            until: Instant::now() + Duration::from_millis(left),
+                        };
+                        st.troubled.insert(id);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        };
+        drop(guard);
+        if applied {
+            self.mark_dirty();
+        }
+        applied
+    }
+}

@@ -1,0 +1,279 @@
+//! What one instance of a cluster learns or is told reaches the others within a second: an
+//! exhausted project, a dead key, an operator's disable and preset, a revoked token. A real
+//! `redis-server` carries it.
+
+use std::time::{Duration, Instant};
+
+use gemini_proxy_plugins::auth::{new_claims, sign};
+use gemini_proxy_sdk::Role;
+use gemini_proxy_tests::*;
+
+const SECRET: &str = "Cluster-JWT-secret-with-enough-entropy-0123456789!";
+
+fn member(
+    redis: &RedisServer,
+    id: &str,
+    prefix: &str,
+    keys: &[(&str, &str, u32)],
+    extra: &str,
+) -> Harness {
+    let extra = format!(
+        "pool: {{ state_file: \"\", keys_file: \"\" }}\ncluster: {{ redis: \"{}\", instance_id: {id}, key_prefix: \"{prefix}\" }}\n{extra}",
+        redis.url()
+    );
+    Harness::start_with(keys, &extra, |_| {})
+}
+
+/// Waits until `f` holds, at most `within`; how long it took.
+async fn within<F, Fut>(within: Duration, what: &str, f: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+fn calls_with(gws: &[Harness], key: &str) -> usize {
+    gws.iter()
+        .flat_map(|g| g.mock.requests())
+        .filter(|r| r.key.as_deref() == Some(key))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exhausted_project_and_a_dead_key_are_tried_once_in_total() {
+    let redis = RedisServer::start();
+    // The exhausted and the suspended key weigh so much that every instance would try them first.
+    let keys = [
+        ("daily", "day429-daily", 1000),
+        ("gone", "suspended-gone", 1000),
+        ("ok", "valid-ok", 1),
+    ];
+    let gws: Vec<Harness> = (1..=3)
+        .map(|i| member(&redis, &format!("h-{i}"), "health:", &keys, ""))
+        .collect();
+    // Until both bad keys have been met once, on the first instance.
+    for _ in 0..10 {
+        assert_eq!(gws[0].generate("first").await.status(), 200);
+        if calls_with(&gws, "day429-daily") > 0 && calls_with(&gws, "suspended-gone") > 0 {
+            break;
+        }
+    }
+    assert_eq!(calls_with(&gws, "day429-daily"), 1);
+    assert_eq!(calls_with(&gws, "suspended-gone"), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..30 {
+        let g = &gws[1 + i % 2];
+        assert_eq!(g.generate("later").await.status(), 200);
+    }
+    assert_eq!(
+        calls_with(&gws, "day429-daily"),
+        1,
+        "the exhausted key, once in total"
+    );
+    assert_eq!(
+        calls_with(&gws, "suspended-gone"),
+        1,
+        "the dead key, once in total"
+    );
+    let keys = gws[2].admin_json("/api/keys").await;
+    let gone = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == "gone")
+        .unwrap()
+        .clone();
+    assert_eq!(gone["dead_reason"], "suspended", "{gone}");
+    // An instance that starts later catches up from what the others left in Redis.
+    let late = member(
+        &redis,
+        "h-late",
+        "health:",
+        &[("gone", "suspended-gone", 1000), ("ok", "valid-ok", 1)],
+        "",
+    );
+    within(
+        Duration::from_secs(3),
+        "the late instance knows the dead key",
+        || async {
+            let k = late.admin_json("/api/keys").await;
+            k["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["id"] == "gone" && k["dead_reason"] == "suspended")
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_changes_reach_every_instance_within_a_second() {
+    let redis = RedisServer::start();
+    let keys = [("a", "valid-a", 1), ("b", "valid-b", 1)];
+    let presets = "presets:\n  only-b: { a: 0, b: 10 }\n";
+    let gws: Vec<Harness> = (1..=3)
+        .map(|i| member(&redis, &format!("o-{i}"), "ops:", &keys, presets))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let post = |g: &Harness, path: &str, body: &str| {
+        g.client
+            .post(g.admin(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    assert_eq!(
+        post(&gws[0], "/api/keys/a/disable", "")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for g in &gws[1..] {
+        let took = within(
+            Duration::from_secs(1),
+            "key a disabled everywhere",
+            || async {
+                let k = g.admin_json("/api/keys").await;
+                k["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k["id"] == "a" && k["dead_reason"] == "operator")
+            },
+        )
+        .await;
+        eprintln!("disable reached an instance in {took:?}");
+    }
+    assert_eq!(
+        post(&gws[1], "/api/keys/a/enable", "")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    within(
+        Duration::from_secs(1),
+        "key a enabled again on the first",
+        || async {
+            let k = gws[0].admin_json("/api/keys").await;
+            k["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["id"] == "a" && k["dead_reason"].is_null())
+        },
+    )
+    .await;
+    let r = post(&gws[2], "/api/weights/apply", r#"{"preset_name":"only-b"}"#)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for g in &gws[..2] {
+        within(
+            Duration::from_secs(1),
+            "preset in force everywhere",
+            || async { g.admin_json("/api/weights/presets").await["in_force"] == "only-b" },
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_revoked_on_one_instance_is_refused_by_all() {
+    let redis = RedisServer::start();
+    let auth =
+        format!("auth: {{ enabled: true, jwt_secret: \"{SECRET}\", revocations_file: \"\" }}\n");
+    let gws: Vec<Harness> = (1..=3)
+        .map(|i| {
+            member(
+                &redis,
+                &format!("r-{i}"),
+                "rev:",
+                &[("a", "valid-a", 1)],
+                &auth,
+            )
+        })
+        .collect();
+    let claims = new_claims("alice", Role::User, Duration::from_secs(600), vec![]);
+    let jti = claims.jti.clone().expect("a jti");
+    let token = sign(SECRET, "HS256", None, &claims).unwrap();
+    let admin = sign(
+        SECRET,
+        "HS256",
+        None,
+        &new_claims("ops", Role::Admin, Duration::from_secs(600), vec![]),
+    )
+    .unwrap();
+    let call = |g: &Harness| {
+        g.client
+            .post(g.url("/v1beta/models/gemini-2.5-flash:generateContent"))
+            .header("x-goog-api-key", token.clone())
+            .body(gen_body("hi"))
+            .send()
+    };
+    for g in &gws {
+        assert_eq!(call(g).await.unwrap().status(), 200);
+    }
+    let r = gws[0]
+        .client
+        .post(gws[0].admin("/api/tokens/revoke"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(format!("{{\"jti\":\"{jti}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for g in &gws {
+        within(
+            Duration::from_secs(1),
+            "the revoked token refused",
+            || async { call(g).await.unwrap().status() == 401 },
+        )
+        .await;
+    }
+    // Nothing secret went to Redis: no token, no pooled key, no signing secret.
+    let dump = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "-a",
+            &redis.password,
+            "--no-auth-warning",
+            "--scan",
+        ])
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&dump.stdout).to_string();
+    assert!(!names.is_empty());
+    for name in names.lines() {
+        let v = std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "-a",
+                &redis.password,
+                "--no-auth-warning",
+                "--raw",
+                "DUMP",
+                name,
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&v.stdout);
+        for secret in [token.as_str(), admin.as_str(), SECRET, "valid-a"] {
+            assert!(
+                !name.contains(secret) && !text.contains(secret),
+                "{name} holds a secret"
+            );
+        }
+    }
+}
