@@ -277,3 +277,31 @@ async fn a_token_revoked_on_one_instance_is_refused_by_all() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_guesses_count_across_instances() {
+    let redis = RedisServer::start();
+    let auth = format!(
+        "auth: {{ enabled: true, jwt_secret: \"{SECRET}\", admin_password: \"Right-Password-42\", revocations_file: \"\" }}\n"
+    );
+    let gws: Vec<Harness> = (1..=2)
+        .map(|i| {
+            member(
+                &redis,
+                &format!("l-{i}"),
+                "login:",
+                &[("a", "valid-a", 1)],
+                &auth,
+            )
+        })
+        .collect();
+    // Five wrong guesses spread over both instances use up the client's guesses everywhere.
+    for i in 0..5 {
+        assert_eq!(gws[i % 2].login("wrong").await.status(), 401, "guess {i}");
+    }
+    for g in &gws {
+        let r = g.login("Right-Password-42").await;
+        assert_eq!(r.status(), 429, "locked out on every instance");
+        assert!(r.headers().get("retry-after").is_some());
+    }
+}

@@ -172,6 +172,9 @@ impl AdminApp {
             who,
             settled: false,
         };
+        if let Some(d) = super::login_shared::reserve(&self.shared, who).await {
+            return too_many(d);
+        }
         let body = match read_body(session, &self.shared).await {
             Ok(b) => b,
             Err(r) => return r,
@@ -200,6 +203,7 @@ impl AdminApp {
         .unwrap_or(false);
         reserved.settled = true;
         let (failures, locked) = self.lockout.settle(who, !ok, Instant::now());
+        super::login_shared::settle(&self.shared, who, ok);
         if !ok {
             self.refused(ip, failures, locked).await;
             return error(401, "wrong password");

@@ -10,6 +10,7 @@ mod config_guard;
 mod gate;
 mod keys;
 mod login;
+mod login_shared;
 mod monitor;
 pub mod routes;
 mod tokens;
