@@ -413,6 +413,55 @@ metrics: { enabled: true, prometheus_port: 9090 }
     }
 
     #[test]
+    fn a_bad_cluster_section_names_its_field() {
+        let with = |c: &str| load_str(&format!("{MINIMAL}cluster: {c}\n"), "t", &no_env);
+        for (c, path) in [
+            ("{ redis: \"http://10.0.0.5\" }", "cluster.redis"),
+            ("{ redis: \"redis://:pw@[::1\" }", "cluster.redis"),
+            ("{ redis: \"redis+unix:///tmp/r.sock\" }", "cluster.redis"),
+            (
+                "{ redis: \"redis://h\", instance_id: \"a b\" }",
+                "cluster.instance_id",
+            ),
+            (
+                "{ redis: \"redis://h\", key_prefix: \"\" }",
+                "cluster.key_prefix",
+            ),
+            (
+                "{ redis: \"redis://h\", op_timeout: 0s }",
+                "cluster.op_timeout",
+            ),
+            (
+                "{ redis: \"redis://h\", fallback_instances: 0 }",
+                "cluster.fallback_instances",
+            ),
+            ("{ redis: \"redis://h\", wat: 1 }", "cluster.wat"),
+        ] {
+            let e = with(c).expect_err(c);
+            assert_eq!(e.path, path, "{c}: {e}");
+            assert!(!e.to_string().contains("pw@"), "{e}");
+        }
+        let l = with("{ redis: \"rediss://:pw@10.0.0.5:6380/1\", instance_id: gw-1 }").unwrap();
+        assert_eq!(l.config.cluster.unwrap().op_timeout.0.as_millis(), 50);
+        // REDIS_URL replaces the file's URL, and only where there is a cluster section.
+        let env = |n: &str| (n == "REDIS_URL").then(|| "redis://other:6379".to_string());
+        let l = load_str(
+            &format!("{MINIMAL}cluster: {{ redis: \"redis://h\" }}\n"),
+            "t",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(l.config.cluster.unwrap().redis, "redis://other:6379");
+        assert!(
+            load_str(MINIMAL, "t", &env)
+                .unwrap()
+                .config
+                .cluster
+                .is_none()
+        );
+    }
+
+    #[test]
     fn product_brief_minimal_config_loads() {
         let l = load_str(MINIMAL, "proxy.yaml", &no_env).unwrap();
         assert_eq!(l.config.version, 1);

@@ -167,6 +167,7 @@ pub fn assess(loaded: &LoadedConfig) -> Report {
     auth_findings(&loaded.config, &mut f);
     key_findings(&loaded.config, &mut f);
     transport_findings(&loaded.config, &mut f);
+    cluster::findings(&loaded.config, &mut f);
     file_findings(loaded, &mut f);
     #[cfg(unix)]
     program_findings(loaded, &mut f);
@@ -204,6 +205,8 @@ impl Findings {
         });
     }
 }
+
+mod cluster;
 
 fn auth_findings(c: &Config, f: &mut Findings) {
     let public = !loopback(&c.server.host);

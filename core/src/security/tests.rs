@@ -182,3 +182,34 @@ fn production_is_blocked_by_a_critical_finding_or_a_low_score() {
     assert!(!ok.blocks_production, "{}", ok.text());
     assert!(ok.score >= MIN_PRODUCTION_SCORE);
 }
+
+#[test]
+fn a_remote_redis_without_password_or_tls_is_flagged() {
+    let with = |url: &str| {
+        let yaml = format!(
+            "{}cluster: {{ redis: \"{url}\" }}\n",
+            base("{ host: 127.0.0.1 }", "{ enabled: false }")
+        );
+        report(&yaml)
+    };
+    let r = with("redis://10.0.0.5:6379/0");
+    let f = |id: &str| r.findings.iter().find(|f| f.id == id).map(|f| f.cwe);
+    assert_eq!(f("cluster-redis-without-password"), Some("CWE-306"));
+    assert_eq!(f("cluster-redis-cleartext"), Some("CWE-319"));
+    let r = with("rediss://:S3cret-pass@10.0.0.5:6380/0");
+    assert!(
+        !ids(&r).iter().any(|i| i.starts_with("cluster-")),
+        "{:?}",
+        ids(&r)
+    );
+    // The password never reaches a finding's text.
+    let r = with("redis://:S3cret-pass@10.0.0.5:6379/0");
+    assert_eq!(
+        ids(&r).iter().filter(|i| i.starts_with("cluster-")).count(),
+        1
+    );
+    assert!(!serde_json::to_string(&r).unwrap().contains("S3cret-pass"));
+    // Loopback Redis (one machine) is not flagged.
+    let r = with("redis://127.0.0.1:6379/0");
+    assert!(!ids(&r).iter().any(|i| i.starts_with("cluster-")));
+}

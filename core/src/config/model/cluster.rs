@@ -51,3 +51,17 @@ pub fn redis_address(url: &str) -> Result<String, String> {
         _ => Err("use redis:// or rediss:// (a TCP address)".into()),
     }
 }
+
+/// What the security check needs of a Redis URL: host, TLS, whether a password is set.
+pub fn redis_endpoint(url: &str) -> Option<(String, bool, bool)> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url).ok()?;
+    let password = info
+        .redis_settings()
+        .password()
+        .is_some_and(|p| !p.is_empty());
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(h, _) => Some((h.clone(), false, password)),
+        redis::ConnectionAddr::TcpTls { host, .. } => Some((host.clone(), true, password)),
+        _ => None,
+    }
+}
