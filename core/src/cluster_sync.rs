@@ -1,47 +1,15 @@
 //! What a cluster's instances tell each other, and what each does with it: key health findings
-//! (cooldowns, dead keys, open breakers), operator actions on keys and presets, and token
+//! (cooldowns, dead keys, open breakers), which key created a resource, operator actions on keys
+//! and presets, and token
 //! revocations. Each is applied here exactly as if it had happened here, and is not handed on
 //! again. Key secrets never travel: keys are named by id (and fingerprint).
 
 use std::sync::{Arc, Weak};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cluster::events::{Bus, Outgoing};
-use crate::pool::HealthEvent;
+use crate::cluster::events::{Bus, ClusterEvent, KeyAction, Outgoing};
 use crate::runtime::Shared;
-
-/// One thing the other instances must apply.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ClusterEvent {
-    Health(HealthEvent),
-    /// An operator disabled, enabled or reset a key.
-    KeyState {
-        key_id: String,
-        action: KeyAction,
-    },
-    /// An operator removed a key (calls in flight on it finish).
-    KeyRemoved {
-        key_id: String,
-    },
-    /// An operator applied a weight preset (`None`: back to the schedule).
-    Preset {
-        name: Option<String>,
-    },
-    Revoked {
-        jti: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyAction {
-    Disable,
-    Enable,
-    Reset,
-}
 
 /// Starts telling and listening, once, when the gateway runs as a cluster.
 pub fn start(shared: &Arc<Shared>) {
@@ -53,7 +21,7 @@ pub fn start(shared: &Arc<Shared>) {
     let bus = crate::cluster::events::start(&c.link, move |v| apply(&weak, v));
     let publisher = bus.clone();
     shared.pool.set_publisher(Box::new(move |e| {
-        publisher.publish(outgoing(&ClusterEvent::Health(e), None));
+        publisher.publish(outgoing(&ClusterEvent::Pool(e), None));
     }));
     let _ = c.bus.set(bus);
 }
@@ -74,9 +42,9 @@ fn bus_publish(bus: &Bus, event: &ClusterEvent, revocation_life: Option<std::tim
 fn outgoing(event: &ClusterEvent, revocation_life: Option<std::time::Duration>) -> Outgoing {
     let now = crate::util::clock::unix_secs(std::time::SystemTime::now());
     let (subject, expires) = match event {
-        ClusterEvent::Health(h) => (Some(format!("health:{}", h.subject())), h.expires()),
+        ClusterEvent::Pool(h) => (Some(format!("pool:{}", h.subject())), h.expires()),
         // The same subject as a death: enabling a key replaces the state that it was disabled.
-        ClusterEvent::KeyState { key_id, .. } => (Some(format!("health:dead:{key_id}")), None),
+        ClusterEvent::KeyState { key_id, .. } => (Some(format!("pool:dead:{key_id}")), None),
         ClusterEvent::Preset { .. } => (Some("preset".into()), None),
         ClusterEvent::Revoked { jti } => (
             Some(format!("revoked:{}", hex_of(jti))),
@@ -110,7 +78,7 @@ fn apply(shared: &Weak<Shared>, v: Value) {
         }
     };
     match event {
-        ClusterEvent::Health(h) => {
+        ClusterEvent::Pool(h) => {
             shared.pool.apply_remote(&h);
         }
         ClusterEvent::KeyState { key_id, action } => {

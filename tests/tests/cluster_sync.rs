@@ -305,3 +305,86 @@ async fn login_guesses_count_across_instances() {
         assert!(r.headers().get("retry-after").is_some());
     }
 }
+
+/// Like [`member`], all sending upstream to `upstream` (one mock that knows every file).
+fn member_to(redis: &RedisServer, id: &str, upstream: &str) -> Harness {
+    let extra = format!(
+        "pool: {{ state_file: \"\", keys_file: \"\" }}\ncluster: {{ redis: \"{}\", instance_id: {id}, key_prefix: \"pins:\" }}\n",
+        redis.url()
+    );
+    let upstream = upstream.to_string();
+    Harness::start_with(
+        &[("a", "valid-a", 1), ("b", "valid-b", 1)],
+        &extra,
+        move |text| {
+            *text = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("  base_url:") {
+                        format!("  base_url: \"{upstream}\"")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n";
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_made_through_one_instance_is_served_through_all_by_its_key() {
+    let redis = RedisServer::start();
+    let mock = MockGemini::start().expect("mock");
+    let upstream = mock.base_url();
+    let gws: Vec<Harness> = (1..=3)
+        .map(|i| member_to(&redis, &format!("p-{i}"), &upstream))
+        .collect();
+    let c = &gws[0].client;
+    let start = c
+        .post(gws[0].url("/upload/v1beta/files"))
+        .header(CLIENT.0, CLIENT.1)
+        .header("x-goog-upload-protocol", "resumable")
+        .header("x-goog-upload-command", "start")
+        .header("x-goog-upload-header-content-length", "10")
+        .body(r#"{"file":{"displayName":"a.txt"}}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = start.status();
+    let url = start.headers().get("x-goog-upload-url").cloned();
+    assert_eq!(status, 200, "{}", start.text().await.unwrap());
+    let url = url.unwrap().to_str().unwrap().to_string();
+    let (s, file) = json_of(
+        c.post(&url)
+            .header(CLIENT.0, CLIENT.1)
+            .header("x-goog-upload-command", "upload, finalize")
+            .header("x-goog-upload-offset", "0")
+            .body(vec![b'x'; 10])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200, "{file}");
+    let name = file["file"]["name"].as_str().unwrap().to_string();
+    // At once, through the other instances: the key that made it answers every time.
+    for i in 0..8 {
+        let g = &gws[1 + i % 2];
+        let (s, f) = g
+            .call("GET", &format!("/v1beta/{name}"), CLIENT, None)
+            .await;
+        assert_eq!(s, 200, "call {i} through {}: {f}", 1 + i % 2);
+    }
+    let keys: Vec<String> = mock
+        .requests()
+        .iter()
+        .filter_map(|r| r.key.clone())
+        .collect();
+    assert_eq!(keys.len(), 10);
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "one key served the file: {keys:?}"
+    );
+}

@@ -48,7 +48,7 @@ impl AdminApp {
         if r.status() == 202 {
             crate::cluster_sync::announce(
                 &self.shared,
-                crate::cluster_sync::ClusterEvent::KeyRemoved {
+                crate::cluster::events::ClusterEvent::KeyRemoved {
                     key_id: id.to_string(),
                 },
             );
@@ -100,13 +100,13 @@ impl AdminApp {
         }
         tracing::info!(target: "gemini_proxy::security", key_id = id, action, "key state changed by an operator");
         let action = match action {
-            "disable" => crate::cluster_sync::KeyAction::Disable,
-            "enable" => crate::cluster_sync::KeyAction::Enable,
-            _ => crate::cluster_sync::KeyAction::Reset,
+            "disable" => crate::cluster::events::KeyAction::Disable,
+            "enable" => crate::cluster::events::KeyAction::Enable,
+            _ => crate::cluster::events::KeyAction::Reset,
         };
         crate::cluster_sync::announce(
             &self.shared,
-            crate::cluster_sync::ClusterEvent::KeyState {
+            crate::cluster::events::ClusterEvent::KeyState {
                 key_id: id.to_string(),
                 action,
             },
@@ -138,7 +138,7 @@ impl AdminApp {
             Ok(generation) => {
                 crate::cluster_sync::announce(
                     &self.shared,
-                    crate::cluster_sync::ClusterEvent::Preset { name: name.clone() },
+                    crate::cluster::events::ClusterEvent::Preset { name: name.clone() },
                 );
                 let rt = self.shared.runtime.load_full();
                 json_response(

@@ -105,7 +105,7 @@ impl AdminApp {
                 tracing::info!(target: "gemini_proxy::security", jti = %r.jti, "token revoked");
                 crate::cluster_sync::announce(
                     &self.shared,
-                    crate::cluster_sync::ClusterEvent::Revoked { jti: r.jti.clone() },
+                    crate::cluster::events::ClusterEvent::Revoked { jti: r.jti.clone() },
                 );
                 json_response(200, &json!({"revoked": r.jti}))
             }

@@ -11,7 +11,41 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+use serde::{Deserialize, Serialize};
+
 use super::Link;
+use crate::pool::PoolEvent;
+
+/// One thing the other instances must apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ClusterEvent {
+    Pool(PoolEvent),
+    /// An operator disabled, enabled or reset a key.
+    KeyState {
+        key_id: String,
+        action: KeyAction,
+    },
+    /// An operator removed a key (calls in flight on it finish).
+    KeyRemoved {
+        key_id: String,
+    },
+    /// An operator applied a weight preset (`None`: back to the schedule).
+    Preset {
+        name: Option<String>,
+    },
+    Revoked {
+        jti: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyAction {
+    Disable,
+    Enable,
+    Reset,
+}
 
 /// How long an unpublished event is retried.
 const RETRY_FOR: Duration = Duration::from_secs(600);

@@ -18,6 +18,7 @@ use crate::config::ClusterConfig;
 pub mod events;
 pub mod heartbeat;
 pub mod limits;
+pub mod pins;
 
 /// Why a Redis operation gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -47,8 +47,28 @@ pub struct Affinity {
 }
 
 impl KeyPool {
-    /// Remembers that `key_id` created `resource` for `owner`, for `ttl`.
+    /// Remembers that `key_id` created `resource` for `owner`, for `ttl`, and tells the other
+    /// instances.
     pub fn pin(&self, resource: &str, key_id: &str, ttl: Duration, owner: Option<&str>) {
+        let until = now_unix() + ttl.as_secs();
+        if self.remember(resource, key_id, until, owner) {
+            self.publish(super::PoolEvent::Pinned {
+                resource: resource.to_string(),
+                key_id: key_id.to_string(),
+                owner: owner.map(str::to_string),
+                until,
+            });
+        }
+    }
+
+    /// Remembers a pin here only. False when an earlier owner keeps the resource.
+    pub(super) fn remember(
+        &self,
+        resource: &str,
+        key_id: &str,
+        until: u64,
+        owner: Option<&str>,
+    ) -> bool {
         let now = now_unix();
         let mut pins = self.affinity.lock();
         if pins.len() >= MAX_AFFINITY {
@@ -66,7 +86,7 @@ impl KeyPool {
         // and another caller creating the same name in another project never re-points it.
         let owner = match pins.get(resource).filter(|a| a.until > now) {
             Some(a) if a.owner.is_some() && a.owner.as_deref() != owner && a.key_id != key_id => {
-                return;
+                return false;
             }
             Some(a) => a.owner.clone(),
             None => owner.map(str::to_string),
@@ -75,12 +95,13 @@ impl KeyPool {
             resource.to_string(),
             Affinity {
                 key_id: key_id.to_string(),
-                until: now + ttl.as_secs(),
+                until,
                 owner,
             },
         );
         drop(pins);
         self.mark_dirty();
+        true
     }
 
     /// The key that created `resource`, if known and not expired.

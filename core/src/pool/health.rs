@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::shared_health::HealthEvent;
+use super::shared::PoolEvent;
 use super::{DeadReason, KeyLive, KeyPool, QuotaWindow, Verdict, has_room, model_key, now_unix};
 
 use crate::config::PoolConfig;
@@ -171,7 +171,7 @@ impl KeyPool {
             st.troubled.insert(id.clone());
             tracing::warn!(target: "gemini_proxy::pool", key_id, open_for_s = open_for.as_secs(), "circuit breaker opened");
             drop(guard);
-            self.publish(HealthEvent::BreakerOpen {
+            self.publish(PoolEvent::BreakerOpen {
                 key_id: key_id.to_string(),
                 fingerprint,
                 until_ms: clock::unix_millis() + open_for.as_millis() as u64,
@@ -255,7 +255,7 @@ impl HealthState {
         model: String,
         verdict: &Verdict,
         now: SystemTime,
-    ) -> (bool, Option<DeadReason>, Option<HealthEvent>) {
+    ) -> (bool, Option<DeadReason>, Option<PoolEvent>) {
         let mut died = None;
         let mut found = None;
         let Some(h) = self.keys.get(id) else {
@@ -270,7 +270,7 @@ impl HealthState {
             Verdict::KeyDead(reason) => {
                 died = self.died(id, *reason, now);
                 if died.is_some() {
-                    found = Some(HealthEvent::Dead {
+                    found = Some(PoolEvent::Dead {
                         key_id: id.to_string(),
                         fingerprint: fingerprint.clone(),
                         reason: *reason,
@@ -295,7 +295,7 @@ impl HealthState {
                     clock::unix_secs(now),
                 );
                 if changed {
-                    found = Some(HealthEvent::ProjectRest {
+                    found = Some(PoolEvent::ProjectRest {
                         project: project.to_string(),
                         model,
                         cooldown,
@@ -312,7 +312,7 @@ impl HealthState {
                     clock::unix_secs(now),
                 );
                 if changed {
-                    found = Some(HealthEvent::KeyRest {
+                    found = Some(PoolEvent::KeyRest {
                         key_id: id.to_string(),
                         fingerprint: fingerprint.clone(),
                         model,

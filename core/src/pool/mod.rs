@@ -17,7 +17,7 @@ pub mod live;
 pub mod overlay;
 pub mod persist;
 pub mod report;
-pub mod shared_health;
+pub mod shared;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -35,7 +35,7 @@ pub use health::Cooldown;
 pub use live::KeyLive;
 pub use overlay::{AdminOverlay, KeyOverlay};
 pub use report::{CooldownReport, KeyReport};
-pub use shared_health::HealthEvent;
+pub use shared::PoolEvent;
 pub use usage::UsageWindows;
 
 use crate::util::clock;
@@ -86,7 +86,7 @@ pub struct KeyPool {
     dirty: std::sync::mpsc::SyncSender<()>,
     dirty_rx: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     /// Where new health findings go (a cluster's other instances).
-    publisher: std::sync::OnceLock<shared_health::HealthPublisher>,
+    publisher: std::sync::OnceLock<shared::PoolPublisher>,
 }
 
 fn now_unix() -> u64 {

@@ -70,7 +70,7 @@ impl GatewayProxy {
             return Ok(());
         };
         let body = self.body(session, ctx, &inbound).await?;
-        let refs = self.resources(ctx, &inbound, &body)?;
+        let refs = self.resources(ctx, &inbound, &body).await?;
         self.attempts(session, ctx, &inbound, body, &refs).await
     }
 }

@@ -9,7 +9,8 @@ use super::{GatewayProxy, Inbound, tenancy};
 impl GatewayProxy {
     /// The resources the call names (path, upload session, body), most specific first; another
     /// tenant's are refused as if they did not exist.
-    pub(super) fn resources(
+    /// In a cluster, what another instance learnt of them is fetched first.
+    pub(super) async fn resources(
         &self,
         ctx: &mut CallState,
         inbound: &Inbound,
@@ -18,7 +19,8 @@ impl GatewayProxy {
         let enabled = ctx.runtime.config.auth.tenant_isolation;
         let isolated = tenancy::isolated(ctx.cx(), enabled);
         ctx.owner = tenancy::owner(ctx.cx());
-        let refs = if isolated || self.shared.pool.has_pins() {
+        let shared_pins = self.shared.cluster.is_some();
+        let refs = if isolated || shared_pins || self.shared.pool.has_pins() {
             let scan = match body {
                 RequestBody::Buffered(b) if !b.is_empty() => Some(&b[..]),
                 _ => None,
@@ -27,6 +29,15 @@ impl GatewayProxy {
         } else {
             Vec::new()
         };
+        if let Some(c) = &self.shared.cluster
+            && !refs.is_empty()
+        {
+            // Owners are kept under the resource's own name (`files/x` for `files/x:download`).
+            let mut names = refs.clone();
+            names.extend(refs.iter().filter_map(|r| tenancy::resource_key(r)));
+            names.dedup();
+            crate::cluster::pins::fetch(&c.link, &self.shared.pool, &names).await;
+        }
         if isolated {
             self.own_resources_only(ctx, inbound, &refs)?;
         }

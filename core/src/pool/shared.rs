@@ -1,5 +1,6 @@
-//! Key health other instances should know at once: a project resting for a model (quota 429s),
-//! a key resting for a model (no access, `limit: 0`), a dead key, an open breaker. The pool hands
+//! What the pool learns that other instances should know at once: a project resting for a model
+//! (quota 429s), a key resting for a model (no access, `limit: 0`), a dead key, an open breaker,
+//! the key that created a resource. The pool hands
 //! each new finding to a publisher (set when the gateway runs as a cluster) and applies what
 //! other instances found, without handing that on again. Keys are named by id, with the key's
 //! fingerprint so an instance never applies a finding about another secret under the same id.
@@ -12,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use super::health::{Breaker, Cooldown};
 use super::{DeadReason, KeyPool, now_unix};
 
-/// One finding about key health.
+/// One finding of the pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "finding", rename_all = "snake_case")]
-pub enum HealthEvent {
+pub enum PoolEvent {
     ProjectRest {
         project: String,
         model: String,
@@ -38,40 +39,58 @@ pub enum HealthEvent {
         /// Unix milliseconds.
         until_ms: u64,
     },
+    /// `key_id` created `resource` for `owner`; remembered until `until` (unix seconds).
+    Pinned {
+        resource: String,
+        key_id: String,
+        owner: Option<String>,
+        until: u64,
+    },
 }
 
-impl HealthEvent {
+impl PoolEvent {
     /// Until when the finding matters (unix seconds); `None`: until an operator acts.
     pub fn expires(&self) -> Option<u64> {
         match self {
-            HealthEvent::ProjectRest { cooldown, .. } | HealthEvent::KeyRest { cooldown, .. } => {
+            PoolEvent::ProjectRest { cooldown, .. } | PoolEvent::KeyRest { cooldown, .. } => {
                 Some(cooldown.until)
             }
-            HealthEvent::Dead { .. } => None,
-            HealthEvent::BreakerOpen { until_ms, .. } => Some(until_ms.div_ceil(1000)),
+            PoolEvent::Dead { .. } => None,
+            PoolEvent::BreakerOpen { until_ms, .. } => Some(until_ms.div_ceil(1000)),
+            PoolEvent::Pinned { until, .. } => Some(*until),
         }
     }
 
     /// A name per subject: a newer finding about the same thing replaces the older.
     pub fn subject(&self) -> String {
         match self {
-            HealthEvent::ProjectRest { project, model, .. } => format!("project:{project}:{model}"),
-            HealthEvent::KeyRest { key_id, model, .. } => format!("key:{key_id}:{model}"),
-            HealthEvent::Dead { key_id, .. } => format!("dead:{key_id}"),
-            HealthEvent::BreakerOpen { key_id, .. } => format!("breaker:{key_id}"),
+            PoolEvent::ProjectRest { project, model, .. } => format!("project:{project}:{model}"),
+            PoolEvent::KeyRest { key_id, model, .. } => format!("key:{key_id}:{model}"),
+            PoolEvent::Dead { key_id, .. } => format!("dead:{key_id}"),
+            PoolEvent::BreakerOpen { key_id, .. } => format!("breaker:{key_id}"),
+            PoolEvent::Pinned { resource, .. } => pin_subject(resource),
         }
     }
 }
 
-pub type HealthPublisher = Box<dyn Fn(HealthEvent) + Send + Sync>;
+/// The subject of a resource's pin: a hash, whatever the resource's name holds.
+pub fn pin_subject(resource: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "pin:{}",
+        hex::encode(&sha2::Sha256::digest(resource.as_bytes())[..16])
+    )
+}
+
+pub type PoolPublisher = Box<dyn Fn(PoolEvent) + Send + Sync>;
 
 impl KeyPool {
     /// Where new findings go (once, at startup, when running as a cluster).
-    pub fn set_publisher(&self, publish: HealthPublisher) {
+    pub fn set_publisher(&self, publish: PoolPublisher) {
         let _ = self.publisher.set(publish);
     }
 
-    pub(super) fn publish(&self, event: HealthEvent) {
+    pub(super) fn publish(&self, event: PoolEvent) {
         if let Some(p) = self.publisher.get() {
             p(event);
         }
@@ -79,16 +98,25 @@ impl KeyPool {
 
     /// Applies another instance's finding. False when it does not apply here (unknown key, other
     /// secret, already past).
-    pub fn apply_remote(&self, event: &HealthEvent) -> bool {
+    pub fn apply_remote(&self, event: &PoolEvent) -> bool {
         let now = now_unix();
         if event.expires().is_some_and(|t| t <= now) {
             return false;
+        }
+        if let PoolEvent::Pinned {
+            resource,
+            key_id,
+            owner,
+            until,
+        } = event
+        {
+            return self.remember(resource, key_id, *until, owner.as_deref());
         }
         let mut guard = self.health.lock();
         let st = &mut *guard;
         let same_key = |id: &str, fp: &str| st.keys.get(id).is_some_and(|h| h.fingerprint == fp);
         let applied = match event {
-            HealthEvent::ProjectRest {
+            PoolEvent::ProjectRest {
                 project,
                 model,
                 cooldown,
@@ -97,7 +125,7 @@ impl KeyPool {
                 cooldown.clone(),
                 now,
             ),
-            HealthEvent::KeyRest {
+            PoolEvent::KeyRest {
                 key_id,
                 fingerprint,
                 model,
@@ -108,7 +136,7 @@ impl KeyPool {
                 &cooldown.reason,
                 now,
             ),
-            HealthEvent::Dead {
+            PoolEvent::Dead {
                 key_id,
                 fingerprint,
                 reason,
@@ -117,7 +145,7 @@ impl KeyPool {
                 st.died(&id, *reason, std::time::SystemTime::now())
                     .is_some()
             }
-            HealthEvent::BreakerOpen {
+            PoolEvent::BreakerOpen {
                 key_id,
                 fingerprint,
                 until_ms,
