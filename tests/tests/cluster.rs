@@ -168,7 +168,7 @@ async fn redis_away_at_startup_means_degraded_not_down() {
     assert_eq!(count(&statuses, 429), 10, "{statuses:?}");
     let h = g.admin_json("/health").await;
     assert_eq!(h["cluster"]["degraded"], true, "{h}");
-    assert!(h["cluster"]["redis_errors"].as_u64().unwrap() >= 20, "{h}");
+    assert!(h["cluster"]["redis_errors"].as_u64().unwrap() >= 1, "{h}");
     let m = g.admin_text("/metrics").await;
     assert!(m.contains("cluster_degraded 1"), "{m}");
     assert_eq!(
@@ -229,10 +229,81 @@ async fn redis_killed_under_load_fails_no_call_and_the_count_converges() {
             back
         };
         if all_back {
-            drop(redis);
+            // What the instances admitted while Redis was away is counted there now.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let fields = redis_cli(&redis, &["HGETALL", "kill:rl:ip:127.0.0.1"]);
+            let lines: Vec<&str> = fields.lines().collect();
+            let replayed: u64 = lines
+                .chunks(2)
+                .filter(|kv| kv[0].starts_with("r:"))
+                .map(|kv| kv[1].parse::<u64>().unwrap_or(0))
+                .sum();
+            assert!(replayed >= 100, "replayed {replayed}: {fields}");
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the instances never used Redis again");
+}
+
+/// `redis-cli` against the test server.
+fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "-a",
+            &redis.password,
+            "--no-auth-warning",
+        ])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_redis_costs_a_call_at_most_the_time_budget() {
+    let redis = RedisServer::start();
+    let g = member(&redis.url(), "slow", "slow:", 1000);
+    assert_eq!(spread(&[&g], 3).await, [200, 200, 200]);
+    // Redis stops answering anyone for 3 s.
+    assert_eq!(redis_cli(&redis, &["CLIENT", "PAUSE", "3000", "ALL"]), "OK");
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        assert_eq!(g.generate("while slow").await.status(), 200);
+        // The 50 ms budget plus the call itself, with room for a loaded machine.
+        assert!(
+            t.elapsed() < Duration::from_millis(800),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "calls did not wait for Redis"
+    );
+    assert_eq!(g.admin_json("/health").await["cluster"]["degraded"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_of_another_type_in_redis_degrades_instead_of_failing() {
+    let redis = RedisServer::start();
+    let g = member(&redis.url(), "odd", "odd:", 1000);
+    assert_eq!(spread(&[&g], 1).await, [200]);
+    // Whatever wrote it, the counter of this caller is now a plain string.
+    let keys = redis_cli(&redis, &["--scan", "--pattern", "odd:rl:*"]);
+    let key = keys.lines().next().expect("a counter").to_string();
+    assert_eq!(redis_cli(&redis, &["SET", &key, "not-a-hash"]), "OK");
+    let statuses = spread(&[&g], 5).await;
+    assert_eq!(statuses, [200; 5], "answered from local state");
+    let h = g.admin_json("/health").await;
+    assert!(h["cluster"]["redis_errors"].as_u64().unwrap() >= 1, "{h}");
+    assert!(
+        !h["cluster"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not-a-hash")
+    );
 }

@@ -27,7 +27,13 @@ pub enum LinkError {
     Timeout(Duration),
     #[error("Redis: {0}")]
     Failed(String),
+    /// Redis failed a moment ago: calls do not wait for it until the link tries again.
+    #[error("Redis is unavailable (retried in the background)")]
+    Resting,
 }
+
+/// How long calls skip Redis after it failed (background work keeps trying).
+const REST_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 pub use crate::config::redis_address;
 
@@ -67,6 +73,8 @@ pub struct Link {
     manager: ConnectionManager,
     runtime: tokio::runtime::Handle,
     degraded: AtomicBool,
+    /// Until when (unix ms) calls skip Redis after a failure.
+    resting_until: AtomicU64,
     errors: AtomicU64,
     /// Live instances at the last heartbeat (0 = none seen yet).
     peers: AtomicU32,
@@ -113,6 +121,7 @@ impl Link {
             manager,
             runtime,
             degraded: AtomicBool::new(true),
+            resting_until: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             peers: AtomicU32::new(0),
             fallback_instances: cfg.fallback_instances.max(1),
@@ -125,13 +134,19 @@ impl Link {
         format!("{}{name}", self.prefix)
     }
 
-    /// Runs `op` on the link's runtime within the time budget (`budget`, or the link's own).
+    /// Runs `op` on the link's runtime within the time budget (`budget`, or the link's own for
+    /// work on a call's path, which does not wait at all for a while after Redis failed).
     pub async fn run<T, F, Fut>(&self, budget: Option<Duration>, op: F) -> Result<T, LinkError>
     where
         T: Send + 'static,
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
     {
+        if budget.is_none()
+            && crate::util::clock::unix_millis() < self.resting_until.load(Ordering::Relaxed)
+        {
+            return Err(LinkError::Resting);
+        }
         let budget = budget.unwrap_or(self.budget);
         let task = self.runtime.spawn(op(self.manager.clone()));
         let abort = task.abort_handle();
@@ -152,6 +167,7 @@ impl Link {
     }
 
     fn succeeded(&self) {
+        self.resting_until.store(0, Ordering::Relaxed);
         if self.degraded.swap(false, Ordering::Relaxed) {
             tracing::info!(target: "gemini_proxy::cluster", redis = %self.address, "Redis answers again: shared state in use");
             *self.last_error.lock() = None;
@@ -160,6 +176,10 @@ impl Link {
 
     fn failed(&self, e: &LinkError) {
         self.errors.fetch_add(1, Ordering::Relaxed);
+        self.resting_until.store(
+            crate::util::clock::unix_millis() + REST_AFTER_FAILURE.as_millis() as u64,
+            Ordering::Relaxed,
+        );
         if !self.degraded.swap(true, Ordering::Relaxed) {
             tracing::warn!(target: "gemini_proxy::cluster", redis = %self.address, error = %e, "Redis unavailable: going on with local state");
         }
