@@ -13,14 +13,21 @@ use crate::config::{ConfigError, LoadedConfig};
 use crate::metrics::Metrics;
 use crate::stats::Stats;
 
-/// Hash of what should be the same on every instance: the config without the sections that
-/// are each instance's own (listeners, admin listener, cluster identity, audit files).
+/// Hash of what should be the same on every instance: the config without what is each
+/// instance's own (listeners, admin listener, cluster identity, the files it writes).
 fn shared_settings_hash(c: &crate::config::Config) -> String {
     use sha2::Digest;
     let mut v = serde_json::to_value(c).unwrap_or_default();
     if let Some(m) = v.as_object_mut() {
         for own in ["server", "metrics", "cluster", "audit"] {
             m.remove(own);
+        }
+        if let Some(pool) = m.get_mut("pool").and_then(|p| p.as_object_mut()) {
+            pool.remove("state_file");
+            pool.remove("keys_file");
+        }
+        if let Some(auth) = m.get_mut("auth").and_then(|p| p.as_object_mut()) {
+            auth.remove("revocations_file");
         }
     }
     hex::encode(sha2::Sha256::digest(v.to_string().as_bytes()))
