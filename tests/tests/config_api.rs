@@ -161,6 +161,11 @@ async fn config_is_read_redacted_replaced_versioned_and_rolled_back() {
             "where the pooled keys are sent",
         ),
         (
+            // Shared state in a Redis of the caller's choice would lift every limit.
+            format!("{new}cluster: {{ redis: \"redis://evil.example:6379/0\" }}\n"),
+            "`cluster:`",
+        ),
+        (
             new.replacen(
                 "server: { host: 127.0.0.1,",
                 "server: { host: 127.0.0.1, trusted_proxies: [ 0.0.0.0/0 ],",
