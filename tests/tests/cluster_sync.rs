@@ -388,3 +388,34 @@ async fn a_file_made_through_one_instance_is_served_through_all_by_its_key() {
         "one key served the file: {keys:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_logins_use_up_no_guess() {
+    let redis = RedisServer::start();
+    let auth = format!(
+        "auth: {{ enabled: true, jwt_secret: \"{SECRET}\", admin_password: \"Right-Password-42\", revocations_file: \"\" }}\n"
+    );
+    let gws: Vec<Harness> = (1..=2)
+        .map(|i| {
+            member(
+                &redis,
+                &format!("m-{i}"),
+                "malformed:",
+                &[("a", "valid-a", 1)],
+                &auth,
+            )
+        })
+        .collect();
+    for _ in 0..8 {
+        let r = gws[0]
+            .client
+            .post(gws[0].admin("/auth/login"))
+            .header("content-type", "application/json")
+            .body("not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+    }
+    assert_eq!(gws[1].login("Right-Password-42").await.status(), 200);
+}

@@ -19,8 +19,15 @@ pub fn locked_change(before: &LoadedConfig, after: &LoadedConfig) -> Option<&'st
     if file_auth(before) != file_auth(after) {
         return Some(AUTH_LOCKED);
     }
+    // Likewise `cluster:`, which `REDIS_URL` overrides.
+    if before.migrated.get("cluster") != after.migrated.get("cluster") {
+        return Some(CLUSTER_LOCKED);
+    }
     locked_config_change(&before.config, &after.config)
 }
+
+const CLUSTER_LOCKED: &str =
+    "changes the `cluster:` section (where the instances share limits, key health and revocations)";
 
 const AUTH_LOCKED: &str = "changes the `auth:` section (who is trusted: signing secrets and keys, leeway, revocations, the admin password, auth on or off)";
 
@@ -49,9 +56,7 @@ fn locked_config_change(before: &Config, after: &Config) -> Option<&'static str>
         );
     }
     if before.cluster != after.cluster {
-        return Some(
-            "changes the `cluster:` section (where the instances share limits, key health and revocations)",
-        );
+        return Some(CLUSTER_LOCKED);
     }
     if before.audit != after.audit
         || before.pool.state_file != after.pool.state_file
@@ -115,6 +120,7 @@ mod tests {
         let env = |k: &str| match k {
             "JWT_SECRET" => Some("Env-Secret-0123456789-abcdefghijklmnop!".to_string()),
             "ADMIN_PASSWORD" => Some("Env-Admin-Password-2026!".to_string()),
+            "REDIS_URL" => Some("redis://:env-pw@10.0.0.5:6379/0".to_string()),
             _ => None,
         };
         crate::config::load_str(text, "(test)", &env).expect("config")
@@ -132,5 +138,17 @@ mod tests {
         // A change elsewhere goes through.
         let weights = base.replace("key: valid-key-a }", "key: valid-key-a, weight: 5 }");
         assert_eq!(locked_change(&before, &load(&weights)), None);
+    }
+
+    #[test]
+    fn a_redis_planted_under_redis_url_is_refused() {
+        let base = "gemini: { api_keys: [ { id: a, key: valid-key-a } ] }\ncluster: { redis: \"redis://10.0.0.5:6379/0\" }\n";
+        let planted = base.replace("10.0.0.5", "attacker.example");
+        let (before, after) = (load(base), load(&planted));
+        assert_eq!(
+            before.config.cluster, after.config.cluster,
+            "REDIS_URL wins on both"
+        );
+        assert!(locked_change(&before, &after).is_some_and(|m| m.contains("`cluster:`")));
     }
 }

@@ -172,9 +172,6 @@ impl AdminApp {
             who,
             settled: false,
         };
-        if let Some(d) = super::login_shared::reserve(&self.shared, who).await {
-            return too_many(d);
-        }
         let body = match read_body(session, &self.shared).await {
             Ok(b) => b,
             Err(r) => return r,
@@ -193,6 +190,10 @@ impl AdminApp {
         let (hash, plain) = (a.admin_password_hash.clone(), a.admin_password.clone());
         if hash.is_none() && plain.is_none() {
             return error(503, "no admin password is configured");
+        }
+        // Only a password about to be checked uses up one of the client's guesses cluster-wide.
+        if let Some(d) = super::login_shared::reserve(&self.shared, who).await {
+            return too_many(d);
         }
         let ok = tokio::task::spawn_blocking(move || match (hash, plain) {
             (Some(hash), _) => verify_hash(&hash, &login.password),

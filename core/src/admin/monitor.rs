@@ -23,12 +23,10 @@ impl AdminApp {
             "keys": {"configured": keys.len(), "enabled": keys.iter().filter(|k| k.enabled).count()},
             "upstream": {"host": rt.upstream.target.host, "tls": rt.upstream.target.tls},
             "pipeline": rt.pipeline.stages.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(),
+            // Where Redis is and what went wrong with it is for operators (`/api/cluster`).
             "cluster": self.shared.cluster.as_ref().map(|c| json!({
-                "instance_id": c.link.instance_id,
-                "redis": c.link.address,
                 "degraded": c.link.degraded(),
                 "redis_errors": c.link.errors(),
-                "last_error": c.link.last_error(),
                 "instances": c.link.instances(),
             })),
             "tls": self.shared.tls.as_ref().map(|t| {
@@ -62,7 +60,10 @@ impl AdminApp {
                     &json!({
                         "cluster": true,
                         "this_instance": c.link.instance_id,
+                        "redis": c.link.address,
                         "degraded": c.link.degraded(),
+                        "redis_errors": c.link.errors(),
+                        "last_error": c.link.last_error(),
                         "config_drift": hashes.len() > 1,
                         "instances": list,
                     }),

@@ -98,7 +98,11 @@ return 1
 const RENEW: &str = r"
 local t = redis.call('TIME')
 local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i = 1, #KEYS do redis.call('ZADD', KEYS[i], 'XX', until_ms, ARGV[2]) end
+for i = 1, #KEYS do
+  redis.call('ZADD', KEYS[i], 'XX', until_ms, ARGV[2])
+  -- The set outlives its longest lease (it expires 2 leases after its last change).
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1]) * 2)
+end
 return 1
 ";
 

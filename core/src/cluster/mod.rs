@@ -170,7 +170,6 @@ impl Link {
         self.resting_until.store(0, Ordering::Relaxed);
         if self.degraded.swap(false, Ordering::Relaxed) {
             tracing::info!(target: "gemini_proxy::cluster", redis = %self.address, "Redis answers again: shared state in use");
-            *self.last_error.lock() = None;
         }
     }
 

@@ -17,7 +17,8 @@ use crate::stats::Stats;
 /// instance's own (listeners, admin listener, cluster identity, the files it writes).
 fn shared_settings_hash(c: &crate::config::Config) -> String {
     use sha2::Digest;
-    let mut v = serde_json::to_value(c).unwrap_or_default();
+    // Redacted: the hash travels through Redis and must not be a check value for a secret.
+    let mut v = crate::config::redacted(c);
     if let Some(m) = v.as_object_mut() {
         for own in ["server", "metrics", "cluster", "audit"] {
             m.remove(own);
