@@ -302,7 +302,7 @@ impl Pipeline {
     }
 
     /// The body phase (after a buffered body is read): first rejection wins.
-    pub fn body(
+    pub async fn body(
         &self,
         cx: &mut RequestContext,
         body: &[u8],
@@ -311,7 +311,10 @@ impl Pipeline {
             if !stage.applies(cx) {
                 continue;
             }
-            match std::panic::catch_unwind(AssertUnwindSafe(|| stage.plugin.on_body(cx, body))) {
+            let r = AssertUnwindSafe(stage.plugin.on_body(cx, body))
+                .catch_unwind()
+                .await;
+            match r {
                 Ok(Ok(Admission::Reject(rej))) => return Ok(Some(rej)),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => Self::on_error(stage, "body", e)?,

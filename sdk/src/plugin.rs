@@ -70,7 +70,7 @@ pub enum Admission {
 /// register a [`PluginFactory`](crate::PluginFactory), and name the stage in the YAML
 /// `pipeline:` list. Stages run in list order within each phase; there are no priorities.
 ///
-/// Hooks other than `on_admit` are synchronous and run on the request's task: they must not
+/// Hooks other than `on_admit` and `on_body` are synchronous and run on the request's task: they must not
 /// block (no file or network I/O; hand work to a channel).
 ///
 /// ```
@@ -110,8 +110,12 @@ pub trait Plugin: Send + Sync + 'static {
     /// the second half of admission. `cx.request.body_size` is now the size read, and on
     /// OpenAI-style paths `cx.request.model` and `cx.request.stream` come from the body. Charge
     /// what depends on the body here (tokens), refuse what the body reveals (a model the
-    /// caller may not use). Runs before any key is chosen.
-    fn on_body(&self, _cx: &mut RequestContext, _body: &[u8]) -> Result<Admission, PluginError> {
+    /// caller may not use). Runs before any key is chosen. May await (no locks held across it).
+    async fn on_body(
+        &self,
+        _cx: &mut RequestContext,
+        _body: &[u8],
+    ) -> Result<Admission, PluginError> {
         Ok(Admission::Continue)
     }
 

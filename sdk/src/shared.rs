@@ -23,11 +23,13 @@ pub struct LimitScope {
 pub struct LimitCall {
     /// Where it counts.
     pub scopes: Vec<LimitScope>,
-    /// Tokens charged now (an estimate, corrected later with [`LimitAdjust`]).
-    pub tokens: u64,
+    /// Tokens charged now (an estimate, corrected later with [`LimitAdjust`]); for a
+    /// [`charge`](SharedLimits::charge), the change (negative when the estimate was high).
+    pub tokens: i64,
     /// Opens a stream: counted against `concurrent_streams` until closed.
     pub stream: bool,
-    /// Unique per call: names the call's stream lease.
+    /// Unique per call (never from the client): names the call's stream lease, and an
+    /// adjustment with this id replays the call's admission at most once.
     pub call_id: String,
 }
 
@@ -68,9 +70,13 @@ pub enum LimitVerdict {
 /// closed. Applied in the background, in order.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct LimitAdjust {
+    /// Unique per adjustment: applied at most once, however often it is retried. The call's own
+    /// `call_id` replays its admission (skipped when the admission was counted after all).
+    pub id: String,
     /// The scope keys the call was counted in.
     pub scopes: Vec<String>,
-    /// The second it was counted in ([`LimitVerdict::Admitted`]).
+    /// The second it was counted in ([`LimitVerdict::Admitted`]); 0: the second the
+    /// adjustment was made (a replayed admission).
     pub second: u64,
     /// Added to its requests (-1 takes the call back).
     pub requests: i64,
@@ -90,6 +96,16 @@ pub struct SharedUnavailable;
 pub trait SharedLimits: Send + Sync + 'static {
     /// Checks the call against every scope over the last 60 seconds and counts it if all allow.
     async fn admit(&self, call: &LimitCall) -> Result<LimitVerdict, SharedUnavailable>;
+    /// The body of a call admitted in `second` is in: charges `call.tokens` more (the body's real
+    /// size minus the estimate; may be negative) and opens a stream when `call.stream` (known
+    /// only from an OpenAI-style body), checking the limits as admission did. A refusal takes
+    /// the whole call back (its request and `estimate` tokens).
+    async fn charge(
+        &self,
+        call: &LimitCall,
+        second: u64,
+        estimate: u64,
+    ) -> Result<LimitVerdict, SharedUnavailable>;
     /// Queues an adjustment; never blocks.
     fn adjust(&self, adjust: LimitAdjust);
     /// Live instances last seen (at least 1): while the counters are away, each instance keeps

@@ -309,3 +309,116 @@ async fn a_key_of_another_type_in_redis_degrades_instead_of_failing() {
     // The public page says that something is wrong, not where Redis is or what it said.
     assert!(h["cluster"].get("redis").is_none() && h["cluster"].get("last_error").is_none());
 }
+
+/// A gateway in the cluster with `limits` for each client IP.
+fn limited(redis: &RedisServer, id: &str, prefix: &str, limits: &str) -> Harness {
+    let extra = format!(
+        "pool: {{ state_file: \"\" }}\npipeline:\n  - rate_limit: {{ per_ip: {limits} }}\n  - key_select\ncluster: {{ redis: \"{}\", instance_id: {id}, key_prefix: \"{prefix}\" }}\n",
+        redis.url()
+    );
+    Harness::start_with(&[("a", "valid-a", 1)], &extra, |_| {})
+}
+
+/// `n` calls at once whose bodies arrive chunked (no length known at admission); the statuses.
+fn chunked_burst(port: u16, n: usize, body_bytes: usize) -> Vec<u16> {
+    use std::io::{Read, Write};
+    let mut conns: Vec<std::net::TcpStream> = (0..n)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            write!(s, "POST {GENERATE} HTTP/1.1\r\nhost: x\r\nx-goog-api-key: {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n", CLIENT.1).unwrap();
+            s
+        })
+        .collect();
+    // Every call is admitted on its estimate before any body arrives.
+    std::thread::sleep(Duration::from_millis(500));
+    let text = "x".repeat(body_bytes);
+    let body =
+        format!("{{\"contents\":[{{\"role\":\"user\",\"parts\":[{{\"text\":\"{text}\"}}]}}]}}");
+    for s in &mut conns {
+        write!(s, "{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).unwrap();
+    }
+    conns
+        .iter_mut()
+        .map(|s| {
+            let mut raw = String::new();
+            let _ = s.read_to_string(&mut raw);
+            raw.split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_bodies_are_charged_in_redis_before_they_go_upstream() {
+    let redis = RedisServer::start();
+    let g = limited(&redis, "chunk", "chunk:", "{ tpm: 2000 }");
+    let port = g.gateway.proxy_addr.port();
+    // Eight bodies of about 1,400 tokens each against 2,000 a minute: one fits.
+    let statuses = tokio::task::spawn_blocking(move || chunked_burst(port, 8, 5600))
+        .await
+        .unwrap();
+    assert_eq!(count(&statuses, 200), 1, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 7, "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openai_stream_counts_against_concurrent_streams_in_redis() {
+    let redis = RedisServer::start();
+    let gws: Vec<Harness> = (1..=2)
+        .map(|i| {
+            limited(
+                &redis,
+                &format!("s-{i}"),
+                "streams:",
+                "{ concurrent_streams: 2 }",
+            )
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let g = &gws[i % 2];
+        let (client, url) = (g.client.clone(), g.url("/v1beta/openai/chat/completions"));
+        tasks.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .header("authorization", format!("Bearer {}", CLIENT.1))
+                .header("content-type", "application/json")
+                .body(r#"{"model":"mock-slow-1500","stream":true,"messages":[{"role":"user","content":"hi"}]}"#)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(count(&statuses, 200), 2, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 3, "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_redis_counts_each_call_once() {
+    let redis = RedisServer::start();
+    let gws: Vec<Harness> = (1..=2)
+        .map(|i| limited(&redis, &format!("p-{i}"), "once:", "{ rpm: 30 }"))
+        .collect();
+    assert_eq!(redis_cli(&redis, &["CLIENT", "PAUSE", "2000", "ALL"]), "OK");
+    let refs: Vec<&Harness> = gws.iter().collect();
+    assert_eq!(spread(&refs, 10).await, [200; 10]);
+    // Redis runs what waited, the instances replay what they admitted alone: once each.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let fields = redis_cli(&redis, &["HGETALL", "once:rl:ip:127.0.0.1"]);
+    let lines: Vec<&str> = fields.lines().collect();
+    let counted: u64 = lines
+        .chunks(2)
+        .filter(|kv| kv[0].starts_with("r:"))
+        .map(|kv| kv[1].parse::<u64>().unwrap_or(0))
+        .sum();
+    assert_eq!(counted, 10, "{fields}");
+}

@@ -23,22 +23,43 @@ pub const LEASE: Duration = Duration::from_secs(60);
 /// Adjustments waiting for Redis at most; past it the oldest are dropped (and counted).
 const QUEUE: usize = 100_000;
 
-const ADMIT: &str = r"
+/// Decides a call over all its scopes at once. ARGV: scopes, tokens, opens a stream (0/1),
+/// lease, lease ms, mode second (0: admit now; else: charge the body of the call admitted in
+/// that second), tokens to take back when a charge is refused, then rpm, tpm, streams per scope
+/// (0: no limit). KEYS: counter and stream set per scope, then the call's once-only marker.
+/// Admitting counts one request and `tokens`; charging adds `tokens` (the body's real size
+/// minus the estimate) and takes the whole call back when a limit refuses it.
+const DECIDE: &str = r"
 local t = redis.call('TIME')
-local sec = tonumber(t[1])
-local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_s = tonumber(t[1])
+local now = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n, tokens, stream = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
 local lease, lease_ms = ARGV[4], tonumber(ARGV[5])
+local charged = tonumber(ARGV[6])
+local admit = charged == 0
+local sec = now_s
+if not admit then sec = charged end
+local counted = sec + 60 > now_s
+local function take_back()
+  for i = 1, n do
+    local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
+    if counted then
+      redis.call('HINCRBY', rl, 'r:' .. sec, -1)
+      redis.call('HINCRBY', rl, 't:' .. sec, -tonumber(ARGV[7]))
+    end
+    redis.call('ZREM', rs, lease)
+  end
+end
 local used = {}
 for i = 1, n do
   local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
-  local rpm, tpm, maxs = tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i]), tonumber(ARGV[5 + 3 * i])
+  local rpm, tpm, maxs = tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i])
   local h = redis.call('HGETALL', rl)
   local req, tok, oldest, stale = 0, 0, nil, {}
   for j = 1, #h, 2 do
     local f, v = h[j], tonumber(h[j + 1])
     local s = tonumber(string.sub(f, 3))
-    if s == nil or v == nil or s + 60 <= sec then
+    if s == nil or v == nil or s + 60 <= now_s then
       stale[#stale + 1] = f
     else
       if string.sub(f, 1, 1) == 'r' then req = req + v else tok = tok + v end
@@ -47,43 +68,62 @@ for i = 1, n do
   end
   if #stale > 0 then redis.call('HDEL', rl, unpack(stale)) end
   local retry = 1
-  if oldest then retry = math.max(1, oldest + 60 - sec) end
-  if rpm > 0 and req >= rpm then return {0, i, 1, retry} end
-  if tpm > 0 and tok + tokens > tpm then return {0, i, 2, retry} end
-  if stream and maxs > 0 then
+  if oldest then retry = math.max(1, oldest + 60 - now_s) end
+  local refused = nil
+  if admit and rpm > 0 and req >= rpm then refused = {0, i, 1, retry} end
+  if not refused and tpm > 0 and tokens > 0 and tok + tokens > tpm then refused = {0, i, 2, retry} end
+  if not refused and stream and maxs > 0 then
     redis.call('ZREMRANGEBYSCORE', rs, '-inf', now)
-    if redis.call('ZCARD', rs) >= maxs then return {0, i, 3, 1} end
+    if redis.call('ZCARD', rs) >= maxs then refused = {0, i, 3, 1} end
+  end
+  if refused then
+    if not admit then take_back() end
+    return refused
   end
   used[i] = {req, tok}
 end
+if admit then redis.call('SET', KEYS[2 * n + 1], '1', 'PX', 120000) end
 local out = {1, sec}
 for i = 1, n do
   local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
-  redis.call('HINCRBY', rl, 'r:' .. sec, 1)
-  redis.call('HINCRBY', rl, 't:' .. sec, tokens)
+  if admit then
+    redis.call('HINCRBY', rl, 'r:' .. sec, 1)
+    redis.call('HINCRBY', rl, 't:' .. sec, tokens)
+  elseif tokens ~= 0 then
+    local at = sec
+    if not counted then at = now_s end
+    if counted or tokens > 0 then
+      if redis.call('HINCRBY', rl, 't:' .. at, tokens) < 0 then redis.call('HSET', rl, 't:' .. at, 0) end
+    end
+  end
   redis.call('PEXPIRE', rl, 120000)
-  if stream and tonumber(ARGV[5 + 3 * i]) > 0 then
+  if stream and tonumber(ARGV[7 + 3 * i]) > 0 then
     redis.call('ZADD', rs, now + lease_ms, lease)
     redis.call('PEXPIRE', rs, lease_ms * 2)
   end
-  out[#out + 1] = used[i][1] + 1
-  out[#out + 1] = used[i][2] + tokens
+  local r = used[i][1]
+  if admit then r = r + 1 end
+  out[#out + 1] = r
+  out[#out + 1] = math.max(0, used[i][2] + tokens)
 end
 return out
 ";
 
-/// ARGV: second (0: `ago` seconds before Redis's now), ago, requests, tokens, lease, scopes.
-/// KEYS: the scopes' counters, then the stream sets to close the lease in.
+/// ARGV: second (0: `at`), at (unix seconds when the adjustment was made), requests, tokens,
+/// lease, scopes. KEYS: the adjustment's once-only marker, the scopes' counters, then the stream
+/// sets to close the lease in. A marker already there (a retry of an adjustment that went
+/// through, a replay of an admission Redis counted after all) makes it a no-op.
 const ADJUST: &str = r"
+if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', 120000) then return 0 end
 local now = tonumber(redis.call('TIME')[1])
 local sec = tonumber(ARGV[1])
-if sec == 0 then sec = now - tonumber(ARGV[2]) end
+if sec == 0 then sec = math.min(now, tonumber(ARGV[2])) end
 local dr, dt, lease, n = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
 local function add(key, field, d)
   if redis.call('HINCRBY', key, field, d) < 0 then redis.call('HSET', key, field, 0) end
   redis.call('PEXPIRE', key, 120000)
 end
-for i = 1, n do
+for i = 2, n + 1 do
   if sec + 60 > now then
     if dr ~= 0 then add(KEYS[i], 'r:' .. sec, dr) end
     if dt ~= 0 then add(KEYS[i], 't:' .. sec, dt) end
@@ -91,7 +131,7 @@ for i = 1, n do
     add(KEYS[i], 't:' .. now, dt)
   end
 end
-for i = n + 1, #KEYS do redis.call('ZREM', KEYS[i], lease) end
+for i = n + 2, #KEYS do redis.call('ZREM', KEYS[i], lease) end
 return 1
 ";
 
@@ -121,7 +161,7 @@ impl RedisLimits {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let limits = Arc::new(RedisLimits {
             link: link.clone(),
-            admit: redis::Script::new(ADMIT),
+            admit: redis::Script::new(DECIDE),
             queue: tx,
             open: Arc::default(),
             dropped: Arc::default(),
@@ -138,6 +178,55 @@ impl RedisLimits {
 
     fn keys(&self, kind: &str, scope: &str) -> String {
         self.link.key(&format!("{kind}:{scope}"))
+    }
+
+    /// Admits (`charged` 0) or charges the body of a call admitted in second `charged`.
+    async fn decide(
+        &self,
+        call: &LimitCall,
+        charged: u64,
+        take_back: u64,
+    ) -> Result<LimitVerdict, SharedUnavailable> {
+        let mut keys = Vec::with_capacity(call.scopes.len() * 2 + 1);
+        for s in &call.scopes {
+            keys.push(self.keys("rl", &s.key));
+            keys.push(self.keys("rs", &s.key));
+        }
+        keys.push(self.keys("op", &call.call_id));
+        let mut args = vec![
+            call.scopes.len().to_string(),
+            call.tokens.to_string(),
+            u8::from(call.stream).to_string(),
+            call.call_id.clone(),
+            LEASE.as_millis().to_string(),
+            charged.to_string(),
+            take_back.to_string(),
+        ];
+        for s in &call.scopes {
+            for l in [s.rpm, s.tpm, s.concurrent_streams] {
+                args.push(l.unwrap_or(0).to_string());
+            }
+        }
+        let script = self.admit.clone();
+        let raw: Vec<i64> = self
+            .link
+            .run(None, move |c| super::eval(c, script, keys, args))
+            .await
+            .map_err(|_| SharedUnavailable)?;
+        let v = verdict(&raw, call.scopes.len()).ok_or_else(|| {
+            tracing::warn!(target: "gemini_proxy::cluster", "Redis answered the limit script unexpectedly; going on with local limits");
+            SharedUnavailable
+        })?;
+        if call.stream && matches!(v, LimitVerdict::Admitted { .. }) {
+            let sets = call
+                .scopes
+                .iter()
+                .filter(|s| s.concurrent_streams.is_some())
+                .map(|s| self.keys("rs", &s.key))
+                .collect();
+            self.open.lock().insert(call.call_id.clone(), sets);
+        }
+        Ok(v)
     }
 }
 
@@ -166,43 +255,16 @@ fn verdict(raw: &[i64], n: usize) -> Option<LimitVerdict> {
 #[gemini_proxy_sdk::async_trait]
 impl SharedLimits for RedisLimits {
     async fn admit(&self, call: &LimitCall) -> Result<LimitVerdict, SharedUnavailable> {
-        let mut keys = Vec::with_capacity(call.scopes.len() * 2);
-        for s in &call.scopes {
-            keys.push(self.keys("rl", &s.key));
-            keys.push(self.keys("rs", &s.key));
-        }
-        let mut args = vec![
-            call.scopes.len().to_string(),
-            call.tokens.to_string(),
-            u8::from(call.stream).to_string(),
-            call.call_id.clone(),
-            LEASE.as_millis().to_string(),
-        ];
-        for s in &call.scopes {
-            for l in [s.rpm, s.tpm, s.concurrent_streams] {
-                args.push(l.unwrap_or(0).to_string());
-            }
-        }
-        let script = self.admit.clone();
-        let raw: Vec<i64> = self
-            .link
-            .run(None, move |c| super::eval(c, script, keys, args))
-            .await
-            .map_err(|_| SharedUnavailable)?;
-        let v = verdict(&raw, call.scopes.len()).ok_or_else(|| {
-            tracing::warn!(target: "gemini_proxy::cluster", "Redis answered the limit script unexpectedly; going on with local limits");
-            SharedUnavailable
-        })?;
-        if call.stream && matches!(v, LimitVerdict::Admitted { .. }) {
-            let sets = call
-                .scopes
-                .iter()
-                .filter(|s| s.concurrent_streams.is_some())
-                .map(|s| self.keys("rs", &s.key))
-                .collect();
-            self.open.lock().insert(call.call_id.clone(), sets);
-        }
-        Ok(v)
+        self.decide(call, 0, 0).await
+    }
+
+    async fn charge(
+        &self,
+        call: &LimitCall,
+        second: u64,
+        estimate: u64,
+    ) -> Result<LimitVerdict, SharedUnavailable> {
+        self.decide(call, second.max(1), estimate).await
     }
 
     fn adjust(&self, mut adjust: LimitAdjust) {
@@ -212,6 +274,7 @@ impl SharedLimits for RedisLimits {
             adjust.close_stream = Some((lease.clone(), sets));
         }
         adjust.scopes = adjust.scopes.iter().map(|s| self.keys("rl", s)).collect();
+        adjust.id = self.keys("op", &adjust.id);
         if self.queue.try_send((Instant::now(), adjust)).is_err() {
             self.dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -276,7 +339,8 @@ async fn apply_one(
     at: Instant,
     adj: &LimitAdjust,
 ) -> Result<(), super::LinkError> {
-    let mut keys = adj.scopes.clone();
+    let mut keys = vec![adj.id.clone()];
+    keys.extend(adj.scopes.iter().cloned());
     let lease = match &adj.close_stream {
         Some((lease, sets)) => {
             keys.extend(sets.iter().cloned());
@@ -284,9 +348,11 @@ async fn apply_one(
         }
         None => String::new(),
     };
+    let made = crate::util::clock::unix_secs(std::time::SystemTime::now())
+        .saturating_sub(at.elapsed().as_secs());
     let args = vec![
         adj.second.to_string(),
-        at.elapsed().as_secs().to_string(),
+        made.to_string(),
         adj.requests.to_string(),
         adj.tokens.to_string(),
         lease,

@@ -40,14 +40,14 @@ impl GatewayProxy {
         }
         let b = read_body(session, limit, server.clients.body_timeout.0).await?;
         ctx.done.request_bytes = b.len() as u64;
-        self.admit_body(ctx, inbound, &b)?;
+        self.admit_body(ctx, inbound, &b).await?;
         Ok(RequestBody::Buffered(b))
     }
 
     /// The second half of admission, once a buffered body is in: the model and `stream` of an
     /// OpenAI-style call come from it, then the pipeline's body phase (token charge, model
     /// permissions) decides.
-    fn admit_body(
+    async fn admit_body(
         &self,
         ctx: &mut CallState,
         inbound: &Inbound,
@@ -69,7 +69,7 @@ impl GatewayProxy {
                 cx.request.model = Some(model);
             }
         }
-        match rt.pipeline.body(ctx.cx(), body) {
+        match rt.pipeline.body(ctx.cx(), body).await {
             Ok(None) => Ok(()),
             Ok(Some(rejection)) => Err(self.refused(ctx, rejection)),
             Err(stage) => Err(Failure::stage(&ctx.request_id, stage)),

@@ -518,7 +518,11 @@ impl Plugin for Auth {
     }
 
     /// The model of an OpenAI-style call is known now.
-    fn on_body(&self, cx: &mut RequestContext, _body: &[u8]) -> Result<Admission, PluginError> {
+    async fn on_body(
+        &self,
+        cx: &mut RequestContext,
+        _body: &[u8],
+    ) -> Result<Admission, PluginError> {
         let models: Vec<String> = cx
             .identity
             .as_ref()

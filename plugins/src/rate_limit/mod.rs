@@ -170,10 +170,14 @@ struct Ticket {
 
 /// Where the shared counters counted a call.
 struct SharedTicket {
+    /// Redis's second the call was counted in (0: not counted there, Redis was away).
     second: u64,
-    /// Tokens per scope in the window right after admission (for the body's check).
-    tokens: Vec<u64>,
+    /// The call's id (its admission's once-only marker, and its stream lease).
+    id: String,
+    /// Set while the call holds a stream lease.
     lease: Option<String>,
+    /// Adjustments queued so far (each gets its own once-only id).
+    adjustments: u32,
 }
 
 /// The `rate_limit` stage.
@@ -441,15 +445,21 @@ impl Plugin for RateLimit {
         })
     }
 
-    fn on_body(&self, cx: &mut RequestContext, body: &[u8]) -> Result<Admission, PluginError> {
+    async fn on_body(
+        &self,
+        cx: &mut RequestContext,
+        body: &[u8],
+    ) -> Result<Admission, PluginError> {
         let bytes = body.len() as u64;
         if let Some(shared) = &self.shared
-            && let Some(decided) = self.check_body_shared(shared, cx, estimate_of(bytes))
+            && let Some(decided) = self.check_body_shared(shared, cx, bytes).await
         {
             // The local log follows without deciding; the shared counters did.
-            self.count_body(cx, bytes);
             return Ok(match decided {
-                Ok(()) => Admission::Continue,
+                Ok(()) => {
+                    self.count_body(cx, bytes);
+                    Admission::Continue
+                }
                 Err(r) => {
                     self.take_back(cx);
                     Admission::Reject(r)

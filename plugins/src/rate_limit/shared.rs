@@ -1,8 +1,9 @@
-//! The limits as a cluster keeps them: the shared counters decide at admission (one round trip),
-//! the local log keeps this instance's own count, and corrections go back in the background.
+//! The limits as a cluster keeps them: the shared counters decide at admission (one round trip)
+//! and again when a body turns out larger than estimated or opens an OpenAI-style stream; the
+//! local log keeps this instance's own count; other corrections go back in the background.
 //! When the counters do not answer in time, this instance decides alone with its share of each
 //! limit (the limit divided by the instances last seen) and replays what it admitted once they
-//! are back, so the shared count converges.
+//! are back, so the shared count converges. Every adjustment is applied at most once.
 
 use std::sync::atomic::Ordering;
 
@@ -11,9 +12,34 @@ use gemini_proxy_sdk::{
     SharedLimitsHandle,
 };
 
-use super::{Budget, RateLimit, SharedTicket, Ticket, estimate_of};
+use super::{Budget, Limits, RateLimit, SharedTicket, Ticket, estimate_of};
 
 impl RateLimit {
+    /// The call as the shared counters see it.
+    fn shared_call(&self, cx: &RequestContext, tokens: i64, stream: bool, id: &str) -> LimitCall {
+        LimitCall {
+            scopes: self
+                .scopes(cx)
+                .into_iter()
+                .map(|(key, l, _)| LimitScope {
+                    key,
+                    rpm: l.rpm,
+                    tpm: l.tpm,
+                    concurrent_streams: l.concurrent_streams,
+                })
+                .collect(),
+            tokens,
+            stream,
+            call_id: id.to_string(),
+        }
+    }
+
+    fn counts_streams(&self, cx: &RequestContext) -> bool {
+        self.scopes(cx)
+            .iter()
+            .any(|(_, l, _)| l.concurrent_streams.is_some())
+    }
+
     /// Admission through the shared counters; `None` when this call has no limit to share.
     pub(super) async fn check_shared(
         &self,
@@ -24,31 +50,14 @@ impl RateLimit {
         if scopes.iter().all(|(_, l, _)| l.is_unlimited()) {
             return None;
         }
-        let stream = cx.request.stream
-            && scopes
-                .iter()
-                .any(|(_, l, _)| l.concurrent_streams.is_some());
-        let lease = stream.then(|| {
-            format!(
-                "{:x}-{}",
-                self.lease_base,
-                self.leases.fetch_add(1, Ordering::Relaxed)
-            )
-        });
-        let call = LimitCall {
-            scopes: scopes
-                .iter()
-                .map(|(key, l, _)| LimitScope {
-                    key: key.clone(),
-                    rpm: l.rpm,
-                    tpm: l.tpm,
-                    concurrent_streams: l.concurrent_streams,
-                })
-                .collect(),
-            tokens: estimate_of(cx.request.body_size.unwrap_or(0)),
-            stream,
-            call_id: lease.clone().unwrap_or_default(),
-        };
+        let id = format!(
+            "{:x}-{}",
+            self.lease_base,
+            self.leases.fetch_add(1, Ordering::Relaxed)
+        );
+        let stream = cx.request.stream && self.counts_streams(cx);
+        let estimate = estimate_of(cx.request.body_size.unwrap_or(0));
+        let call = self.shared_call(cx, estimate as i64, stream, &id);
         Some(match shared.admit(&call).await {
             Ok(LimitVerdict::Admitted { second, used }) => {
                 // Counted locally too: this instance's share, should Redis go away.
@@ -65,7 +74,7 @@ impl RateLimit {
                 if let Some(b) = cx.extensions.get_mut::<Budget>() {
                     b.remaining_share = remaining.max(0.0);
                 }
-                self.attach(cx, second, used.iter().map(|u| u.1).collect(), lease);
+                self.attach(cx, second, id, stream);
                 Ok(())
             }
             Ok(LimitVerdict::Refused {
@@ -80,77 +89,106 @@ impl RateLimit {
                 let share = u64::from(shared.instances());
                 let decided = self.check(cx, share, true);
                 if decided.is_ok() {
-                    // Replayed once the counters are back (at the second it happened).
+                    // Replayed once the counters are back, unless Redis counted it after all.
                     shared.adjust(LimitAdjust {
+                        id: id.clone(),
                         scopes: call.scopes.iter().map(|s| s.key.clone()).collect(),
                         second: 0,
                         requests: 1,
-                        tokens: call.tokens as i64,
+                        tokens: estimate as i64,
                         close_stream: None,
                     });
-                    self.attach(cx, 0, Vec::new(), None);
+                    self.attach(cx, 0, id, false);
                 }
                 decided
             }
         })
     }
 
-    fn attach(
-        &self,
-        cx: &mut RequestContext,
-        second: u64,
-        tokens: Vec<u64>,
-        lease: Option<String>,
-    ) {
+    fn attach(&self, cx: &mut RequestContext, second: u64, id: String, stream: bool) {
         if let Some(t) = cx.extensions.get_mut::<Ticket>() {
             t.shared = Some(SharedTicket {
                 second,
-                tokens,
-                lease,
+                lease: stream.then(|| id.clone()),
+                id,
+                adjustments: 0,
             });
         }
     }
 
-    /// The body is in: refuse what the shared count (as admission saw it) cannot take, else
-    /// correct the shared tokens. `None`: the call is not counted in the shared counters.
-    pub(super) fn check_body_shared(
+    /// The body is in. A larger body than estimated, or an OpenAI-style stream, is decided by
+    /// the shared counters again (a refusal takes the call back there); a smaller one is
+    /// corrected in the background. `None`: decide locally (not counted in Redis, or Redis away).
+    pub(super) async fn check_body_shared(
         &self,
         shared: &SharedLimitsHandle,
-        cx: &RequestContext,
-        actual: u64,
+        cx: &mut RequestContext,
+        bytes: u64,
     ) -> Option<Result<(), Rejection>> {
         let t = cx.extensions.get::<Ticket>()?;
-        let st = t.shared.as_ref().filter(|st| !st.tokens.is_empty())?;
-        let scopes = self.scopes(cx);
-        let over = scopes
-            .iter()
-            .zip(&st.tokens)
-            .find_map(|((_, l, what), used)| {
-                let tpm = l.tpm?;
-                (actual > t.estimate && used - t.estimate.min(*used) + actual > tpm)
-                    .then(|| refusal(LimitKind::Tpm, *l, what))
-            });
-        let keys: Vec<String> = scopes.iter().map(|s| s.0.clone()).collect();
-        if let Some(r) = over {
-            shared.adjust(LimitAdjust {
-                scopes: keys.clone(),
-                second: st.second,
-                requests: -1,
-                tokens: -(t.estimate as i64),
-                close_stream: st.lease.clone().map(|l| (l, keys)),
-            });
-            return Some(Err(r));
+        let st = t.shared.as_ref().filter(|st| st.second > 0)?;
+        let (second, estimate, id) = (st.second, t.estimate, st.id.clone());
+        let had_lease = st.lease.is_some();
+        let delta = estimate_of(bytes) as i64 - estimate as i64;
+        let new_stream = cx.request.stream && !had_lease && self.counts_streams(cx);
+        if !new_stream && delta <= 0 {
+            if delta < 0 {
+                self.adjust_tokens(shared, cx, delta);
+            }
+            return Some(Ok(()));
         }
-        if actual != t.estimate {
-            shared.adjust(LimitAdjust {
-                scopes: keys,
-                second: st.second,
-                requests: 0,
-                tokens: actual as i64 - t.estimate as i64,
-                close_stream: None,
-            });
+        let call = self.shared_call(cx, delta, new_stream, &id);
+        match shared.charge(&call, second, estimate).await {
+            Ok(LimitVerdict::Admitted { .. }) => {
+                if let Some(st) = cx
+                    .extensions
+                    .get_mut::<Ticket>()
+                    .and_then(|t| t.shared.as_mut())
+                    && new_stream
+                {
+                    st.lease = Some(id);
+                }
+                Some(Ok(()))
+            }
+            Ok(LimitVerdict::Refused {
+                scope,
+                kind,
+                retry_after,
+            }) => {
+                let scopes = self.scopes(cx);
+                let (_, l, what) = &scopes[scope.min(scopes.len() - 1)];
+                // Redis took the call back; nothing more to adjust there.
+                if let Some(t) = cx.extensions.get_mut::<Ticket>() {
+                    t.shared = None;
+                }
+                Some(Err(refusal(kind, *l, what).retry_after(retry_after)))
+            }
+            Err(_) => {
+                self.adjust_tokens(shared, cx, delta);
+                None
+            }
         }
-        Some(Ok(()))
+    }
+
+    /// Queues a token correction of the call (applied once).
+    fn adjust_tokens(&self, shared: &SharedLimitsHandle, cx: &mut RequestContext, delta: i64) {
+        let keys: Vec<String> = self.scopes(cx).into_iter().map(|s| s.0).collect();
+        let Some(st) = cx
+            .extensions
+            .get_mut::<Ticket>()
+            .and_then(|t| t.shared.as_mut())
+        else {
+            return;
+        };
+        st.adjustments += 1;
+        shared.adjust(LimitAdjust {
+            id: format!("{}:{}", st.id, st.adjustments),
+            scopes: keys,
+            second: st.second,
+            requests: 0,
+            tokens: delta,
+            close_stream: None,
+        });
     }
 
     /// The call ended: its tokens as the upstream counted them, and its stream closed.
@@ -166,6 +204,7 @@ impl RateLimit {
             return;
         }
         shared.adjust(LimitAdjust {
+            id: format!("{}:done", st.id),
             scopes: t.keys.clone(),
             second: st.second,
             requests: 0,
@@ -175,7 +214,7 @@ impl RateLimit {
     }
 }
 
-fn refusal(kind: LimitKind, l: super::Limits, what: &str) -> Rejection {
+fn refusal(kind: LimitKind, l: Limits, what: &str) -> Rejection {
     match kind {
         LimitKind::Rpm => Rejection::new(
             429,

@@ -141,14 +141,14 @@ fn the_body_phase_charges_what_was_read_and_a_refusal_costs_nothing() {
     );
     let big = vec![b'x'; 8000];
     assert!(
-        matches!(p.on_body(&mut a, &big).unwrap(), Admission::Reject(r) if r.reason == Some("tpm"))
+        matches!(testing::block_on(p.on_body(&mut a, &big)).unwrap(), Admission::Reject(r) if r.reason == Some("tpm"))
     );
     // Taken back: a call of 900 tokens still fits.
     let mut b = call("10.0.0.1", Some("u"));
     b.request.body_size = None;
     assert!(matches!(admit(&*p, &mut b), Admission::Continue));
     assert!(matches!(
-        p.on_body(&mut b, &vec![b'x'; 3600]).unwrap(),
+        testing::block_on(p.on_body(&mut b, &vec![b'x'; 3600])).unwrap(),
         Admission::Continue
     ));
     let mut c = call("10.0.0.1", Some("u"));
@@ -156,7 +156,7 @@ fn the_body_phase_charges_what_was_read_and_a_refusal_costs_nothing() {
     assert!(matches!(admit(&*p, &mut c), Admission::Continue));
     assert!(
         matches!(
-            p.on_body(&mut c, &vec![b'x'; 800]).unwrap(),
+            testing::block_on(p.on_body(&mut c, &vec![b'x'; 800])).unwrap(),
             Admission::Reject(_)
         ),
         "the first body is charged"
