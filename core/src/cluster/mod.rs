@@ -71,6 +71,9 @@ pub struct Link {
     budget: Duration,
     client: redis::Client,
     manager: ConnectionManager,
+    /// The connection for calls' paths, made on first use from a call's runtime so that its
+    /// driver runs on the same threads as the calls (no hop to the link's thread and back).
+    calls: std::sync::OnceLock<ConnectionManager>,
     runtime: tokio::runtime::Handle,
     degraded: AtomicBool,
     /// Until when (unix ms) calls skip Redis after a failure.
@@ -101,16 +104,9 @@ impl Link {
             })
             .map_err(|e| e.to_string())?;
         let runtime = rx.recv().map_err(|e| e.to_string())?;
-        let manager_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(3);
         let manager = {
             let _enter = runtime.enter();
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_cfg)
-                .map_err(|e| format!("Redis connection: {:?}", e.kind()))?
+            new_manager(&client)?
         };
         Ok(Arc::new(Link {
             instance_id: cfg.instance_id.clone().unwrap_or_else(default_instance_id),
@@ -119,6 +115,7 @@ impl Link {
             budget: cfg.op_timeout.0,
             client,
             manager,
+            calls: std::sync::OnceLock::new(),
             runtime,
             degraded: AtomicBool::new(true),
             resting_until: AtomicU64::new(0),
@@ -127,6 +124,12 @@ impl Link {
             fallback_instances: cfg.fallback_instances.max(1),
             last_error: parking_lot::Mutex::new(Some("not connected yet".into())),
         }))
+    }
+
+    fn call_manager(&self) -> ConnectionManager {
+        self.calls
+            .get_or_init(|| new_manager(&self.client).unwrap_or_else(|_| self.manager.clone()))
+            .clone()
     }
 
     /// A Redis key or channel name under the cluster's prefix.
@@ -150,7 +153,7 @@ impl Link {
         }
         let outcome = match budget {
             // On a call's path: on the caller's own runtime, no hop to the link's thread.
-            None => match tokio::time::timeout(self.budget, op(self.manager.clone())).await {
+            None => match tokio::time::timeout(self.budget, op(self.call_manager())).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(LinkError::Failed(describe(&e))),
                 Err(_) => Err(LinkError::Timeout(self.budget)),
@@ -223,6 +226,18 @@ impl Link {
     pub fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
         self.runtime.spawn(f);
     }
+}
+
+/// A connection that connects on first use and reconnects with backoff.
+fn new_manager(client: &redis::Client) -> Result<ConnectionManager, String> {
+    let cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(2))
+        .set_number_of_retries(3);
+    ConnectionManager::new_lazy_with_config(client.clone(), cfg)
+        .map_err(|e| format!("Redis connection: {:?}", e.kind()))
 }
 
 /// Runs a Lua script (by its hash, loading it when Redis does not know it yet).
