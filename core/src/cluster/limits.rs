@@ -23,6 +23,53 @@ pub const LEASE: Duration = Duration::from_secs(60);
 /// Adjustments waiting for Redis at most; past it the oldest are dropped (and counted).
 const QUEUE: usize = 100_000;
 
+/// The window of one scope, in O(1) per call: a hash of per-second buckets (`r:{s}`, `t:{s}`)
+/// with their sums (`R`, `T`) and the oldest second the sums still hold (`h`). `window` drops
+/// the buckets that left the last 60 seconds from the sums; `add` changes one bucket and its
+/// sum (never below zero); `oldest` finds the second the first counted call leaves.
+const WINDOW: &str = r"
+local function window(key, now_s)
+  local v = redis.call('HMGET', key, 'R', 'T', 'h')
+  local R, T, h = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3])
+  local start = now_s - 59
+  if h == nil or start - h > 60 then
+    if h == nil and redis.call('EXISTS', key) == 1 then redis.call('DEL', key) end
+    if h ~= nil then redis.call('DEL', key) end
+    R, T = 0, 0
+  elseif h < start then
+    for s = h, start - 1 do
+      local b = redis.call('HMGET', key, 'r:' .. s, 't:' .. s)
+      R = R - (tonumber(b[1]) or 0)
+      T = T - (tonumber(b[2]) or 0)
+      redis.call('HDEL', key, 'r:' .. s, 't:' .. s)
+    end
+  else
+    return math.max(R, 0), math.max(T, 0)
+  end
+  R, T = math.max(R, 0), math.max(T, 0)
+  redis.call('HSET', key, 'R', R, 'T', T, 'h', start)
+  return R, T
+end
+local function add(key, kind, s, d)
+  if d == 0 then return end
+  local left = redis.call('HINCRBY', key, kind .. ':' .. s, d)
+  if left < 0 then
+    redis.call('HSET', key, kind .. ':' .. s, 0)
+    d = d - left
+  end
+  local sum = string.upper(kind)
+  if redis.call('HINCRBY', key, sum, d) < 0 then redis.call('HSET', key, sum, 0) end
+  redis.call('PEXPIRE', key, 120000)
+end
+local function oldest(key, now_s)
+  for s = now_s - 59, now_s do
+    local b = redis.call('HMGET', key, 'r:' .. s, 't:' .. s)
+    if (tonumber(b[1]) or 0) > 0 or (tonumber(b[2]) or 0) > 0 then return s end
+  end
+  return now_s
+end
+";
+
 /// Decides a call over all its scopes at once. ARGV: scopes, tokens, opens a stream (0/1),
 /// lease, lease ms, mode second (0: admit now; else: charge the body of the call admitted in
 /// that second), tokens to take back when a charge is refused, then rpm, tpm, streams per scope
@@ -44,8 +91,8 @@ local function take_back()
   for i = 1, n do
     local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
     if counted then
-      redis.call('HINCRBY', rl, 'r:' .. sec, -1)
-      redis.call('HINCRBY', rl, 't:' .. sec, -tonumber(ARGV[7]))
+      add(rl, 'r', sec, -1)
+      add(rl, 't', sec, -tonumber(ARGV[7]))
     end
     redis.call('ZREM', rs, lease)
   end
@@ -54,24 +101,11 @@ local used = {}
 for i = 1, n do
   local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
   local rpm, tpm, maxs = tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i])
-  local h = redis.call('HGETALL', rl)
-  local req, tok, oldest, stale = 0, 0, nil, {}
-  for j = 1, #h, 2 do
-    local f, v = h[j], tonumber(h[j + 1])
-    local s = tonumber(string.sub(f, 3))
-    if s == nil or v == nil or s + 60 <= now_s then
-      stale[#stale + 1] = f
-    else
-      if string.sub(f, 1, 1) == 'r' then req = req + v else tok = tok + v end
-      if v > 0 and (oldest == nil or s < oldest) then oldest = s end
-    end
-  end
-  if #stale > 0 then redis.call('HDEL', rl, unpack(stale)) end
-  local retry = 1
-  if oldest then retry = math.max(1, oldest + 60 - now_s) end
+  local req, tok = window(rl, now_s)
+  local function retry_after() return math.max(1, oldest(rl, now_s) + 60 - now_s) end
   local refused = nil
-  if admit and rpm > 0 and req >= rpm then refused = {0, i, 1, retry} end
-  if not refused and tpm > 0 and tokens > 0 and tok + tokens > tpm then refused = {0, i, 2, retry} end
+  if admit and rpm > 0 and req >= rpm then refused = {0, i, 1, retry_after()} end
+  if not refused and tpm > 0 and tokens > 0 and tok + tokens > tpm then refused = {0, i, 2, retry_after()} end
   if not refused and stream and maxs > 0 then
     redis.call('ZREMRANGEBYSCORE', rs, '-inf', now)
     if redis.call('ZCARD', rs) >= maxs then refused = {0, i, 3, 1} end
@@ -87,16 +121,13 @@ local out = {1, sec}
 for i = 1, n do
   local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
   if admit then
-    redis.call('HINCRBY', rl, 'r:' .. sec, 1)
-    redis.call('HINCRBY', rl, 't:' .. sec, tokens)
-  elseif tokens ~= 0 then
-    local at = sec
-    if not counted then at = now_s end
-    if counted or tokens > 0 then
-      if redis.call('HINCRBY', rl, 't:' .. at, tokens) < 0 then redis.call('HSET', rl, 't:' .. at, 0) end
-    end
+    add(rl, 'r', sec, 1)
+    add(rl, 't', sec, tokens)
+  elseif counted then
+    add(rl, 't', sec, tokens)
+  elseif tokens > 0 then
+    add(rl, 't', now_s, tokens)
   end
-  redis.call('PEXPIRE', rl, 120000)
   if stream and tonumber(ARGV[7 + 3 * i]) > 0 then
     redis.call('ZADD', rs, now + lease_ms, lease)
     redis.call('PEXPIRE', rs, lease_ms * 2)
@@ -119,16 +150,13 @@ local now = tonumber(redis.call('TIME')[1])
 local sec = tonumber(ARGV[1])
 if sec == 0 then sec = math.min(now, tonumber(ARGV[2])) end
 local dr, dt, lease, n = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-local function add(key, field, d)
-  if redis.call('HINCRBY', key, field, d) < 0 then redis.call('HSET', key, field, 0) end
-  redis.call('PEXPIRE', key, 120000)
-end
 for i = 2, n + 1 do
+  window(KEYS[i], now)
   if sec + 60 > now then
-    if dr ~= 0 then add(KEYS[i], 'r:' .. sec, dr) end
-    if dt ~= 0 then add(KEYS[i], 't:' .. sec, dt) end
+    add(KEYS[i], 'r', sec, dr)
+    add(KEYS[i], 't', sec, dt)
   elseif dt > 0 then
-    add(KEYS[i], 't:' .. now, dt)
+    add(KEYS[i], 't', now, dt)
   end
 end
 for i = n + 2, #KEYS do redis.call('ZREM', KEYS[i], lease) end
@@ -161,7 +189,7 @@ impl RedisLimits {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let limits = Arc::new(RedisLimits {
             link: link.clone(),
-            admit: redis::Script::new(DECIDE),
+            admit: redis::Script::new(&format!("{WINDOW}{DECIDE}")),
             queue: tx,
             open: Arc::default(),
             dropped: Arc::default(),
@@ -293,7 +321,7 @@ async fn apply_adjustments(
     mut rx: tokio::sync::mpsc::Receiver<(Instant, LimitAdjust)>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    let script = redis::Script::new(ADJUST);
+    let script = redis::Script::new(&format!("{WINDOW}{ADJUST}"));
     let inflight = Arc::new(tokio::sync::Semaphore::new(256));
     let waiting = Arc::new(parking_lot::Mutex::new(
         VecDeque::<(Instant, LimitAdjust)>::new(),
@@ -461,6 +489,45 @@ mod tests {
         ]);
         let seen: Vec<(&str, i64)> = out.iter().map(|(_, a)| (a.id.as_str(), a.tokens)).collect();
         assert_eq!(seen, [("a", 3), ("c", 1), ("d", 9), ("e", 3)]);
+    }
+
+    /// The window's Lua on a real Redis, with the clock given instead of read.
+    #[test]
+    fn the_window_drops_seconds_that_left_it_and_keeps_its_sums() {
+        let redis = gemini_proxy_tests::RedisServer::start();
+        let eval = |body: &str, args: &[&str]| {
+            let script = format!("{WINDOW}{body}");
+            let out = std::process::Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &redis.port.to_string(),
+                    "-a",
+                    &redis.password,
+                    "--no-auth-warning",
+                ])
+                .args(["EVAL", &script, "1", "w"])
+                .args(args)
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let count = "add(KEYS[1], 'r', tonumber(ARGV[1]), 1) add(KEYS[1], 't', tonumber(ARGV[1]), tonumber(ARGV[2])) return 1";
+        let sums = "local r, t = window(KEYS[1], tonumber(ARGV[1])) return {r, t, oldest(KEYS[1], tonumber(ARGV[1]))}";
+        assert_eq!(eval(sums, &["1000"]), "0 0 1000");
+        eval(count, &["1000", "10"]);
+        eval(count, &["1030", "5"]);
+        assert_eq!(eval(sums, &["1030"]), "2 15 1000");
+        // Second 1000 counts until 1059 and is gone at 1060.
+        assert_eq!(eval(sums, &["1059"]), "2 15 1000");
+        assert_eq!(eval(sums, &["1060"]), "1 5 1030");
+        // A token correction below zero stops at zero, and so does the sum.
+        eval("add(KEYS[1], 't', 1030, -50) return 1", &[]);
+        assert_eq!(eval(sums, &["1061"]), "1 0 1030");
+        // Long idle: everything left the window.
+        assert_eq!(eval(sums, &["5000"]), "0 0 5000");
     }
 
     #[test]
