@@ -101,11 +101,19 @@ async fn every_kind_of_call_is_exactly_one_row_with_its_tokens() {
         let text = r.text().await.unwrap();
         seen.push((id.to_string(), status, usage_of(&text)));
     }
-    let (s, v) = sql(
-        &h,
-        json!({"sql": "SELECT request_id, status, stream, prompt_tokens, candidates_tokens, total_tokens, key_id, rotations, retries, upstream_429s, quota_id, api, method, path FROM requests ORDER BY ts"}),
-    )
-    .await;
+    // A call's row is queued as it ends, which may be just after its answer reached us.
+    let (mut s, mut v) = (0, Value::Null);
+    for _ in 0..40 {
+        (s, v) = sql(
+            &h,
+            json!({"sql": "SELECT request_id, status, stream, prompt_tokens, candidates_tokens, total_tokens, key_id, rotations, retries, upstream_429s, quota_id, api, method, path FROM requests ORDER BY ts"}),
+        )
+        .await;
+        if s != 200 || v["rows"].as_array().is_some_and(|r| r.len() >= calls.len()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(s, 200, "{v}");
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), calls.len(), "exactly one row per call: {v:#}");

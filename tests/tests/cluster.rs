@@ -12,10 +12,14 @@ fn member(redis_url: &str, id: &str, prefix: &str, rpm: u32) -> Harness {
     member_of(redis_url, id, prefix, rpm, None)
 }
 
+/// Exact counts need Redis to answer: on a loaded test machine a call may wait longer for it
+/// than the 50 ms default.
+const PATIENT: &str = "op_timeout: 1s, ";
+
 /// Like [`member`], sending upstream to `upstream` (so that instances share every setting).
 fn member_of(redis_url: &str, id: &str, prefix: &str, rpm: u32, upstream: Option<&str>) -> Harness {
     let extra = format!(
-        "pool: {{ state_file: \"\" }}\npipeline:\n  - rate_limit: {{ per_ip: {{ rpm: {rpm} }} }}\n  - key_select\ncluster: {{ redis: \"{redis_url}\", instance_id: {id}, key_prefix: \"{prefix}\", fallback_instances: 3 }}\n"
+        "pool: {{ state_file: \"\" }}\npipeline:\n  - rate_limit: {{ per_ip: {{ rpm: {rpm} }} }}\n  - key_select\ncluster: {{ redis: \"{redis_url}\", instance_id: {id}, key_prefix: \"{prefix}\", {PATIENT}fallback_instances: 3 }}\n"
     );
     let upstream = upstream.map(str::to_string);
     Harness::start_with(&[("a", "valid-a", 1)], &extra, move |text| {
@@ -265,7 +269,12 @@ fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_redis_costs_a_call_at_most_the_time_budget() {
     let redis = RedisServer::start();
-    let g = member(&redis.url(), "slow", "slow:", 1000);
+    // The default budget (50 ms), which this test measures.
+    let extra = format!(
+        "pool: {{ state_file: \"\" }}\npipeline:\n  - rate_limit: {{ per_ip: {{ rpm: 1000 }} }}\n  - key_select\ncluster: {{ redis: \"{}\", instance_id: slow, key_prefix: \"slow:\" }}\n",
+        redis.url()
+    );
+    let g = Harness::start_with(&[("a", "valid-a", 1)], &extra, |_| {});
     assert_eq!(spread(&[&g], 3).await, [200, 200, 200]);
     // Redis stops answering anyone for 3 s.
     assert_eq!(redis_cli(&redis, &["CLIENT", "PAUSE", "3000", "ALL"]), "OK");
@@ -313,7 +322,7 @@ async fn a_key_of_another_type_in_redis_degrades_instead_of_failing() {
 /// A gateway in the cluster with `limits` for each client IP.
 fn limited(redis: &RedisServer, id: &str, prefix: &str, limits: &str) -> Harness {
     let extra = format!(
-        "pool: {{ state_file: \"\" }}\npipeline:\n  - rate_limit: {{ per_ip: {limits} }}\n  - key_select\ncluster: {{ redis: \"{}\", instance_id: {id}, key_prefix: \"{prefix}\" }}\n",
+        "pool: {{ state_file: \"\" }}\npipeline:\n  - rate_limit: {{ per_ip: {limits} }}\n  - key_select\ncluster: {{ redis: \"{}\", instance_id: {id}, key_prefix: \"{prefix}\", op_timeout: 1s }}\n",
         redis.url()
     );
     Harness::start_with(&[("a", "valid-a", 1)], &extra, |_| {})
@@ -421,4 +430,49 @@ async fn a_paused_redis_counts_each_call_once() {
         .map(|kv| kv[1].parse::<u64>().unwrap_or(0))
         .sum();
     assert_eq!(counted, 10, "{fields}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_audit_row_and_line_names_its_instance() {
+    let redis = RedisServer::start();
+    let extra = format!(
+        "pool: {{ state_file: \"\" }}\naudit: {{ flush_interval: 50ms }}\ncluster: {{ redis: \"{}\", instance_id: gw-7, key_prefix: \"audit:\" }}\n",
+        redis.url()
+    );
+    let g = Harness::start_with(&[("a", "valid-a", 1)], &extra, |_| {});
+    assert_eq!(g.generate("hello").await.status(), 200);
+    let mut rows = serde_json::Value::Null;
+    for _ in 0..50 {
+        let r = g
+            .client
+            .post(g.admin("/api/sql"))
+            .json(&serde_json::json!({"sql": "SELECT instance_id, count(*) AS n FROM requests GROUP BY 1 UNION ALL SELECT instance_id, count(*) FROM config_changes GROUP BY 1"}))
+            .send()
+            .await
+            .unwrap();
+        rows = json_of(r).await.1["rows"].clone();
+        if rows.as_array().is_some_and(|r| r.len() == 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows = rows.as_array().expect("rows").clone();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r[0], "gw-7", "{rows:?}");
+    }
+    let dir = g
+        .config_path
+        .as_ref()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let log = std::fs::read_to_string(dir.join("logs/audit.log")).unwrap_or_default();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(lines.iter().all(|l| l["instance_id"] == "gw-7"), "{log}");
 }

@@ -15,6 +15,7 @@ pub(super) struct Writer {
     pub(super) rotations: u64,
     /// Reused line buffer.
     pub(super) line: Vec<u8>,
+    pub(super) instance: crate::audit::InstanceName,
 }
 
 impl Writer {
@@ -63,11 +64,24 @@ impl Writer {
         }
         self.rotate_if_due(&today)?;
         self.line.clear();
+        // `{"instance_id":"gw-1",` then the event's own fields.
+        let mut event = Vec::with_capacity(512);
         match e {
-            AuditEvent::Call(c) => serde_json::to_writer(&mut self.line, c),
-            AuditEvent::Other(g) => serde_json::to_writer(&mut self.line, g),
+            AuditEvent::Call(c) => serde_json::to_writer(&mut event, c),
+            AuditEvent::Other(g) => serde_json::to_writer(&mut event, g),
         }
         .map_err(std::io::Error::other)?;
+        match self.instance.get() {
+            Some(id) if event.first() == Some(&b'{') => {
+                self.line.extend_from_slice(b"{\"instance_id\":");
+                serde_json::to_writer(&mut self.line, id).map_err(std::io::Error::other)?;
+                if event.len() > 2 {
+                    self.line.push(b',');
+                }
+                self.line.extend_from_slice(&event[1..]);
+            }
+            _ => self.line.extend_from_slice(&event),
+        }
         self.line.push(b'\n');
         if let Some(f) = self.file.as_mut() {
             f.write_all(&self.line)?;

@@ -24,3 +24,7 @@ pub use sink::{AuditHandle, AuditSink, AuditStartError};
 
 #[cfg(test)]
 mod tests;
+
+/// The instance that writes this audit trail (`cluster.instance_id`), set once at startup; every
+/// JSON line and row carries it.
+pub type InstanceName = std::sync::Arc<std::sync::OnceLock<String>>;

@@ -38,6 +38,7 @@ pub struct AuditSink {
     pub db_path: Option<PathBuf>,
     pub export_dir: PathBuf,
     pub sql_limits: crate::audit::db::QueryLimits,
+    instance: crate::audit::InstanceName,
 }
 
 /// Where a service that only records events sends them: the audit writer, or nowhere when
@@ -68,6 +69,7 @@ impl AuditSink {
             return Ok(None);
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(cfg.queue.max(1));
+        let instance = crate::audit::InstanceName::default();
         let writer = Writer {
             path: dir.join(&cfg.log_path),
             rotate_bytes: cfg.rotate_bytes.max(1024),
@@ -76,6 +78,7 @@ impl AuditSink {
             day: String::new(),
             rotations: 0,
             line: Vec::with_capacity(1024),
+            instance: instance.clone(),
         };
         let export_dir = dir.join(&cfg.export_dir);
         let db_path = (!cfg.db_path.is_empty()).then(|| dir.join(&cfg.db_path));
@@ -101,6 +104,7 @@ impl AuditSink {
                             conn,
                             retention_days: cfg.retention_days,
                             errors: db_errors.clone(),
+                            instance: instance.clone(),
                         })
                     }
                     Err(e) if crate::audit::db::is_lock_conflict(&e) => {
@@ -141,7 +145,13 @@ impl AuditSink {
                 max_rows: cfg.sql_max_rows.max(1),
                 timeout: cfg.sql_timeout.0.max(Duration::from_millis(10)),
             },
+            instance,
         })))
+    }
+
+    /// Names the instance in every event from now on (once, at startup, before any event).
+    pub fn set_instance(&self, id: &str) {
+        let _ = self.instance.set(id.to_string());
     }
 
     /// Events waiting for the writer.

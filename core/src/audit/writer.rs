@@ -24,6 +24,7 @@ pub(super) struct DbSide {
     pub(super) conn: duckdb::Connection,
     pub(super) retention_days: u32,
     pub(super) errors: Arc<AtomicU64>,
+    pub(super) instance: crate::audit::InstanceName,
 }
 
 /// The writer's side of the database: appenders, their recovery and retention.
@@ -50,6 +51,7 @@ impl<'c> DbWriter<'c> {
 
     fn reopen(&mut self) {
         self.appenders = crate::audit::db::Appenders::new(&self.side.conn)
+            .map(|a| a.with_instance(self.side.instance.clone()))
             .map_err(|e| tracing::error!(error = %e, "audit database: cannot append; JSON lines only until it recovers"))
             .ok();
         self.broken_since = self.appenders.is_none().then(std::time::Instant::now);
@@ -175,6 +177,7 @@ fn wait_for_db(
                         conn,
                         retention_days,
                         errors,
+                        instance: w.instance.clone(),
                     });
                 }
                 Err(e) if last_warn.elapsed() >= Duration::from_secs(30) => {

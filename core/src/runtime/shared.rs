@@ -82,6 +82,9 @@ impl Shared {
             .map_err(|e| ConfigError::new(&file_of(loaded), "audit", e.to_string()))?;
         if let Some(a) = &audit {
             a.set_limits(crate::audit::db::limit_rows(&loaded.config.gemini.api_keys));
+            if let Some(c) = &cluster {
+                a.set_instance(&c.link.instance_id);
+            }
         }
         let tls = certificate_store(loaded)?;
         let shared = Shared {

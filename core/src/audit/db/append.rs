@@ -53,6 +53,7 @@ pub struct Appenders<'c> {
     config: duckdb::Appender<'c>,
     security: duckdb::Appender<'c>,
     pending: usize,
+    instance: crate::audit::InstanceName,
 }
 
 impl<'c> Appenders<'c> {
@@ -65,7 +66,14 @@ impl<'c> Appenders<'c> {
             config: conn.appender("config_changes")?,
             security: conn.appender("security_events")?,
             pending: 0,
+            instance: Default::default(),
         })
+    }
+
+    /// Rows carry this instance's name (once it is set).
+    pub fn with_instance(mut self, instance: crate::audit::InstanceName) -> Self {
+        self.instance = instance;
+        self
     }
 
     pub fn append(&mut self, e: &AuditEvent) -> Result<(), DbError> {
@@ -84,6 +92,9 @@ impl<'c> Appenders<'c> {
             .upstream_ms
             .map(|u| ((c.duration_ms - u).max(0.0) * 1e3).round() / 1e3);
         self.batch.push(c, day, quota_day, method, path, overhead);
+        let instance = self.instance.clone();
+        let instance = instance.get().map(String::as_str);
+        self.batch.instance_id.append_option(instance);
         if self.batch.len() >= BATCH_ROWS {
             self.append_batch()?;
         }
@@ -94,6 +105,7 @@ impl<'c> Appenders<'c> {
                 c.request_id.as_str(),
                 tag.as_str(),
                 value.as_str(),
+                instance,
             ])?;
         }
         Ok(())
@@ -104,6 +116,7 @@ impl<'c> Appenders<'c> {
         let (day, _) = days_of(at);
         let ts = DValue::Timestamp(TimeUnit::Microsecond, micros(at));
         let detail = serde_json::to_string(&g.fields).unwrap_or_default();
+        let instance = self.instance.get().map(String::as_str);
         if g.event_type == "ConfigChange" {
             let summary = g
                 .fields
@@ -129,6 +142,7 @@ impl<'c> Appenders<'c> {
                 g.fields.get("sha256").and_then(Value::as_str),
                 summary,
                 detail,
+                instance,
             ])?;
         } else {
             self.security.append_row(duckdb::params![
@@ -139,6 +153,7 @@ impl<'c> Appenders<'c> {
                 g.result,
                 g.source_ip.as_deref(),
                 detail,
+                instance,
             ])?;
         }
         Ok(())
@@ -309,6 +324,8 @@ struct RequestBatch {
     response_bytes: UInt64Builder,
     risk_score: UInt8Builder,
     truncated: BooleanBuilder,
+    /// Appended by the caller, after `push`.
+    instance_id: StringBuilder,
 }
 
 impl RequestBatch {
@@ -402,6 +419,7 @@ impl RequestBatch {
             ("response_bytes", A::new(self.response_bytes.finish())),
             ("risk_score", A::new(self.risk_score.finish())),
             ("truncated", A::new(self.truncated.finish())),
+            ("instance_id", A::new(self.instance_id.finish())),
         ];
         RecordBatch::try_from_iter(cols).map_err(|e| DbError::Refused(format!("audit batch: {e}")))
     }

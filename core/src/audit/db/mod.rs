@@ -115,6 +115,8 @@ pub fn open(o: &DbOptions) -> Result<Connection, DbError> {
     })?;
     if !o.read_only {
         conn.execute_batch(SCHEMA).map_err(|e| err(e.to_string()))?;
+        conn.execute_batch(schema::MIGRATIONS)
+            .map_err(|e| err(e.to_string()))?;
         conn.execute_batch(VIEWS).map_err(|e| err(e.to_string()))?;
         conn.execute(
             "INSERT OR REPLACE INTO audit_meta VALUES ('schema_version', ?)",

@@ -1,11 +1,19 @@
 //! The audit tables and the analysts' views.
 
 /// Version of the tables below; stored in `audit_meta`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The tables and views, as one script (the SQL guard's private copy is built from it).
 pub static SCHEMA_AND_VIEWS: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("{SCHEMA}\n{VIEWS}"));
+
+/// Version 1 databases gain the instance column (at the end, where version 2 has it).
+pub(super) const MIGRATIONS: &str = r#"
+ALTER TABLE requests ADD COLUMN IF NOT EXISTS instance_id VARCHAR;
+ALTER TABLE request_tags ADD COLUMN IF NOT EXISTS instance_id VARCHAR;
+ALTER TABLE config_changes ADD COLUMN IF NOT EXISTS instance_id VARCHAR;
+ALTER TABLE security_events ADD COLUMN IF NOT EXISTS instance_id VARCHAR;
+"#;
 
 pub(super) const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS audit_meta (name VARCHAR PRIMARY KEY, value VARCHAR);
@@ -44,14 +52,16 @@ CREATE TABLE IF NOT EXISTS requests (
     request_bytes UBIGINT NOT NULL,
     response_bytes UBIGINT NOT NULL,
     risk_score UTINYINT,
-    truncated BOOLEAN NOT NULL
+    truncated BOOLEAN NOT NULL,
+    instance_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS request_tags (
     ts TIMESTAMP NOT NULL,
     day DATE NOT NULL,
     request_id VARCHAR NOT NULL,
     tag VARCHAR NOT NULL,
-    value VARCHAR NOT NULL
+    value VARCHAR NOT NULL,
+    instance_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS config_changes (
     ts TIMESTAMP NOT NULL,
@@ -61,7 +71,8 @@ CREATE TABLE IF NOT EXISTS config_changes (
     source VARCHAR,
     sha256 VARCHAR,
     summary VARCHAR,
-    detail VARCHAR
+    detail VARCHAR,
+    instance_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS security_events (
     ts TIMESTAMP NOT NULL,
@@ -70,7 +81,8 @@ CREATE TABLE IF NOT EXISTS security_events (
     action VARCHAR NOT NULL,
     result VARCHAR NOT NULL,
     source_ip VARCHAR,
-    detail VARCHAR
+    detail VARCHAR,
+    instance_id VARCHAR
 );
 CREATE TABLE IF NOT EXISTS key_limits (
     project VARCHAR NOT NULL,
