@@ -83,6 +83,8 @@ impl AuditSink {
         let export_dir = dir.join(&cfg.export_dir);
         let db_path = (!cfg.db_path.is_empty()).then(|| dir.join(&cfg.db_path));
         let db_errors = Arc::new(AtomicU64::new(0));
+        let scheduled =
+            (!cfg.export_every.0.is_zero()).then(|| (cfg.export_every.0, export_dir.clone()));
         let query_slot: Arc<Mutex<Option<duckdb::Connection>>> = Arc::new(Mutex::new(None));
         let init = match &db_path {
             Some(path) => {
@@ -105,6 +107,7 @@ impl AuditSink {
                             retention_days: cfg.retention_days,
                             errors: db_errors.clone(),
                             instance: instance.clone(),
+                            export: scheduled.clone(),
                         })
                     }
                     Err(e) if crate::audit::db::is_lock_conflict(&e) => {
@@ -114,6 +117,7 @@ impl AuditSink {
                             retention_days: cfg.retention_days,
                             errors: db_errors.clone(),
                             query: query_slot.clone(),
+                            export: scheduled.clone(),
                         }
                     }
                     Err(e) => return Err(AuditStartError(e.to_string())),

@@ -25,6 +25,8 @@ pub(super) struct DbSide {
     pub(super) retention_days: u32,
     pub(super) errors: Arc<AtomicU64>,
     pub(super) instance: crate::audit::InstanceName,
+    /// Scheduled Parquet export: how often, and where.
+    pub(super) export: Option<(Duration, std::path::PathBuf)>,
 }
 
 /// The writer's side of the database: appenders, their recovery and retention.
@@ -35,6 +37,7 @@ struct DbWriter<'c> {
     /// counted): a new one is made, at most once a second.
     broken_since: Option<std::time::Instant>,
     last_retention: Option<std::time::Instant>,
+    last_export: Option<std::time::Instant>,
 }
 
 impl<'c> DbWriter<'c> {
@@ -44,6 +47,7 @@ impl<'c> DbWriter<'c> {
             appenders: None,
             broken_since: None,
             last_retention: None,
+            last_export: None,
         };
         d.reopen();
         d
@@ -73,6 +77,7 @@ impl<'c> DbWriter<'c> {
         {
             self.reopen();
         }
+        self.export_if_due();
         let days = self.side.retention_days;
         if days > 0
             && self
@@ -86,6 +91,26 @@ impl<'c> DbWriter<'c> {
                 Ok(n) => tracing::info!(rows = n, days, "audit retention dropped old days"),
                 Err(e) => tracing::warn!(error = %e, "audit retention failed"),
             }
+        }
+    }
+
+    /// Writes the hours since the last export (and the one before, which may have gained rows
+    /// since) as Parquet, when due.
+    fn export_if_due(&mut self) {
+        let Some((every, dir)) = &self.side.export else {
+            return;
+        };
+        if self.last_export.is_some_and(|t| t.elapsed() < *every) || self.appenders.is_none() {
+            return;
+        }
+        self.commit();
+        self.last_export = Some(std::time::Instant::now());
+        let now_h = crate::util::clock::unix_secs(SystemTime::now()) as i64 / 3600;
+        let back = every.as_secs().div_ceil(3600).max(1) as i64;
+        let instance = self.side.instance.get().map_or("local", String::as_str);
+        match crate::audit::db::export_hours(&self.side.conn, dir, instance, now_h - back, now_h) {
+            Ok(rows) => tracing::debug!(rows, "audit export written"),
+            Err(e) => tracing::warn!(error = %e, "scheduled audit export failed"),
         }
     }
 
@@ -133,6 +158,7 @@ pub(super) enum DbInit {
         retention_days: u32,
         errors: Arc<AtomicU64>,
         query: Arc<Mutex<Option<duckdb::Connection>>>,
+        export: Option<(Duration, std::path::PathBuf)>,
     },
 }
 
@@ -153,6 +179,7 @@ fn wait_for_db(
         retention_days,
         errors,
         query,
+        export,
     } = init
     else {
         return None;
@@ -178,6 +205,7 @@ fn wait_for_db(
                         retention_days,
                         errors,
                         instance: w.instance.clone(),
+                        export: export.clone(),
                     });
                 }
                 Err(e) if last_warn.elapsed() >= Duration::from_secs(30) => {

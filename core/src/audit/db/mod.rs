@@ -18,7 +18,7 @@ mod query;
 mod schema;
 
 pub use append::{Appenders, LimitRow, limit_rows};
-pub use export::{ExportReport, export};
+pub use export::{ExportReport, export, export_hours};
 pub use format::{to_csv, to_table};
 pub use query::{QueryLimits, QueryResult, query};
 pub use schema::{RELATIONS, SCHEMA_AND_VIEWS, SCHEMA_VERSION};

@@ -501,6 +501,10 @@ pub struct AuditConfig {
     pub sql_max_rows: usize,
     /// Longest an analyst query may run before it is interrupted.
     pub sql_timeout: ConfigDuration,
+    /// Every so often (0: never), the last hours are written as Parquet into `export_dir`, one
+    /// folder per table, instance, day and hour (`requests/instance=gw-1/day=2026-12-04/hour=21`):
+    /// a cluster's instances exporting into one shared folder can be queried as one.
+    pub export_every: ConfigDuration,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -528,6 +532,7 @@ impl Default for AuditConfig {
             export_dir: "data/export".into(),
             sql_max_rows: 10_000,
             sql_timeout: ConfigDuration::secs(10),
+            export_every: ConfigDuration::secs(0),
         }
     }
 }
