@@ -184,6 +184,25 @@ async fn operator_changes_reach_every_instance_within_a_second() {
         )
         .await;
     }
+    // A key removed through one instance is gone from all.
+    let r = gws[0]
+        .client
+        .delete(gws[0].admin("/api/keys/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    for g in &gws[1..] {
+        within(
+            Duration::from_secs(1),
+            "key a removed everywhere",
+            || async {
+                let k = g.admin_json("/api/keys").await;
+                !k["keys"].as_array().unwrap().iter().any(|k| k["id"] == "a")
+            },
+        )
+        .await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
