@@ -278,3 +278,16 @@ fn env_overrides_secrets_and_keys() {
     let l = load_str("gemini: {api_keys: []}", "f", &one).unwrap();
     assert_eq!(l.config.gemini.api_keys.len(), 1);
 }
+
+#[test]
+fn a_scheduled_export_is_at_most_once_a_second() {
+    let with = |every: &str| {
+        load_str(
+            &format!("{MINIMAL}audit: {{ export_every: {every} }}\n"),
+            "t",
+            &no_env,
+        )
+    };
+    assert_eq!(with("10ms").unwrap_err().path, "audit.export_every");
+    assert!(with("0s").is_ok() && with("1h").is_ok());
+}

@@ -38,7 +38,19 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
         .and_then(|()| presets(c))
         .and_then(|()| tls(c))
         .and_then(|()| cluster(c))
+        .and_then(|()| audit(c))
         .map_err(|(path, msg)| ConfigError::new(file, path, msg))
+}
+
+fn audit(c: &Config) -> Result<(), Bad> {
+    let every = c.audit.export_every.0;
+    if !every.is_zero() && every < std::time::Duration::from_secs(1) {
+        return bad(
+            "audit.export_every",
+            "at least 1s (or 0 for no scheduled export)",
+        );
+    }
+    Ok(())
 }
 
 fn cluster(c: &Config) -> Result<(), Bad> {
