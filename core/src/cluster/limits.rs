@@ -48,6 +48,8 @@ local function window(key, now_s)
   end
   R, T = math.max(R, 0), math.max(T, 0)
   redis.call('HSET', key, 'R', R, 'T', T, 'h', start)
+  -- A scope whose every call is refused leaves nothing behind for long.
+  redis.call('PEXPIRE', key, 120000)
   return R, T
 end
 local function add(key, kind, s, d)
@@ -517,6 +519,9 @@ mod tests {
         let count = "add(KEYS[1], 'r', tonumber(ARGV[1]), 1) add(KEYS[1], 't', tonumber(ARGV[1]), tonumber(ARGV[2])) return 1";
         let sums = "local r, t = window(KEYS[1], tonumber(ARGV[1])) return {r, t, oldest(KEYS[1], tonumber(ARGV[1]))}";
         assert_eq!(eval(sums, &["1000"]), "0 0 1000");
+        // Even a scope that was only ever looked at (its calls refused) expires.
+        let ttl = eval("return redis.call('PTTL', KEYS[1])", &[]);
+        assert!(ttl.parse::<i64>().unwrap() > 0, "{ttl}");
         eval(count, &["1000", "10"]);
         eval(count, &["1030", "5"]);
         assert_eq!(eval(sums, &["1030"]), "2 15 1000");
