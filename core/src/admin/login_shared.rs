@@ -28,6 +28,11 @@ end
 return 0
 ";
 
+static RESERVE_SCRIPT: crate::cluster::StaticScript =
+    crate::cluster::StaticScript::new(|| redis::Script::new(RESERVE));
+static SETTLE_SCRIPT: crate::cluster::StaticScript =
+    crate::cluster::StaticScript::new(|| redis::Script::new(SETTLE));
+
 fn counter(shared: &Shared, who: IpAddr) -> Option<(std::sync::Arc<crate::cluster::Link>, String)> {
     let c = shared.cluster.as_ref()?;
     Some((c.link.clone(), c.link.key(&format!("login:{who}"))))
@@ -37,10 +42,9 @@ fn counter(shared: &Shared, who: IpAddr) -> Option<(std::sync::Arc<crate::cluste
 pub(super) async fn reserve(shared: &Shared, who: IpAddr) -> Option<Duration> {
     let (link, key) = counter(shared, who)?;
     let args = vec![WINDOW.as_millis().to_string(), MAX_GUESSES.to_string()];
-    let script = redis::Script::new(RESERVE);
     let wait: i64 = link
         .run(Some(Duration::from_secs(1)), move |c| {
-            crate::cluster::eval(c, script, vec![key], args)
+            crate::cluster::eval(c, &RESERVE_SCRIPT, vec![key], args)
         })
         .await
         .ok()?;
@@ -57,12 +61,11 @@ pub(super) fn settle(shared: &Shared, who: IpAddr, ok: bool) {
         MAX_GUESSES.to_string(),
         LOCKOUT.as_millis().to_string(),
     ];
-    let script = redis::Script::new(SETTLE);
     let l = link.clone();
     link.spawn(async move {
         let _ = l
             .run(Some(Duration::from_secs(1)), move |c| {
-                crate::cluster::eval::<i64>(c, script, vec![key], args)
+                crate::cluster::eval::<i64>(c, &SETTLE_SCRIPT, vec![key], args)
             })
             .await;
     });

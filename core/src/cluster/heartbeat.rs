@@ -23,11 +23,12 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', alive)
 return redis.call('ZCARD', KEYS[1])
 ";
 
+static BEAT_SCRIPT: super::StaticScript = super::StaticScript::new(|| redis::Script::new(BEAT));
+
 /// Beats every second with what `info` reports, for as long as the process runs.
 pub fn spawn(link: &Arc<Link>, info: impl Fn() -> Value + Send + Sync + 'static) {
     let weak = Arc::downgrade(link);
     link.spawn(async move {
-        let script = redis::Script::new(BEAT);
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -37,11 +38,11 @@ pub fn spawn(link: &Arc<Link>, info: impl Fn() -> Value + Send + Sync + 'static)
             v["instance_id"] = link.instance_id.clone().into();
             let zset = link.key("instances");
             let entry = link.key(&format!("instance:{}", link.instance_id));
-            let (id, script) = (link.instance_id.clone(), script.clone());
+            let id = link.instance_id.clone();
             let args = vec![id, v.to_string(), ALIVE.as_millis().to_string()];
             let beat = link
                 .run(Some(Duration::from_secs(1)), move |c| {
-                    super::eval::<u32>(c, script, vec![zset, entry], args)
+                    super::eval::<u32>(c, &BEAT_SCRIPT, vec![zset, entry], args)
                 })
                 .await;
             if let Ok(n) = beat {

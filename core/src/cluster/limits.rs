@@ -182,10 +182,15 @@ end
 return 1
 ";
 
+static DECIDE_SCRIPT: super::StaticScript =
+    super::StaticScript::new(|| redis::Script::new(&format!("{WINDOW}{DECIDE}")));
+static ADJUST_SCRIPT: super::StaticScript =
+    super::StaticScript::new(|| redis::Script::new(&format!("{WINDOW}{ADJUST}")));
+static RENEW_SCRIPT: super::StaticScript = super::StaticScript::new(|| redis::Script::new(RENEW));
+
 /// The cluster's limits on Redis.
 pub struct RedisLimits {
     link: Arc<Link>,
-    admit: redis::Script,
     queue: tokio::sync::mpsc::Sender<(Instant, LimitAdjust)>,
     /// Open stream leases of this instance: lease → stream sets.
     open: Arc<parking_lot::Mutex<HashMap<String, Vec<String>>>>,
@@ -197,7 +202,6 @@ impl RedisLimits {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
         let limits = Arc::new(RedisLimits {
             link: link.clone(),
-            admit: redis::Script::new(&format!("{WINDOW}{DECIDE}")),
             queue: tx,
             open: Arc::default(),
             dropped: Arc::default(),
@@ -243,10 +247,9 @@ impl RedisLimits {
                 args.push(l.unwrap_or(0).to_string());
             }
         }
-        let script = self.admit.clone();
         let raw: Vec<i64> = self
             .link
-            .run(None, move |c| super::eval(c, script, keys, args))
+            .run(None, move |c| super::eval(c, &DECIDE_SCRIPT, keys, args))
             .await
             .map_err(|_| SharedUnavailable)?;
         let v = verdict(&raw, call.scopes.len()).ok_or_else(|| {
@@ -329,7 +332,6 @@ async fn apply_adjustments(
     mut rx: tokio::sync::mpsc::Receiver<(Instant, LimitAdjust)>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    let script = redis::Script::new(&format!("{WINDOW}{ADJUST}"));
     let inflight = Arc::new(tokio::sync::Semaphore::new(256));
     let waiting = Arc::new(parking_lot::Mutex::new(
         VecDeque::<(Instant, LimitAdjust)>::new(),
@@ -359,15 +361,10 @@ async fn apply_adjustments(
             let Ok(permit) = inflight.clone().acquire_owned().await else {
                 return;
             };
-            let (link, script, waiting, dropped) = (
-                link.clone(),
-                script.clone(),
-                waiting.clone(),
-                dropped.clone(),
-            );
+            let (link, waiting, dropped) = (link.clone(), waiting.clone(), dropped.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                if apply_one(&link, &script, at, &adj).await.is_err() {
+                if apply_one(&link, at, &adj).await.is_err() {
                     let mut w = waiting.lock();
                     if w.len() >= QUEUE {
                         w.pop_front();
@@ -409,12 +406,7 @@ fn merged(batch: Vec<(Instant, LimitAdjust)>) -> Vec<(Instant, LimitAdjust)> {
     out
 }
 
-async fn apply_one(
-    link: &Link,
-    script: &redis::Script,
-    at: Instant,
-    adj: &LimitAdjust,
-) -> Result<(), super::LinkError> {
+async fn apply_one(link: &Link, at: Instant, adj: &LimitAdjust) -> Result<(), super::LinkError> {
     let mut keys = vec![adj.id.clone()];
     keys.extend(adj.scopes.iter().cloned());
     let lease = match &adj.close_stream {
@@ -434,9 +426,8 @@ async fn apply_one(
         lease,
         adj.scopes.len().to_string(),
     ];
-    let script = script.clone();
     link.run(Some(Duration::from_secs(1)), move |c| {
-        super::eval::<i64>(c, script, keys, args)
+        super::eval::<i64>(c, &ADJUST_SCRIPT, keys, args)
     })
     .await
     .map(|_| ())
@@ -447,7 +438,6 @@ async fn renew_leases(
     link: std::sync::Weak<Link>,
     open: Arc<parking_lot::Mutex<HashMap<String, Vec<String>>>>,
 ) {
-    let script = redis::Script::new(RENEW);
     let mut tick = tokio::time::interval(LEASE / 4);
     loop {
         tick.tick().await;
@@ -459,10 +449,9 @@ async fn renew_leases(
             .collect();
         for (lease, sets) in leases.into_iter().filter(|(_, s)| !s.is_empty()) {
             let args = vec![LEASE.as_millis().to_string(), lease];
-            let script = script.clone();
             let _ = link
                 .run(Some(Duration::from_secs(1)), move |c| {
-                    super::eval::<i64>(c, script, sets, args)
+                    super::eval::<i64>(c, &RENEW_SCRIPT, sets, args)
                 })
                 .await;
         }

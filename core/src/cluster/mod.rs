@@ -240,10 +240,13 @@ fn new_manager(client: &redis::Client) -> Result<ConnectionManager, String> {
         .map_err(|e| format!("Redis connection: {:?}", e.kind()))
 }
 
+/// A Lua script, hashed once for the life of the process.
+pub type StaticScript = std::sync::LazyLock<redis::Script>;
+
 /// Runs a Lua script (by its hash, loading it when Redis does not know it yet).
 pub async fn eval<T: redis::FromRedisValue>(
     mut c: ConnectionManager,
-    script: redis::Script,
+    script: &'static redis::Script,
     keys: Vec<String>,
     args: Vec<String>,
 ) -> redis::RedisResult<T> {
