@@ -272,6 +272,22 @@ pub fn sha256_hex(b: &[u8]) -> String {
 
 /// Rewrites the first line of a [`config_yaml`] config (`server: { host, port }`) to
 /// `server: { host: 127.0.0.1, port: PORT, EXTRA }`: its own port unless `port` is given.
+/// Points a harness config's `gemini.base_url` at `base_url` (several gateways, one upstream).
+pub fn set_upstream(text: &mut String, base_url: &str) {
+    *text = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("  base_url:") {
+                format!("  base_url: \"{base_url}\"")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
+}
+
 pub fn set_server_line(text: &mut String, port: Option<u16>, extra: &str) {
     let line = text.lines().next().expect("server line").to_string();
     let port = port.map(|p| p.to_string()).unwrap_or_else(|| {
@@ -456,6 +472,17 @@ impl RedisServer {
     /// The URL a gateway's `cluster.redis` takes.
     pub fn url(&self) -> String {
         format!("redis://:{}@127.0.0.1:{}/0", self.password, self.port)
+    }
+
+    /// `redis-cli` against this server: its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "-a", &self.password])
+            .arg("--no-auth-warning")
+            .args(args)
+            .output()
+            .expect("redis-cli (apt-get install -y redis-server)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Kills the server at once (a crash, not a shutdown).

@@ -24,18 +24,7 @@ fn member_of(redis_url: &str, id: &str, prefix: &str, rpm: u32, upstream: Option
     let upstream = upstream.map(str::to_string);
     Harness::start_with(&[("a", "valid-a", 1)], &extra, move |text| {
         if let Some(u) = upstream {
-            *text = text
-                .lines()
-                .map(|l| {
-                    if l.starts_with("  base_url:") {
-                        format!("  base_url: \"{u}\"")
-                    } else {
-                        l.to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-                + "\n";
+            set_upstream(text, &u);
         }
     })
 }
@@ -235,7 +224,7 @@ async fn redis_killed_under_load_fails_no_call_and_the_count_converges() {
         if all_back {
             // What the instances admitted while Redis was away is counted there now.
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let fields = redis_cli(&redis, &["HGETALL", "kill:rl:ip:127.0.0.1"]);
+            let fields = redis.cli(&["HGETALL", "kill:rl:ip:127.0.0.1"]);
             let lines: Vec<&str> = fields.lines().collect();
             let replayed: u64 = lines
                 .chunks(2)
@@ -250,22 +239,6 @@ async fn redis_killed_under_load_fails_no_call_and_the_count_converges() {
     panic!("the instances never used Redis again");
 }
 
-/// `redis-cli` against the test server.
-fn redis_cli(redis: &RedisServer, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "-p",
-            &redis.port.to_string(),
-            "-a",
-            &redis.password,
-            "--no-auth-warning",
-        ])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_redis_costs_a_call_at_most_the_time_budget() {
     let redis = RedisServer::start();
@@ -277,7 +250,7 @@ async fn a_slow_redis_costs_a_call_at_most_the_time_budget() {
     let g = Harness::start_with(&[("a", "valid-a", 1)], &extra, |_| {});
     assert_eq!(spread(&[&g], 3).await, [200, 200, 200]);
     // Redis stops answering anyone for 3 s.
-    assert_eq!(redis_cli(&redis, &["CLIENT", "PAUSE", "3000", "ALL"]), "OK");
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "3000", "ALL"]), "OK");
     let started = std::time::Instant::now();
     for _ in 0..5 {
         let t = std::time::Instant::now();
@@ -302,9 +275,9 @@ async fn a_key_of_another_type_in_redis_degrades_instead_of_failing() {
     let g = member(&redis.url(), "odd", "odd:", 1000);
     assert_eq!(spread(&[&g], 1).await, [200]);
     // Whatever wrote it, the counter of this caller is now a plain string.
-    let keys = redis_cli(&redis, &["--scan", "--pattern", "odd:rl:*"]);
+    let keys = redis.cli(&["--scan", "--pattern", "odd:rl:*"]);
     let key = keys.lines().next().expect("a counter").to_string();
-    assert_eq!(redis_cli(&redis, &["SET", &key, "not-a-hash"]), "OK");
+    assert_eq!(redis.cli(&["SET", &key, "not-a-hash"]), "OK");
     let statuses = spread(&[&g], 5).await;
     assert_eq!(statuses, [200; 5], "answered from local state");
     let h = g.admin_json("/health").await;
@@ -417,12 +390,12 @@ async fn a_paused_redis_counts_each_call_once() {
     let gws: Vec<Harness> = (1..=2)
         .map(|i| limited(&redis, &format!("p-{i}"), "once:", "{ rpm: 30 }"))
         .collect();
-    assert_eq!(redis_cli(&redis, &["CLIENT", "PAUSE", "2000", "ALL"]), "OK");
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "2000", "ALL"]), "OK");
     let refs: Vec<&Harness> = gws.iter().collect();
     assert_eq!(spread(&refs, 10).await, [200; 10]);
     // Redis runs what waited, the instances replay what they admitted alone: once each.
     tokio::time::sleep(Duration::from_millis(4500)).await;
-    let fields = redis_cli(&redis, &["HGETALL", "once:rl:ip:127.0.0.1"]);
+    let fields = redis.cli(&["HGETALL", "once:rl:ip:127.0.0.1"]);
     let lines: Vec<&str> = fields.lines().collect();
     let counted: u64 = lines
         .chunks(2)

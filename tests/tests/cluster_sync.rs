@@ -260,34 +260,10 @@ async fn a_token_revoked_on_one_instance_is_refused_by_all() {
         .await;
     }
     // Nothing secret went to Redis: no token, no pooled key, no signing secret.
-    let dump = std::process::Command::new("redis-cli")
-        .args([
-            "-p",
-            &redis.port.to_string(),
-            "-a",
-            &redis.password,
-            "--no-auth-warning",
-            "--scan",
-        ])
-        .output()
-        .unwrap();
-    let names = String::from_utf8_lossy(&dump.stdout).to_string();
+    let names = redis.cli(&["--scan"]);
     assert!(!names.is_empty());
     for name in names.lines() {
-        let v = std::process::Command::new("redis-cli")
-            .args([
-                "-p",
-                &redis.port.to_string(),
-                "-a",
-                &redis.password,
-                "--no-auth-warning",
-                "--raw",
-                "DUMP",
-                name,
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&v.stdout);
+        let text = redis.cli(&["--raw", "DUMP", name]);
         for secret in [token.as_str(), admin.as_str(), SECRET, "valid-a"] {
             assert!(
                 !name.contains(secret) && !text.contains(secret),
@@ -335,20 +311,7 @@ fn member_to(redis: &RedisServer, id: &str, upstream: &str) -> Harness {
     Harness::start_with(
         &[("a", "valid-a", 1), ("b", "valid-b", 1)],
         &extra,
-        move |text| {
-            *text = text
-                .lines()
-                .map(|l| {
-                    if l.starts_with("  base_url:") {
-                        format!("  base_url: \"{upstream}\"")
-                    } else {
-                        l.to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-                + "\n";
-        },
+        move |text| set_upstream(text, &upstream),
     )
 }
 

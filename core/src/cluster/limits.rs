@@ -494,19 +494,8 @@ mod tests {
         let redis = gemini_proxy_tests::RedisServer::start();
         let eval = |body: &str, args: &[&str]| {
             let script = format!("{WINDOW}{body}");
-            let out = std::process::Command::new("redis-cli")
-                .args([
-                    "-p",
-                    &redis.port.to_string(),
-                    "-a",
-                    &redis.password,
-                    "--no-auth-warning",
-                ])
-                .args(["EVAL", &script, "1", "w"])
-                .args(args)
-                .output()
-                .expect("redis-cli");
-            String::from_utf8_lossy(&out.stdout)
+            redis
+                .cli(&[&["EVAL", &script, "1", "w"], args].concat())
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" ")
