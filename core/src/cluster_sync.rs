@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::Value;
 
-use crate::cluster::events::{Bus, ClusterEvent, KeyAction, Outgoing};
+use crate::cluster::events::{ClusterEvent, KeyAction, Outgoing};
 use crate::runtime::Shared;
 
 /// Starts telling and listening, once, when the gateway runs as a cluster.
@@ -30,12 +30,8 @@ pub fn start(shared: &Arc<Shared>) {
 pub fn announce(shared: &Shared, event: ClusterEvent) {
     if let Some(bus) = shared.cluster.as_ref().and_then(|c| c.bus.get()) {
         let revocation_life = shared.runtime.load().config.auth.max_token_ttl.0;
-        bus_publish(bus, &event, Some(revocation_life));
+        bus.publish(outgoing(&event, Some(revocation_life)));
     }
-}
-
-fn bus_publish(bus: &Bus, event: &ClusterEvent, revocation_life: Option<std::time::Duration>) {
-    bus.publish(outgoing(event, revocation_life));
 }
 
 /// The event with the state it leaves for instances that start later.

@@ -128,20 +128,24 @@ impl Shared {
     fn start_heartbeat(self: &Arc<Self>) {
         let Some(c) = &self.cluster else { return };
         let weak = Arc::downgrade(self);
+        let started = crate::util::clock::unix_secs(std::time::SystemTime::now())
+            .saturating_sub(self.started.elapsed().as_secs());
+        // The settings hash changes only with the config: computed once per generation.
+        let settings = parking_lot::Mutex::new((0u64, String::new()));
         crate::cluster::heartbeat::spawn(&c.link, move || {
             let Some(s) = weak.upgrade() else {
                 return serde_json::Value::Null;
             };
-            let started = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-                .saturating_sub(s.started.elapsed().as_secs());
+            let rt = s.runtime.load();
+            let mut cached = settings.lock();
+            if cached.0 != rt.generation || cached.1.is_empty() {
+                *cached = (rt.generation, shared_settings_hash(&rt.config));
+            }
             serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "config_sha256": hex::encode(*s.source_hash.lock()),
-                "settings_sha256": shared_settings_hash(&s.runtime.load().config),
-                "config_generation": s.runtime.load().generation,
+                "settings_sha256": cached.1,
+                "config_generation": rt.generation,
                 "started_at": started,
                 "in_flight": s.metrics.in_flight.get(),
             })
