@@ -14,32 +14,34 @@ use gemini_proxy_sdk::{
 
 use super::{Budget, Limits, RateLimit, SharedTicket, Ticket, estimate_of};
 
-impl RateLimit {
-    /// The call as the shared counters see it.
-    fn shared_call(&self, cx: &RequestContext, tokens: i64, stream: bool, id: &str) -> LimitCall {
-        LimitCall {
-            scopes: self
-                .scopes(cx)
-                .into_iter()
-                .map(|(key, l, _)| LimitScope {
-                    key,
-                    rpm: l.rpm,
-                    tpm: l.tpm,
-                    concurrent_streams: l.concurrent_streams,
-                })
-                .collect(),
-            tokens,
-            stream,
-            call_id: id.to_string(),
-        }
-    }
+/// A call's scopes: (key, limits, what to call it in a refusal).
+type Scopes = [(String, Limits, &'static str)];
 
-    fn counts_streams(&self, cx: &RequestContext) -> bool {
-        self.scopes(cx)
+/// The call as the shared counters see it.
+fn shared_call(scopes: &Scopes, tokens: i64, stream: bool, id: &str) -> LimitCall {
+    LimitCall {
+        scopes: scopes
             .iter()
-            .any(|(_, l, _)| l.concurrent_streams.is_some())
+            .map(|(key, l, _)| LimitScope {
+                key: key.clone(),
+                rpm: l.rpm,
+                tpm: l.tpm,
+                concurrent_streams: l.concurrent_streams,
+            })
+            .collect(),
+        tokens,
+        stream,
+        call_id: id.to_string(),
     }
+}
 
+fn counts_streams(scopes: &Scopes) -> bool {
+    scopes
+        .iter()
+        .any(|(_, l, _)| l.concurrent_streams.is_some())
+}
+
+impl RateLimit {
     /// Admission through the shared counters; `None` when this call has no limit to share.
     pub(super) async fn check_shared(
         &self,
@@ -55,9 +57,9 @@ impl RateLimit {
             self.lease_base,
             self.leases.fetch_add(1, Ordering::Relaxed)
         );
-        let stream = cx.request.stream && self.counts_streams(cx);
+        let stream = cx.request.stream && counts_streams(&scopes);
         let estimate = estimate_of(cx.request.body_size.unwrap_or(0));
-        let call = self.shared_call(cx, estimate as i64, stream, &id);
+        let call = shared_call(&scopes, estimate as i64, stream, &id);
         Some(match shared.admit(&call).await {
             Ok(LimitVerdict::Admitted { second, used }) => {
                 // Counted locally too: this instance's share, should Redis go away.
@@ -130,14 +132,15 @@ impl RateLimit {
         let (second, estimate, id) = (st.second, t.estimate, st.id.clone());
         let had_lease = st.lease.is_some();
         let delta = estimate_of(bytes) as i64 - estimate as i64;
-        let new_stream = cx.request.stream && !had_lease && self.counts_streams(cx);
+        let scopes = self.scopes(cx);
+        let new_stream = cx.request.stream && !had_lease && counts_streams(&scopes);
         if !new_stream && delta <= 0 {
             if delta < 0 {
-                self.adjust_tokens(shared, cx, delta);
+                self.adjust_tokens(shared, cx, &scopes, delta);
             }
             return Some(Ok(()));
         }
-        let call = self.shared_call(cx, delta, new_stream, &id);
+        let call = shared_call(&scopes, delta, new_stream, &id);
         match shared.charge(&call, second, estimate).await {
             Ok(LimitVerdict::Admitted { .. }) => {
                 if let Some(st) = cx
@@ -155,7 +158,6 @@ impl RateLimit {
                 kind,
                 retry_after,
             }) => {
-                let scopes = self.scopes(cx);
                 let (_, l, what) = &scopes[scope.min(scopes.len() - 1)];
                 // Redis took the call back; nothing more to adjust there.
                 if let Some(t) = cx.extensions.get_mut::<Ticket>() {
@@ -164,15 +166,21 @@ impl RateLimit {
                 Some(Err(refusal(kind, *l, what).retry_after(retry_after)))
             }
             Err(_) => {
-                self.adjust_tokens(shared, cx, delta);
+                self.adjust_tokens(shared, cx, &scopes, delta);
                 None
             }
         }
     }
 
     /// Queues a token correction of the call (applied once).
-    fn adjust_tokens(&self, shared: &SharedLimitsHandle, cx: &mut RequestContext, delta: i64) {
-        let keys: Vec<String> = self.scopes(cx).into_iter().map(|s| s.0).collect();
+    fn adjust_tokens(
+        &self,
+        shared: &SharedLimitsHandle,
+        cx: &mut RequestContext,
+        scopes: &Scopes,
+        delta: i64,
+    ) {
+        let keys: Vec<String> = scopes.iter().map(|s| s.0.clone()).collect();
         let Some(st) = cx
             .extensions
             .get_mut::<Ticket>()
