@@ -273,23 +273,28 @@ async fn a_token_revoked_on_one_instance_is_refused_by_all() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn login_guesses_count_across_instances() {
-    let redis = RedisServer::start();
+/// Two instances with auth and the admin password `Right-Password-42`.
+fn with_admin_password(redis: &RedisServer, name: &str, prefix: &str) -> Vec<Harness> {
     let auth = format!(
         "auth: {{ enabled: true, jwt_secret: \"{SECRET}\", admin_password: \"Right-Password-42\", revocations_file: \"\" }}\n"
     );
-    let gws: Vec<Harness> = (1..=2)
+    (1..=2)
         .map(|i| {
             member(
-                &redis,
-                &format!("l-{i}"),
-                "login:",
+                redis,
+                &format!("{name}-{i}"),
+                prefix,
                 &[("a", "valid-a", 1)],
                 &auth,
             )
         })
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_guesses_count_across_instances() {
+    let redis = RedisServer::start();
+    let gws = with_admin_password(&redis, "l", "login:");
     // Five wrong guesses spread over both instances use up the client's guesses everywhere.
     for i in 0..5 {
         assert_eq!(gws[i % 2].login("wrong").await.status(), 401, "guess {i}");
@@ -374,20 +379,7 @@ async fn a_file_made_through_one_instance_is_served_through_all_by_its_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_logins_use_up_no_guess() {
     let redis = RedisServer::start();
-    let auth = format!(
-        "auth: {{ enabled: true, jwt_secret: \"{SECRET}\", admin_password: \"Right-Password-42\", revocations_file: \"\" }}\n"
-    );
-    let gws: Vec<Harness> = (1..=2)
-        .map(|i| {
-            member(
-                &redis,
-                &format!("m-{i}"),
-                "malformed:",
-                &[("a", "valid-a", 1)],
-                &auth,
-            )
-        })
-        .collect();
+    let gws = with_admin_password(&redis, "m", "malformed:");
     for _ in 0..8 {
         let r = gws[0]
             .client
