@@ -2,7 +2,8 @@
 //! (cooldowns, dead keys, open breakers), which key created a resource, operator actions on keys
 //! and presets, and token
 //! revocations. Each is applied here exactly as if it had happened here, and is not handed on
-//! again. Key secrets never travel: keys are named by id (and fingerprint).
+//! again. Key secrets never travel in clear: keys are named by id, and a key added through the
+//! admin API travels sealed with the cluster's secret.
 
 use std::sync::{Arc, Weak};
 
@@ -47,7 +48,10 @@ fn outgoing(event: &ClusterEvent, revocation_life: Option<std::time::Duration>) 
             // A revoked token outlives no token the gateway signs.
             Some(now + revocation_life.map_or(31 * 86_400, |d| d.as_secs() + 86_400)),
         ),
-        ClusterEvent::KeyRemoved { .. } => (None, None),
+        // An added key stays for instances that start later, until it is removed.
+        ClusterEvent::KeyAdded { key_id, .. } | ClusterEvent::KeyRemoved { key_id } => {
+            (Some(format!("key:{}", hex_of(key_id))), None)
+        }
     };
     Outgoing {
         event: serde_json::to_value(event).unwrap_or_default(),
@@ -98,29 +102,87 @@ fn apply(shared: &Weak<Shared>, v: Value) {
         ClusterEvent::Preset { name } => {
             if shared.pool.manual_preset() != name {
                 shared.pool.set_manual_preset(name);
-                rebuild(shared, "preset applied on another instance");
+                rebuild(shared, None, "preset applied on another instance");
             }
         }
+        ClusterEvent::KeyAdded { key_id, sealed } => add_key(shared, &key_id, &sealed),
         ClusterEvent::KeyRemoved { key_id } => {
             let rt = shared.runtime.load_full();
-            let mut overlay = shared.pool.overlay.get();
-            if overlay
+            let before = shared.pool.overlay.get();
+            if before
                 .apply(&rt.config.gemini.api_keys)
                 .iter()
                 .any(|k| k.id == key_id)
             {
-                overlay.added.retain(|k| k.id != key_id);
-                overlay.removed.insert(key_id);
-                shared.pool.overlay.set(overlay);
-                rebuild(shared, "key removed on another instance");
+                let mut after = before.clone();
+                after.added.retain(|k| k.id != key_id);
+                after.removed.insert(key_id);
+                shared.pool.overlay.set(after);
+                rebuild(shared, Some(before), "key removed on another instance");
             }
         }
     }
 }
 
-fn rebuild(shared: Arc<Shared>, why: &'static str) {
+/// `key` sealed with the cluster's secret for the other instances (`None`: no secret here).
+pub fn seal_key(shared: &Shared, key: &crate::config::ApiKeyConfig) -> Option<String> {
+    let sealer = shared.cluster.as_ref()?.sealer.as_ref()?;
+    let plain = serde_json::to_vec(key).ok()?;
+    sealer.seal(&seal_context(&key.id), &plain).ok()
+}
+
+fn seal_context(key_id: &str) -> String {
+    format!("key:{key_id}")
+}
+
+/// A key another instance added: opened with this instance's secret, added unless a key of that
+/// id is here already.
+fn add_key(shared: Arc<Shared>, key_id: &str, sealed: &str) {
+    let opened = shared
+        .cluster
+        .as_ref()
+        .and_then(|c| c.sealer.as_ref())
+        .ok_or_else(|| "this instance has no `cluster.secret`".to_string())
+        .and_then(|s| {
+            s.open(&seal_context(key_id), sealed)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|plain| {
+            serde_json::from_slice::<crate::config::ApiKeyConfig>(&plain)
+                .map_err(|_| "the sealed key is not a key's config".to_string())
+        });
+    let key = match opened {
+        Ok(k) if k.id == key_id => k,
+        Ok(_) => {
+            return tracing::warn!(target: "gemini_proxy::cluster", key_id, "a sealed key names another id: ignored");
+        }
+        Err(why) => {
+            return tracing::warn!(target: "gemini_proxy::cluster", key_id, why, "a key added on another instance cannot be opened here");
+        }
+    };
+    let rt = shared.runtime.load_full();
+    let before = shared.pool.overlay.get();
+    if before
+        .apply(&rt.config.gemini.api_keys)
+        .iter()
+        .any(|k| k.id == key.id)
+    {
+        return;
+    }
+    let mut after = before.clone();
+    after.removed.remove(&key.id);
+    after.added.push(key);
+    shared.pool.overlay.set(after);
+    rebuild(shared, Some(before), "key added on another instance");
+}
+
+/// Rebuilds; a changed key overlay the config refuses is put back as it was (`before`).
+fn rebuild(shared: Arc<Shared>, before: Option<crate::pool::KeyOverlay>, why: &'static str) {
     tokio::spawn(async move {
         if let Err(e) = crate::reload::rebuild(&shared, why).await {
+            if let Some(b) = before {
+                shared.pool.overlay.set(b);
+            }
             tracing::warn!(target: "gemini_proxy::cluster", error = %e, "cannot apply a change from the cluster");
         } else if let Err(e) = shared.pool.overlay.save() {
             tracing::warn!(error = %e, "cannot write the keys file");

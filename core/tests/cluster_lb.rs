@@ -14,6 +14,7 @@ use gemini_proxy_sdk::Role;
 use gemini_proxy_tests::{RedisServer, free_port, http_once as http};
 
 const SECRET: &str = "Cluster-example-secret-0123456789-abcdefghij!";
+const SEAL: &str = "Cluster-example-seal-0123456789-abcdefghijkl";
 const GENERATE: &str = "/v1beta/models/gemini-2.5-flash:generateContent";
 const BODY: &str = r#"{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}"#;
 
@@ -78,6 +79,7 @@ fn start(redis: &RedisServer, mock: &MockGemini) -> Cluster {
             .env("GEMINI_API_KEY", "valid-a,valid-b")
             .env("JWT_SECRET", SECRET)
             .env("REDIS_URL", redis.url())
+            .env("CLUSTER_SECRET", SEAL)
             .env("RUST_LOG", "info")
             .current_dir(dir.path())
             .stdout(Stdio::null())
@@ -184,6 +186,39 @@ fn the_example_cluster_behind_nginx_holds_one_limit_and_survives_failures() {
             .sum();
         assert!(served >= 10.0, "an instance served {served} calls");
     }
+    // A key added through one instance's admin API is in the others' pools within a second.
+    let (s, body) = http(
+        c.admins[0],
+        "POST",
+        "/api/keys",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        r#"{"id":"added","key":"valid-added"}"#,
+    );
+    assert_eq!(s, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let has_added = || {
+        let (_, body) = http(
+            c.admins[2],
+            "GET",
+            "/api/keys",
+            &[("authorization", &bearer)],
+            "",
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["keys"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k["id"] == "added"))
+    };
+    while !has_added() {
+        assert!(
+            Instant::now() < deadline,
+            "the added key did not reach gw-3"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // An instance dies: the balancer sends its calls to the others.
     drop(c.gateways.remove(1));
     let statuses = burst(c.lb, 30, &token("bob"));
@@ -195,7 +230,14 @@ fn the_example_cluster_behind_nginx_holds_one_limit_and_survives_failures() {
     // No secret in any instance's log.
     for i in [1, 3] {
         let log = std::fs::read_to_string(c._dir.path().join(format!("gw-{i}.log"))).unwrap();
-        for secret in ["valid-a", "valid-b", SECRET, redis.password.as_str()] {
+        for secret in [
+            "valid-a",
+            "valid-b",
+            "valid-added",
+            SECRET,
+            SEAL,
+            redis.password.as_str(),
+        ] {
             assert!(!log.contains(secret), "gw-{i}.log holds a secret");
         }
     }

@@ -260,17 +260,11 @@ async fn a_token_revoked_on_one_instance_is_refused_by_all() {
         .await;
     }
     // Nothing secret went to Redis: no token, no pooled key, no signing secret.
-    let names = redis.cli(&["--scan"]);
-    assert!(!names.is_empty());
-    for name in names.lines() {
-        let text = redis.cli(&["--raw", "DUMP", name]);
-        for secret in [token.as_str(), admin.as_str(), SECRET, "valid-a"] {
-            assert!(
-                !name.contains(secret) && !text.contains(secret),
-                "{name} holds a secret"
-            );
-        }
-    }
+    redis_holds_none_of(
+        &redis,
+        "r-1",
+        &[token.as_str(), admin.as_str(), SECRET, "valid-a"],
+    );
 }
 
 /// Two instances with auth and the admin password `Right-Password-42`.
@@ -392,4 +386,163 @@ async fn malformed_logins_use_up_no_guess() {
         assert_eq!(r.status(), 400);
     }
     assert_eq!(gws[1].login("Right-Password-42").await.status(), 200);
+}
+
+const SEAL: &str = "cluster-seal-secret-0123456789abcdef-0123";
+
+/// A member whose `cluster.secret` is `secret` (or none).
+fn sealing_member(redis: &RedisServer, id: &str, secret: Option<&str>) -> Harness {
+    let secret = secret.map_or(String::new(), |s| format!(", secret: \"{s}\""));
+    let extra = format!(
+        "pool: {{ state_file: \"\", keys_file: \"\" }}\ncluster: {{ redis: \"{}\", instance_id: {id}, key_prefix: \"seal:\"{secret} }}\n",
+        redis.url()
+    );
+    Harness::start_with(&[("a", "valid-a", 1)], &extra, |_| {})
+}
+
+async fn has_key(g: &Harness, id: &str) -> bool {
+    let k = g.admin_json("/api/keys").await;
+    k["keys"].as_array().unwrap().iter().any(|k| k["id"] == id)
+}
+
+async fn admin_post(g: &Harness, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let r = g
+        .client
+        .post(g.admin(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    json_of(r).await
+}
+
+/// Every Redis entry's name and value (read by type: a dump would hide a string behind its
+/// compression).
+fn redis_contents(redis: &RedisServer) -> String {
+    let names = redis.cli(&["--scan"]);
+    assert!(!names.is_empty());
+    let mut all = String::new();
+    for name in names.lines() {
+        let read: &[&str] = match redis.cli(&["TYPE", name]).trim() {
+            "string" => &["GET"],
+            "hash" => &["HGETALL"],
+            "set" => &["SMEMBERS"],
+            "zset" => &["ZRANGE", "0", "-1"],
+            "list" => &["LRANGE", "0", "-1"],
+            other => panic!("{name} is a {other}"),
+        };
+        let mut args = vec!["--raw", read[0], name];
+        args.extend(&read[1..]);
+        all += &format!("{name}\n{}\n", redis.cli(&args));
+    }
+    all
+}
+
+/// Redis holds none of `secrets`, and does hold `known` (so the reading found the entries).
+fn redis_holds_none_of(redis: &RedisServer, known: &str, secrets: &[&str]) {
+    let all = redis_contents(redis);
+    assert!(all.contains(known), "{known} not found in Redis");
+    for s in secrets {
+        assert!(!all.contains(s), "Redis holds {s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_added_through_one_instance_serves_calls_on_all_and_redis_holds_it_sealed() {
+    let redis = RedisServer::start();
+    let gws: Vec<Harness> = (1..=3)
+        .map(|i| sealing_member(&redis, &format!("k-{i}"), Some(SEAL)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let added = r#"{"id":"c","key":"valid-added-c","project":"p-c"}"#;
+    assert_eq!(admin_post(&gws[0], "/api/keys", added).await.0, 201);
+    for g in &gws[1..] {
+        let took = within(Duration::from_secs(1), "key c everywhere", || {
+            has_key(g, "c")
+        })
+        .await;
+        eprintln!("an added key reached an instance in {took:?}");
+    }
+    // With `a` disabled (everywhere), the third instance serves calls with the added key.
+    assert_eq!(admin_post(&gws[2], "/api/keys/a/disable", "").await.0, 200);
+    within(
+        Duration::from_secs(1),
+        "a disabled on the third",
+        || async {
+            let k = gws[2].admin_json("/api/keys").await;
+            k["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["id"] == "a" && k["dead_reason"] == "operator")
+        },
+    )
+    .await;
+    assert_eq!(gws[2].generate("hi").await.status(), 200);
+    assert_eq!(gws[2].last_key(), "valid-added-c");
+    let listed = gws[1].admin_text("/api/keys").await;
+    assert!(!listed.contains("valid-added-c"), "{listed}");
+    // An instance that starts later takes the key from the state Redis keeps.
+    let late = sealing_member(&redis, "k-4", Some(SEAL));
+    within(Duration::from_secs(3), "key c on a late instance", || {
+        has_key(&late, "c")
+    })
+    .await;
+    redis_holds_none_of(&redis, "\"kind\":\"key_added\"", &["valid-added-c", SEAL]);
+    // Removed through another instance, it is gone from all, and does not come back to a newcomer.
+    let r = gws[1]
+        .client
+        .delete(gws[1].admin("/api/keys/c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    for g in [&gws[0], &gws[2], &late] {
+        within(
+            Duration::from_secs(1),
+            "key c removed everywhere",
+            || async { !has_key(g, "c").await },
+        )
+        .await;
+    }
+    let newcomer = sealing_member(&redis, "k-5", Some(SEAL));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!has_key(&newcomer, "c").await);
+    assert!(has_key(&newcomer, "a").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_shared_secret_an_added_key_is_refused_or_not_taken() {
+    let redis = RedisServer::start();
+    let none = sealing_member(&redis, "s-1", None);
+    let (status, body) = admin_post(&none, "/api/keys", r#"{"id":"c","key":"valid-c"}"#).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.to_string().contains("cluster.secret") && !body.to_string().contains("valid-c"),
+        "{body}"
+    );
+    assert!(!has_key(&none, "c").await);
+    let other = "another-cluster-secret-0123456789abcdef";
+    let (one, two) = (
+        sealing_member(&redis, "s-2", Some(SEAL)),
+        sealing_member(&redis, "s-3", Some(other)),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        admin_post(&one, "/api/keys", r#"{"id":"d","key":"valid-d"}"#)
+            .await
+            .0,
+        201
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(has_key(&one, "d").await);
+    assert!(!has_key(&two, "d").await, "opened with another secret");
+    assert!(!has_key(&none, "d").await, "opened without a secret");
+    // The operator sees that the instances do not share one secret, and not the secrets.
+    let c = one.admin_text("/api/cluster").await;
+    let v: serde_json::Value = serde_json::from_str(&c).unwrap();
+    assert_eq!(v["secret_drift"], true, "{c}");
+    assert!(!c.contains(SEAL) && !c.contains(other), "{c}");
+    redis_holds_none_of(&redis, "s-2", &["valid-d", SEAL, other]);
 }

@@ -5,6 +5,8 @@ use serde_json::json;
 
 use super::{AdminApp, error, json_response};
 
+const NO_CLUSTER_SECRET: &str = "this instance runs in a cluster without `cluster.secret` (or CLUSTER_SECRET): a key added here could not reach the other instances. Set the same secret on every instance, or add the key to each instance's config";
+
 impl AdminApp {
     pub(super) async fn add_key(&self, body: &[u8]) -> Response<Vec<u8>> {
         let key: crate::config::ApiKeyConfig = match serde_json::from_slice(body) {
@@ -17,12 +19,28 @@ impl AdminApp {
         if merged.iter().any(|k| k.id == key.id) {
             return error(409, format!("a key with id `{}` exists", key.id));
         }
+        // Sealed before it is added: a key that cannot reach the other instances is not added.
+        let sealed = match &self.shared.cluster {
+            None => None,
+            Some(_) => match crate::cluster_sync::seal_key(&self.shared, &key) {
+                Some(s) => Some(s),
+                None => return error(409, NO_CLUSTER_SECRET.to_string()),
+            },
+        };
         let mut after = before.clone();
         after.removed.remove(&key.id);
         let id = key.id.clone();
         after.added.push(key);
-        self.apply_overlay(before, after, &format!("key {id} added"), 201, &id)
-            .await
+        let r = self
+            .apply_overlay(before, after, &format!("key {id} added"), 201, &id)
+            .await;
+        if let (201, Some(sealed)) = (r.status().as_u16(), sealed) {
+            crate::cluster_sync::announce(
+                &self.shared,
+                crate::cluster::events::ClusterEvent::KeyAdded { key_id: id, sealed },
+            );
+        }
+        r
     }
 
     pub(super) async fn remove_key(&self, id: &str) -> Response<Vec<u8>> {

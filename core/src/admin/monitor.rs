@@ -55,10 +55,16 @@ impl AdminApp {
                     .iter()
                     .filter_map(|i| i["settings_sha256"].as_str())
                     .collect();
+                let secrets: std::collections::BTreeSet<Option<&str>> = list
+                    .iter()
+                    .map(|i| i["secret_fingerprint"].as_str())
+                    .collect();
                 json_response(
                     200,
                     &json!({
                         "cluster": true,
+                        // Instances that seal added keys with different secrets (or none).
+                        "secret_drift": secrets.len() > 1,
                         "this_instance": c.link.instance_id,
                         "redis": c.link.address,
                         "degraded": c.link.degraded(),

@@ -26,6 +26,11 @@ pub enum ClusterEvent {
         key_id: String,
         action: KeyAction,
     },
+    /// An operator added a key: the key's config, sealed with the cluster's secret for its id.
+    KeyAdded {
+        key_id: String,
+        sealed: String,
+    },
     /// An operator removed a key (calls in flight on it finish).
     KeyRemoved {
         key_id: String,

@@ -4,7 +4,8 @@
 //! connection reconnects by itself with backoff; Redis being away at startup only means the
 //! instance starts degraded.
 //!
-//! Nothing secret goes to Redis: keys by id, tokens by `jti`, callers by scope name.
+//! Nothing secret goes to Redis in clear: keys by id, tokens by `jti`, callers by scope name; a
+//! key added through the admin API travels sealed with the cluster's secret ([`seal`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ pub mod events;
 pub mod heartbeat;
 pub mod limits;
 pub mod pins;
+pub mod seal;
 
 /// Why a Redis operation gave no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +45,8 @@ pub struct Cluster {
     pub limits: Arc<limits::RedisLimits>,
     /// Events to the other instances, once started.
     pub bus: std::sync::OnceLock<events::Bus>,
+    /// From `cluster.secret`: without it, keys added through the API cannot be shared.
+    pub sealer: Option<seal::Sealer>,
 }
 
 impl Cluster {
@@ -53,6 +57,7 @@ impl Cluster {
             link,
             limits,
             bus: std::sync::OnceLock::new(),
+            sealer: cfg.secret.as_deref().map(seal::Sealer::new),
         })
     }
 

@@ -286,10 +286,16 @@ pub fn migrate(root: &mut Value, file: &str) -> Result<Vec<String>, ConfigError>
 
 /// `JWT_SECRET`, `ADMIN_PASSWORD` and `GEMINI_API_KEY` (comma-separated) override the file, and
 /// `REDIS_URL` the `cluster.redis` of a file that has a `cluster:` section (a `REDIS_URL` meant for
-/// another program does not turn a single instance into a cluster).
+/// another program does not turn a single instance into a cluster), and `CLUSTER_SECRET` its
+/// `cluster.secret`.
 pub fn apply_env(config: &mut Config, env: EnvLookup<'_>) {
-    if let (Some(url), Some(c)) = (env("REDIS_URL"), config.cluster.as_mut()) {
-        c.redis = url;
+    if let Some(c) = config.cluster.as_mut() {
+        if let Some(url) = env("REDIS_URL") {
+            c.redis = url;
+        }
+        if let Some(s) = env("CLUSTER_SECRET") {
+            c.secret = Some(s);
+        }
     }
     if let Some(s) = env("JWT_SECRET") {
         config.auth.jwt_secret = Some(s);

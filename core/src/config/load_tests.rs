@@ -96,22 +96,33 @@ fn a_bad_cluster_section_names_its_field() {
             "cluster.fallback_instances",
         ),
         ("{ redis: \"redis://h\", wat: 1 }", "cluster.wat"),
+        (
+            "{ redis: \"redis://h\", secret: short-pw-seal }",
+            "cluster.secret",
+        ),
     ] {
         let e = with(c).expect_err(c);
         assert_eq!(e.path, path, "{c}: {e}");
         assert!(!e.to_string().contains("pw@"), "{e}");
+        assert!(!e.to_string().contains("short-pw-seal"), "{e}");
     }
     let l = with("{ redis: \"rediss://:pw@10.0.0.5:6380/1\", instance_id: gw-1 }").unwrap();
     assert_eq!(l.config.cluster.unwrap().op_timeout.0.as_millis(), 50);
-    // REDIS_URL replaces the file's URL, and only where there is a cluster section.
-    let env = |n: &str| (n == "REDIS_URL").then(|| "redis://other:6379".to_string());
+    // REDIS_URL and CLUSTER_SECRET replace the file's, and only where there is a cluster section.
+    let env = |n: &str| match n {
+        "REDIS_URL" => Some("redis://other:6379".to_string()),
+        "CLUSTER_SECRET" => Some("s".repeat(32)),
+        _ => None,
+    };
     let l = load_str(
         &format!("{MINIMAL}cluster: {{ redis: \"redis://h\" }}\n"),
         "t",
         &env,
     )
     .unwrap();
-    assert_eq!(l.config.cluster.unwrap().redis, "redis://other:6379");
+    let c = l.config.cluster.unwrap();
+    assert_eq!(c.redis, "redis://other:6379");
+    assert_eq!(c.secret, Some("s".repeat(32)));
     assert!(
         load_str(MINIMAL, "t", &env)
             .unwrap()

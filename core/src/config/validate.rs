@@ -84,6 +84,12 @@ fn cluster(c: &Config) -> Result<(), Bad> {
     if k.fallback_instances == 0 || k.fallback_instances > 1000 {
         return bad("cluster.fallback_instances", "between 1 and 1000");
     }
+    if k.secret.as_ref().is_some_and(|s| s.len() < 32) {
+        return bad(
+            "cluster.secret",
+            "at least 32 characters (e.g. `openssl rand -hex 32`)",
+        );
+    }
     Ok(())
 }
 

@@ -132,6 +132,7 @@ impl Shared {
             .saturating_sub(self.started.elapsed().as_secs());
         // The settings hash changes only with the config: computed once per generation.
         let settings = parking_lot::Mutex::new((0u64, String::new()));
+        let secret = c.sealer.as_ref().map(|s| s.fingerprint().to_string());
         crate::cluster::heartbeat::spawn(&c.link, move || {
             let Some(s) = weak.upgrade() else {
                 return serde_json::Value::Null;
@@ -148,6 +149,7 @@ impl Shared {
                 "config_generation": rt.generation,
                 "started_at": started,
                 "in_flight": s.metrics.in_flight.get(),
+                "secret_fingerprint": secret,
             })
         });
     }

@@ -27,6 +27,11 @@ pub struct ClusterConfig {
     /// configured ones divided by the instances last seen (or by this).
     #[serde(default = "d_instances")]
     pub fallback_instances: u32,
+    /// Shared by every instance (`CLUSTER_SECRET` overrides): keys added through the admin API
+    /// travel to the other instances sealed with it, so Redis never holds a key in clear. Without
+    /// it, adding a key through the API is refused while the gateway runs as a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 fn d_prefix() -> String {
