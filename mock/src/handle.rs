@@ -97,6 +97,9 @@ pub(crate) async fn handle(
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if live::is_live(req.uri().path()) {
+        return Ok(live::accept(state, conn, req));
+    }
     let call = match Call::read(&state, &conn, req).await {
         Ok(c) => c,
         Err(resp) => return Ok(resp),

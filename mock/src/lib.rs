@@ -15,11 +15,14 @@
 //! - headers: `x-mock-chunks: N` (stream length), `x-mock-event-delay-ms: N` (pause between
 //!   stream events), `x-mock-pad: N` (an SSE comment of N bytes before each event).
 //!
+//! - the Live API (`/ws/...BidiGenerateContent`): a WebSocket session; see the `live` module.
+//!
 //! Every request is recorded (method, path, query, headers, body hash) for assertions.
 
 mod answers;
 mod bodies;
 mod handle;
+mod live;
 mod resources;
 mod respond;
 
@@ -304,6 +307,6 @@ where
 {
     let svc = hyper::service::service_fn(move |req| handle(st.clone(), conn.clone(), req));
     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
         .await;
 }

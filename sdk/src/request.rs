@@ -19,6 +19,9 @@ pub enum ApiKind {
     OpenAi,
     /// `/upload/{version}/...`: resumable media uploads (streamed, never buffered).
     Upload,
+    /// `/ws/...BidiGenerateContent`: a Live API WebSocket session (the model is in its first
+    /// message).
+    Live,
 }
 
 impl ApiKind {
@@ -27,7 +30,12 @@ impl ApiKind {
     /// ```
     /// assert!(gemini_proxy_sdk::ApiKind::ALL.iter().any(|k| k.as_str() == "upload"));
     /// ```
-    pub const ALL: [ApiKind; 3] = [ApiKind::Native, ApiKind::OpenAi, ApiKind::Upload];
+    pub const ALL: [ApiKind; 4] = [
+        ApiKind::Native,
+        ApiKind::OpenAi,
+        ApiKind::Upload,
+        ApiKind::Live,
+    ];
 
     /// A short stable name, used in metrics labels and audit rows.
     ///
@@ -39,6 +47,7 @@ impl ApiKind {
             ApiKind::Native => "native",
             ApiKind::OpenAi => "openai",
             ApiKind::Upload => "upload",
+            ApiKind::Live => "live",
         }
     }
 }
@@ -83,6 +92,8 @@ pub enum Action {
     Embeddings,
     /// OpenAI-compatible `models` (list or get)
     OpenAiModels,
+    /// A Live API session (`BidiGenerateContent`, or `...Constrained` with an ephemeral token)
+    BidiGenerateContent,
     /// Any other path of a known family, forwarded as is
     Other,
 }
@@ -93,7 +104,7 @@ impl Action {
     /// ```
     /// assert!(gemini_proxy_sdk::Action::ALL.iter().any(|a| a.as_str() == "countTokens"));
     /// ```
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::GenerateContent,
         Action::StreamGenerateContent,
         Action::CountTokens,
@@ -109,6 +120,7 @@ impl Action {
         Action::ChatCompletions,
         Action::Embeddings,
         Action::OpenAiModels,
+        Action::BidiGenerateContent,
         Action::Other,
     ];
 
@@ -134,6 +146,7 @@ impl Action {
             Action::ChatCompletions => "chat.completions",
             Action::Embeddings => "embeddings",
             Action::OpenAiModels => "openai.models",
+            Action::BidiGenerateContent => "bidiGenerateContent",
             Action::Other => "other",
         }
     }
@@ -160,6 +173,7 @@ impl Action {
                 | Action::GetModel
                 | Action::ChatCompletions
                 | Action::Embeddings
+                | Action::BidiGenerateContent
                 | Action::Other
         )
     }
@@ -172,7 +186,10 @@ impl Action {
     pub fn is_generation(self) -> bool {
         matches!(
             self,
-            Action::GenerateContent | Action::StreamGenerateContent | Action::ChatCompletions
+            Action::GenerateContent
+                | Action::StreamGenerateContent
+                | Action::ChatCompletions
+                | Action::BidiGenerateContent
         )
     }
 }

@@ -44,6 +44,9 @@ fn is_version(seg: &str) -> bool {
 /// assert_eq!(classify("GET", "/v1beta/models").unwrap().action, Action::ListModels);
 /// ```
 pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
+    if let Some(live) = path.strip_prefix("/ws/") {
+        return live_route(live);
+    }
     let rest = path.strip_prefix('/')?;
     let (upload, rest) = match rest.strip_prefix("upload/") {
         Some(r) => (true, r),
@@ -127,6 +130,35 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
         _ => route.action = Action::Other,
     }
     Some(route)
+}
+
+/// `google.ai.generativelanguage.{version}.GenerativeService.BidiGenerateContent[Constrained]`:
+/// a Live API session; no other `/ws/` path is served.
+///
+/// ```
+/// use gemini_proxy_sdk::{classify, Action, ApiKind};
+/// let r = classify("GET", "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent").unwrap();
+/// assert_eq!((r.api_kind, r.action, r.api_version.as_str()), (ApiKind::Live, Action::BidiGenerateContent, "v1beta"));
+/// assert!(classify("GET", "/ws/google.ai.generativelanguage.v1beta.GenerativeService.Other").is_none());
+/// ```
+fn live_route(rest: &str) -> Option<CallRoute> {
+    let rest = rest.strip_prefix("google.ai.generativelanguage.")?;
+    let (version, method) = rest.split_once(".GenerativeService.")?;
+    if !is_version(version)
+        || !matches!(
+            method,
+            "BidiGenerateContent" | "BidiGenerateContentConstrained"
+        )
+    {
+        return None;
+    }
+    Some(CallRoute {
+        api_kind: ApiKind::Live,
+        api_version: version.to_string(),
+        action: Action::BidiGenerateContent,
+        model: None,
+        stream: true,
+    })
 }
 
 /// The action of an OpenAI-style path (after `openai/`), and the model it names, if any.

@@ -38,6 +38,7 @@ pub fn validate(c: &Config, file: &str) -> Result<(), ConfigError> {
         .and_then(|()| presets(c))
         .and_then(|()| tls(c))
         .and_then(|()| cluster(c))
+        .and_then(|()| live(c))
         .and_then(|()| audit(c))
         .map_err(|(path, msg)| ConfigError::new(file, path, msg))
 }
@@ -89,6 +90,32 @@ fn cluster(c: &Config) -> Result<(), Bad> {
             "cluster.secret",
             "at least 32 characters (e.g. `openssl rand -hex 32`)",
         );
+    }
+    Ok(())
+}
+
+fn live(c: &Config) -> Result<(), Bad> {
+    let l = &c.live;
+    let secs = |d: &crate::config::duration::ConfigDuration, lo: u64, hi: u64| {
+        d.0 >= std::time::Duration::from_millis(lo) && d.0 <= std::time::Duration::from_secs(hi)
+    };
+    if !secs(&l.setup_timeout, 100, 300) {
+        return bad("live.setup_timeout", "between 100ms and 5m");
+    }
+    if !secs(&l.connect_timeout, 100, 300) {
+        return bad("live.connect_timeout", "between 100ms and 5m");
+    }
+    if !secs(&l.idle_timeout, 1000, 86_400) {
+        return bad("live.idle_timeout", "between 1s and 24h");
+    }
+    if !secs(&l.max_session, 1000, 7 * 86_400) {
+        return bad("live.max_session", "between 1s and 7 days");
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&l.max_setup_bytes) {
+        return bad("live.max_setup_bytes", "between 1 KiB and 64 MiB");
+    }
+    if !(1024..=256 * 1024 * 1024).contains(&l.max_message_bytes) {
+        return bad("live.max_message_bytes", "between 1 KiB and 256 MiB");
     }
     Ok(())
 }

@@ -48,6 +48,10 @@ impl GatewayProxy {
         let cx = ctx
             .cx
             .insert(RequestContext::new(view, inbound.credential.clone()));
+        // A Live session names its model in its first message: admitted once that is read.
+        if inbound.route.api_kind == gemini_proxy_sdk::ApiKind::Live {
+            return Ok(Some(inbound));
+        }
         match rt.pipeline.admit(cx).await {
             Ok(None) => {}
             Ok(Some(rejection)) => return Err(self.refused(ctx, rejection)),

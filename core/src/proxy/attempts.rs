@@ -175,7 +175,7 @@ impl GatewayProxy {
     }
 
     /// Counts the attempt on key `index` everywhere it is counted.
-    fn begin_attempt(&self, ctx: &mut CallState, rt: &Runtime, index: usize) {
+    pub(super) fn begin_attempt(&self, ctx: &mut CallState, rt: &Runtime, index: usize) {
         let key = &rt.keys[index];
         let cx = ctx.cx();
         cx.attempt += 1;
@@ -196,7 +196,7 @@ impl GatewayProxy {
             .count_request(&key.project, ctx.model());
     }
 
-    fn count_retry(&self, ctx: &CallState, key: &UpstreamKey, class: &str) {
+    pub(super) fn count_retry(&self, ctx: &CallState, key: &UpstreamKey, class: &str) {
         let m = &self.shared.metrics;
         m.key_errors.with_label_values(&[&key.id, class]).inc();
         m.retries.with_label_values(&[class]).inc();

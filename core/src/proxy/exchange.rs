@@ -216,7 +216,7 @@ impl GatewayProxy {
     }
 
     /// Records the verdict in the key pool; a key it disables is an audited security event.
-    fn judge(
+    pub(super) fn judge(
         &self,
         ctx: &mut CallState,
         key: &UpstreamKey,

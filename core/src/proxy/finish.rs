@@ -20,7 +20,8 @@ impl GatewayProxy {
             .response_written()
             .filter(|r| !r.status.is_informational())
             .map(|r| r.status.as_u16())
-            .unwrap_or(0);
+            // A Live session answered its upgrade itself.
+            .unwrap_or(ctx.done.status);
         if ctx.done.status == 0 {
             ctx.done.status = status;
         }

@@ -12,6 +12,8 @@
 //! 6. [`finish`]: the call's one outcome handed to metrics, pool, stats, anomalies, pipeline
 //!    and audit.
 //!
+//! A Live API session (a WebSocket) leaves this path after its head: [`live`].
+//!
 //! What went wrong is a [`failure::Failure`] with an [`ErrorClass`]; [`call::CallState`] is
 //! everything a call carries from its first byte to its audit row.
 
@@ -27,6 +29,7 @@ mod finish;
 mod fuzz;
 mod inbound;
 mod key_choice;
+mod live;
 mod observer;
 mod relay;
 mod resources;
@@ -69,6 +72,9 @@ impl GatewayProxy {
         let Some(inbound) = self.admit(session, ctx).await? else {
             return Ok(());
         };
+        if inbound.route.api_kind == gemini_proxy_sdk::ApiKind::Live {
+            return self.live(session, ctx, inbound).await;
+        }
         let body = self.body(session, ctx, &inbound).await?;
         let refs = self.resources(ctx, &inbound, &body).await?;
         self.attempts(session, ctx, &inbound, body, &refs).await

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use super::duration::ConfigDuration;
 
 mod cluster;
+mod live;
 mod server;
 pub use cluster::*;
+pub use live::*;
 pub use server::*;
 
 pub const CURRENT_VERSION: u32 = 1;
@@ -33,6 +35,9 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub anomaly: AnomalyConfig,
+    /// Live API sessions (WebSockets).
+    #[serde(default)]
+    pub live: LiveConfig,
     /// Shared state through Redis; absent: one instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterConfig>,

@@ -1807,6 +1807,13 @@ impl HttpSession {
     pub fn into_inner(self) -> Stream {
         self.underlying_stream
     }
+
+    /// Consume `self` for an upgrade the caller answers itself: the stream, and the bytes
+    /// already read past the request head (the start of the new protocol), if any.
+    pub fn into_upgrade_parts(mut self) -> (Stream, Option<BytesMut>) {
+        let preread = self.preread_body.take().filter(|b| !b.is_empty());
+        (self.underlying_stream, preread)
+    }
 }
 
 // Regex to parse request line that has illegal chars in it
@@ -2358,6 +2365,23 @@ mod tests_stream {
         let mut http_stream = HttpSession::new(Box::new(mock_io));
         http_stream.read_request().await.unwrap();
         http_stream
+    }
+
+    #[tokio::test]
+    async fn into_upgrade_parts_keeps_the_bytes_after_the_head() {
+        let input = b"GET / HTTP/1.1\r\nHost: pingora.org\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05hello";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        assert!(http_stream.is_upgrade_req());
+        let (_stream, preread) = http_stream.into_upgrade_parts();
+        assert_eq!(preread.as_deref(), Some(&b"\x81\x05hello"[..]));
+
+        let input = b"GET / HTTP/1.1\r\nHost: pingora.org\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        assert_eq!(http_stream.into_upgrade_parts().1, None);
     }
 
     #[tokio::test]

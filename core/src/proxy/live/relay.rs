@@ -1,0 +1,288 @@
+//! The session once the upstream took it: every message relayed as it comes, both ways,
+//! unchanged (text and binary, ping and pong, close codes and reasons), until a side closes,
+//! nothing moves for `live.idle_timeout`, or the session reaches `live.max_session`. The
+//! server's `usageMetadata` is summed as it passes.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::upstream::UpstreamWs;
+use super::{ClientWs, Close};
+use crate::proxy::call::CallState;
+
+/// Tokens the server reported over the session.
+#[derive(Debug, Default)]
+pub struct LiveUsage {
+    pub prompt_tokens: u64,
+    pub response_tokens: u64,
+    pub total_tokens: u64,
+    /// `{prompt|response}_{modality}` → tokens.
+    pub by_modality: BTreeMap<String, u64>,
+}
+
+/// What passed each way.
+#[derive(Debug, Default)]
+pub struct Meter {
+    pub client_messages: u64,
+    pub client_bytes: u64,
+    pub server_messages: u64,
+    pub server_bytes: u64,
+    pub usage: LiveUsage,
+}
+
+/// How a session ended.
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// The close the client still has to be sent (the gateway's own, or none when a side's
+    /// close was relayed).
+    pub close_client: Option<Close>,
+    pub upstream_opened: bool,
+    /// `client`, `server` or `gateway`.
+    pub closed_by: &'static str,
+    pub close_code: Option<u16>,
+    pub meter: Meter,
+}
+
+impl Ended {
+    pub fn refused(close: Close) -> Ended {
+        Ended {
+            close_code: Some(close.code),
+            close_client: (close.code != 1000 || !close.reason.is_empty()).then_some(close),
+            closed_by: "gateway",
+            ..Default::default()
+        }
+    }
+
+    fn gateway_closes(&mut self, close: Close) {
+        self.closed_by = "gateway";
+        self.close_code = Some(close.code);
+        self.close_client = Some(close);
+    }
+
+    /// The session's figures as audit tags.
+    pub fn tags(&self) -> Vec<(String, String)> {
+        let m = &self.meter;
+        let mut t = vec![
+            ("live_closed_by".to_string(), self.closed_by.to_string()),
+            ("live_messages_in".into(), m.client_messages.to_string()),
+            ("live_messages_out".into(), m.server_messages.to_string()),
+        ];
+        if let Some(c) = self.close_code {
+            t.push(("live_close_code".into(), c.to_string()));
+        }
+        for (k, v) in &m.usage.by_modality {
+            t.push((format!("live_tokens_{k}"), v.to_string()));
+        }
+        t
+    }
+}
+
+impl Meter {
+    fn client(&mut self, m: &Message) {
+        self.client_messages += 1;
+        self.client_bytes += m.len() as u64;
+    }
+
+    fn server(&mut self, m: &Message) {
+        self.server_messages += 1;
+        self.server_bytes += m.len() as u64;
+        let bytes: &[u8] = match m {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+            _ => return,
+        };
+        if memchr::memmem::find(bytes, b"usageMetadata").is_some() {
+            self.add_usage(bytes);
+        }
+    }
+
+    fn add_usage(&mut self, bytes: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+            return;
+        };
+        let u = &v["usageMetadata"];
+        let n = |f: &str| u[f].as_u64().unwrap_or(0);
+        self.usage.prompt_tokens += n("promptTokenCount");
+        self.usage.response_tokens += n("responseTokenCount");
+        self.usage.total_tokens += n("totalTokenCount");
+        for (side, field) in [
+            ("prompt", "promptTokensDetails"),
+            ("response", "responseTokensDetails"),
+        ] {
+            for d in u[field].as_array().into_iter().flatten() {
+                let modality = d["modality"]
+                    .as_str()
+                    .unwrap_or("unknown")
+                    .to_ascii_lowercase();
+                if modality.len() <= 16
+                    && modality
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    *self
+                        .usage
+                        .by_modality
+                        .entry(format!("{side}_{modality}"))
+                        .or_default() += d["tokenCount"].as_u64().unwrap_or(0);
+                }
+            }
+        }
+    }
+}
+
+/// Relays until the session ends; `first` is the upstream's first message (`setupComplete`).
+pub async fn run(
+    client: &mut ClientWs,
+    mut up: UpstreamWs,
+    first: Message,
+    ctx: &mut CallState,
+    limits: &crate::config::LiveConfig,
+) -> Ended {
+    let mut ended = Ended {
+        upstream_opened: true,
+        ..Default::default()
+    };
+    let scrubber = ctx.runtime.scrubber.clone();
+    let started = Instant::now();
+    ctx.done.time_to_first_byte = Some(ctx.started.elapsed());
+    ended.meter.server(&first);
+    if client.send(first).await.is_err() {
+        ended.closed_by = "client";
+        let _ = up.close(None).await;
+        return ended;
+    }
+    let end_of_session = tokio::time::sleep(limits.max_session.0);
+    tokio::pin!(end_of_session);
+    let mut last = Instant::now();
+    loop {
+        let idle = tokio::time::sleep_until((last + limits.idle_timeout.0).into());
+        let go_on = tokio::select! {
+            m = client.next() => {
+                last = Instant::now();
+                from_client(m, &mut up, &mut ended, limits).await
+            }
+            m = up.next() => {
+                last = Instant::now();
+                from_server(m, client, &mut ended, &scrubber).await
+            }
+            _ = idle => {
+                ended.gateway_closes(Close::new(1000, format!("idle for {:?}", limits.idle_timeout.0)));
+                false
+            }
+            _ = &mut end_of_session => {
+                let why = format!("the session reached its longest time ({:?})", limits.max_session.0);
+                ended.gateway_closes(Close::new(1000, why));
+                false
+            }
+        };
+        if !go_on {
+            break;
+        }
+    }
+    if ended.closed_by != "server" {
+        let _ = up.close(None).await;
+    }
+    ctx.done.upstream_latency = Some(started.elapsed());
+    ended
+}
+
+type Received = Option<Result<Message, WsError>>;
+
+/// One client message relayed; `false` when the session ends with it.
+async fn from_client(
+    m: Received,
+    up: &mut UpstreamWs,
+    ended: &mut Ended,
+    limits: &crate::config::LiveConfig,
+) -> bool {
+    match m {
+        Some(Ok(Message::Close(frame))) => {
+            ended.closed_by = "client";
+            ended.close_code = frame.as_ref().map(|f| u16::from(f.code));
+            let _ = up.send(Message::Close(frame)).await;
+            false
+        }
+        Some(Ok(msg)) => {
+            ended.meter.client(&msg);
+            if up.send(msg).await.is_err() {
+                ended.closed_by = "server";
+                ended.close_code = Some(1011);
+                ended.close_client = Some(Close::new(1011, "UNAVAILABLE: the upstream went away"));
+                return false;
+            }
+            true
+        }
+        Some(Err(WsError::Capacity(_))) => {
+            let why = format!("a message is over {} bytes", limits.max_message_bytes);
+            ended.gateway_closes(Close::new(1009, why));
+            false
+        }
+        _ => {
+            ended.closed_by = "client";
+            ended.close_code = Some(1006);
+            false
+        }
+    }
+}
+
+/// One server message relayed (masked of any pooled key); `false` when the session ends with it.
+async fn from_server(
+    m: Received,
+    client: &mut ClientWs,
+    ended: &mut Ended,
+    scrubber: &crate::scrub::Scrubber,
+) -> bool {
+    match m {
+        Some(Ok(Message::Close(frame))) => {
+            ended.closed_by = "server";
+            let frame = frame.map(|mut f| {
+                let mut r = f.reason.as_bytes().to_vec();
+                if scrubber.mask(&mut r) {
+                    f.reason = String::from_utf8_lossy(&r).into_owned().into();
+                }
+                f
+            });
+            ended.close_code = frame.as_ref().map(|f| u16::from(f.code));
+            let _ = client.send(Message::Close(frame)).await;
+            false
+        }
+        Some(Ok(msg)) => {
+            ended.meter.server(&msg);
+            if client.send(masked(scrubber, msg)).await.is_err() {
+                ended.closed_by = "client";
+                ended.close_code = Some(1006);
+                return false;
+            }
+            true
+        }
+        _ => {
+            ended.closed_by = "server";
+            ended.close_code = Some(1011);
+            ended.close_client = Some(Close::new(
+                1011,
+                "UNAVAILABLE: the upstream connection ended",
+            ));
+            false
+        }
+    }
+}
+
+/// A server message with any pooled key masked (an upstream may echo the key it was called with).
+fn masked(scrubber: &crate::scrub::Scrubber, msg: Message) -> Message {
+    match msg {
+        Message::Text(t) if scrubber.finds(t.as_bytes()) => {
+            let mut b = t.as_bytes().to_vec();
+            scrubber.mask(&mut b);
+            Message::text(String::from_utf8_lossy(&b).into_owned())
+        }
+        Message::Binary(b) if scrubber.finds(&b) => {
+            let mut v = b.to_vec();
+            scrubber.mask(&mut v);
+            Message::binary(v)
+        }
+        other => other,
+    }
+}
