@@ -85,6 +85,8 @@ const LATENCY_BUCKETS: &[f64] = &[
     60.0, 120.0, 300.0,
 ];
 
+/// Live sessions last seconds to hours.
+const SESSION_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0];
 const OVERHEAD_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 5.0,
@@ -115,6 +117,9 @@ impl Registrar<'_> {
     }
     fn overhead(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
         self.histogram(name, help, labels, OVERHEAD_BUCKETS)
+    }
+    fn session_seconds(&self, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+        self.histogram(name, help, labels, SESSION_BUCKETS)
     }
     fn histogram(&self, name: &str, help: &str, labels: &[&str], b: &[f64]) -> HistogramVec {
         let opts = HistogramOpts::new(name, help).buckets(b.to_vec());
@@ -231,6 +236,17 @@ metrics_table! {
     cluster_instances: IntGauge = gauge("cluster_instances", "Live instances last seen");
     cluster_dropped: IntGauge = gauge("cluster_adjustments_dropped_total",
         "Limit corrections dropped while Redis stayed away");
+    live_active: IntGauge = gauge("live_sessions_active", "Live API sessions open");
+    /// `result`: `ok` (the upstream took it and a side closed it), `refused` (never opened
+    /// upstream), `error` (the upstream failed it, or a limit ended it).
+    live_sessions: IntCounterVec = counters("live_sessions_total",
+        "Live API sessions ended, by result", ["result"]);
+    live_seconds: HistogramVec = session_seconds("live_session_seconds",
+        "Length of Live API sessions", ["result"]);
+    live_messages: IntCounterVec = counters("live_messages_total",
+        "Live API messages relayed, by direction (client_to_server, server_to_client)", ["direction"]);
+    live_bytes: IntCounterVec = counters("live_bytes_total",
+        "Live API payload bytes relayed, by direction", ["direction"]);
 }
 
 impl Metrics {

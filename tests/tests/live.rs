@@ -201,3 +201,158 @@ async fn refusals_are_closes_with_reasons_and_reach_no_upstream() {
     );
     assert!(close.reason.contains("suspended"), "{close:?}");
 }
+
+const SECRET: &str = "Live-JWT-secret-with-enough-entropy-0123456789!";
+
+async fn sql(h: &Harness, admin: &str, q: &str) -> Value {
+    let r = h
+        .client
+        .post(h.admin("/api/sql"))
+        .bearer_auth(admin)
+        .json(&json!({ "sql": q }))
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = json_of(r).await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+async fn refused_with(h: &Harness, credential: Option<&str>, model: &str) -> CloseFrame {
+    let mut ws = connect(h, credential).await;
+    ws.send(setup(model)).await.unwrap();
+    next(&mut ws)
+        .await
+        .expect_err("refused")
+        .expect("with a frame")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_is_admitted_as_its_user_within_its_limits_and_audited_once() {
+    use gemini_proxy_plugins::auth::{new_claims, sign};
+    use gemini_proxy_sdk::Role;
+    let extra = format!(
+        "auth: {{ enabled: true, jwt_secret: \"{SECRET}\", revocations_file: \"\" }}\naudit: {{ flush_interval: 50ms }}\npipeline:\n  - rate_limit: {{ per_user: {{ concurrent_streams: 1 }} }}\n  - key_select\n"
+    );
+    let h = Harness::start_with(&[("a", "valid-live-a", 1)], &extra, |_| {});
+    let claims = new_claims(
+        "alice",
+        Role::User,
+        Duration::from_secs(600),
+        vec!["gemini-live-*".into()],
+    );
+    let token = sign(SECRET, "HS256", None, &claims).unwrap();
+    let admin = new_claims("ops", Role::Admin, Duration::from_secs(600), vec![]);
+    let admin = sign(SECRET, "HS256", None, &admin).unwrap();
+    // No credential, a forged one, a model the token does not allow: refused, nothing upstream.
+    for (credential, model, status) in [
+        (None, "gemini-live-2.5-flash", "UNAUTHENTICATED"),
+        (
+            Some("not-a-token"),
+            "gemini-live-2.5-flash",
+            "UNAUTHENTICATED",
+        ),
+        (Some(token.as_str()), "gemini-2.5-pro", "PERMISSION_DENIED"),
+    ] {
+        let close = refused_with(&h, credential, model).await;
+        assert_eq!(u16::from(close.code), 1008, "{close:?}");
+        assert!(close.reason.starts_with(status), "{close:?}");
+        assert!(!close.reason.contains(&token), "{close:?}");
+    }
+    assert!(
+        live_calls(&h).is_empty(),
+        "refused sessions reached the upstream"
+    );
+    // One session at a time for alice.
+    let mut ws = connect(&h, Some(&token)).await;
+    ws.send(setup("gemini-live-2.5-flash")).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap(), json!({"setupComplete": {}}));
+    let second = refused_with(&h, Some(&token), "gemini-live-2.5-flash").await;
+    assert_eq!(u16::from(second.code), 1013, "{second:?}");
+    ws.send(turn("hello there")).await.unwrap();
+    assert_eq!(answer(&mut ws).await.0, "Echo: hello there");
+    ws.close(None).await.unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
+    assert_eq!(live_calls(&h).len(), 1);
+    // One row for the session, with the user, the key and the tokens the server reported.
+    let q = "SELECT request_id, user_id, model, key_id, status, prompt_tokens, candidates_tokens, total_tokens, request_bytes > 0 AS sent, response_bytes > 0 AS received FROM requests WHERE api = 'live' AND key_id IS NOT NULL";
+    let mut rows = Value::Null;
+    for _ in 0..100 {
+        rows = sql(&h, &admin, q).await["rows"].clone();
+        if rows.as_array().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rows = rows.as_array().expect("rows").clone();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(
+        r.as_array().unwrap()[1..].to_vec(),
+        vec![
+            json!("alice"),
+            json!("gemini-live-2.5-flash"),
+            json!("a"),
+            json!(101),
+            json!(2),
+            json!(3),
+            json!(5),
+            json!(true),
+            json!(true)
+        ],
+        "{r}"
+    );
+    let tags = sql(
+        &h,
+        &admin,
+        &format!(
+            "SELECT tag, value FROM request_tags WHERE request_id = '{}' ORDER BY tag",
+            r[0].as_str().unwrap()
+        ),
+    )
+    .await;
+    let tags: std::collections::BTreeMap<String, String> = tags["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t[0].as_str().unwrap().to_string(),
+                t[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tags.get("live_closed_by").map(String::as_str),
+        Some("client"),
+        "{tags:?}"
+    );
+    assert_eq!(
+        tags.get("live_tokens_prompt_text").map(String::as_str),
+        Some("2"),
+        "{tags:?}"
+    );
+    assert_eq!(
+        tags.get("live_tokens_response_text").map(String::as_str),
+        Some("3"),
+        "{tags:?}"
+    );
+    let metrics = h
+        .client
+        .get(h.admin("/metrics"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "live_sessions_active 0",
+        "live_sessions_total{result=\"ok\"} 1",
+        "live_sessions_total{result=\"refused\"} 4",
+    ] {
+        assert!(metrics.contains(line), "{line} missing");
+    }
+    assert!(!metrics.contains(&token));
+}

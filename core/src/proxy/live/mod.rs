@@ -50,7 +50,9 @@ impl GatewayProxy {
         };
         ctx.done.status = 101;
         ctx.done.streamed = true;
+        let _open = OpenSession::new(&self.shared.metrics);
         let outcome = self.run_live(&mut ws, ctx, &inbound, &limits).await;
+        self.count_live(ctx, &outcome);
         self.end_live(&mut ws, ctx, outcome).await;
         Ok(())
     }
@@ -212,6 +214,57 @@ impl GatewayProxy {
             for (k, v) in ended.tags() {
                 cx.tags.insert(k, v);
             }
+        }
+    }
+}
+
+/// Counts a session in `live_sessions_active` while it is open (however it ends).
+struct OpenSession(prometheus::IntGauge);
+
+impl OpenSession {
+    fn new(m: &crate::metrics::Metrics) -> OpenSession {
+        m.live_active.inc();
+        OpenSession(m.live_active.clone())
+    }
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl GatewayProxy {
+    fn count_live(&self, ctx: &CallState, ended: &relay::Ended) {
+        let m = &self.shared.metrics;
+        let result = if !ended.upstream_opened {
+            "refused"
+        } else if ended.closed_by == "gateway" && ended.close_code != Some(1000)
+            || matches!(ended.close_code, Some(c) if c >= 1011 || c == 1006)
+        {
+            "error"
+        } else {
+            "ok"
+        };
+        m.live_sessions.with_label_values(&[result]).inc();
+        m.live_seconds
+            .with_label_values(&[result])
+            .observe(ctx.started.elapsed().as_secs_f64());
+        let meter = &ended.meter;
+        for (dir, n, bytes) in [
+            (
+                "client_to_server",
+                meter.client_messages,
+                meter.client_bytes,
+            ),
+            (
+                "server_to_client",
+                meter.server_messages,
+                meter.server_bytes,
+            ),
+        ] {
+            m.live_messages.with_label_values(&[dir]).inc_by(n);
+            m.live_bytes.with_label_values(&[dir]).inc_by(bytes);
         }
     }
 }
