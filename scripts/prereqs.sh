@@ -1,6 +1,6 @@
 # Sourced by scripts/demo and scripts/test: installs the system packages the build needs
 # (cmake for Pingora's zlib-ng; g++ for the bundled DuckDB; for the tests: python3-venv for the
-# conformance clients, pebble, the ACME test server, redis-server and nginx for the cluster tests), or stops with the exact command to run.
+# conformance clients, pebble, the ACME test server, redis-server and nginx for the cluster tests, openssl for the Live conformance's certificate), or stops with the exact command to run.
 # Usage: need_packages [python]
 need_packages() {
   local missing=()
@@ -14,6 +14,7 @@ need_packages() {
     [ -x /usr/bin/pebble ] || [ -x /usr/local/bin/pebble ] || missing+=(pebble)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+    command -v openssl >/dev/null || missing+=(openssl)
   fi
   ((${#missing[@]})) || return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

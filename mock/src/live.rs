@@ -208,7 +208,7 @@ struct Turn {
 
 /// Answers one client message; `false` when the session is over.
 async fn reply(state: &State, ws: &mut Ws, v: &Value, turn: &mut Turn) -> bool {
-    if let Some(turns) = v.get("clientContent").and_then(|c| c.get("turns")) {
+    if let Some(turns) = field(v, "clientContent").and_then(|c| c.get("turns")) {
         let text = texts_of(turns);
         match text.as_str() {
             "goaway" => {
@@ -232,7 +232,7 @@ async fn reply(state: &State, ws: &mut Ws, v: &Value, turn: &mut Turn) -> bool {
         }
         return answer_text(ws, &text).await;
     }
-    let Some(input) = v.get("realtimeInput") else {
+    let Some(input) = field(v, "realtimeInput") else {
         return true;
     };
     if let Some(data) = input["audio"]["data"].as_str() {
@@ -247,7 +247,7 @@ async fn reply(state: &State, ws: &mut Ws, v: &Value, turn: &mut Turn) -> bool {
             return false;
         }
     }
-    if input["audioStreamEnd"] == true {
+    if field(input, "audioStreamEnd") == Some(&Value::Bool(true)) {
         let n = std::mem::take(&mut turn.audio_in);
         let usage = usage("AUDIO", n, n);
         return send(
@@ -257,6 +257,24 @@ async fn reply(state: &State, ws: &mut Ws, v: &Value, turn: &mut Turn) -> bool {
         .await;
     }
     true
+}
+
+/// A field by its JSON name or its proto name (Google accepts both; the Python SDK sends
+/// `client_content` and `realtime_input`).
+fn field<'a>(v: &'a Value, camel: &str) -> Option<&'a Value> {
+    v.get(camel).or_else(|| {
+        let snake: String = camel
+            .chars()
+            .flat_map(|c| {
+                if c.is_ascii_uppercase() {
+                    vec!['_', c.to_ascii_lowercase()]
+                } else {
+                    vec![c]
+                }
+            })
+            .collect();
+        v.get(snake.as_str())
+    })
 }
 
 fn texts_of(turns: &Value) -> String {
