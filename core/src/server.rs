@@ -303,7 +303,13 @@ impl ProcessSignals {
                 // means nothing in flight for a while, a second after the signal.
                 std::thread::sleep(Duration::from_secs(1));
                 let mut idle_since: Option<std::time::Instant> = None;
+                // Live sessions last longer than calls: they run until a second before the
+                // grace period ends, then close with 1001 (going away) and are audited.
+                let sessions_until = grace.saturating_sub(Duration::from_secs(1));
                 while started.elapsed() < grace {
+                    if started.elapsed() >= sessions_until && shared.metrics.live_active.get() > 0 {
+                        shared.closing_sessions.send_replace(true);
+                    }
                     if shared.metrics.in_flight.get() > 0 {
                         idle_since = None;
                     } else if idle_since

@@ -240,3 +240,65 @@ fn sigquit_hands_the_listeners_to_a_new_process_under_load_without_failures() {
     signal(&new, "-TERM");
     assert_eq!(wait_exit(&mut new, Duration::from_secs(15)), 0);
 }
+
+#[test]
+fn sigterm_lets_live_sessions_run_then_closes_them_with_1001_and_audits_them() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (_mock, dir, config, port, admin) = setup("{ flush_interval: 1h }");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("grace_period: 20s", "grace_period: 3s");
+    std::fs::write(&config, text).unwrap();
+    let mut gw = spawn(&config, dir.path(), false);
+    wait_health(admin);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (code, answered_after_signal, sent) = rt.block_on(async {
+        let url = format!(
+            "ws://127.0.0.1:{port}/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent?key=client-token"
+        );
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+        ws.send(Message::text(r#"{"setup":{"model":"models/gemini-live-2.5-flash"}}"#))
+            .await
+            .unwrap();
+        ws.next().await.unwrap().unwrap();
+        let sent = Instant::now();
+        signal(&gw, "-TERM");
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Still served after the signal.
+        let turn = r#"{"clientContent":{"turns":[{"role":"user","parts":[{"text":"still here"}]}],"turnComplete":true}}"#;
+        ws.send(Message::text(turn)).await.unwrap();
+        let mut answered = false;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return (f.map(|f| u16::from(f.code)), answered, sent);
+                }
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    answered |= String::from_utf8_lossy(&b).contains("still here");
+                }
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    });
+    assert!(
+        answered_after_signal,
+        "the session was served after SIGTERM"
+    );
+    assert_eq!(code, Some(1001));
+    let closed_after = sent.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(1500),
+        "closed at {closed_after:?}, before the grace period's last second"
+    );
+    assert_eq!(wait_exit(&mut gw, Duration::from_secs(10)), 0);
+    let log = std::fs::read_to_string(dir.path().join("logs/audit.log")).unwrap();
+    let row = log
+        .lines()
+        .find(|l| l.contains("BidiGenerateContent"))
+        .unwrap_or_else(|| panic!("no Live row: {log}"));
+    assert!(row.contains("\"live_close_code\":\"1001\""), "{row}");
+    assert!(row.contains("\"live_closed_by\":\"gateway\""), "{row}");
+}

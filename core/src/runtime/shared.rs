@@ -57,6 +57,8 @@ pub struct Shared {
     pub tls: Option<Arc<crate::tls::CertStore>>,
     /// The state shared with the other instances (`cluster:`; a change needs a restart).
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Set when a shutdown's grace period is about to end: open Live sessions close (1001).
+    pub closing_sessions: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -101,6 +103,7 @@ impl Shared {
             audit,
             tls,
             cluster,
+            closing_sessions: tokio::sync::watch::Sender::new(false),
             history: crate::config_history::History::new(
                 loaded
                     .path

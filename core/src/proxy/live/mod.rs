@@ -75,7 +75,8 @@ impl GatewayProxy {
             Ok(u) => u,
             Err(close) => return relay::Ended::refused(close),
         };
-        relay::run(ws, up, first, ctx, limits).await
+        let closing = self.shared.closing_sessions.subscribe();
+        relay::run(ws, up, first, ctx, limits, closing).await
     }
 
     /// The pipeline's admission with the model the setup names; a routing stage's model goes

@@ -140,6 +140,7 @@ pub async fn run(
     first: Message,
     ctx: &mut CallState,
     limits: &crate::config::LiveConfig,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) -> Ended {
     let mut ended = Ended {
         upstream_opened: true,
@@ -172,6 +173,10 @@ pub async fn run(
                 ended.gateway_closes(Close::new(1000, format!("idle for {:?}", limits.idle_timeout.0)));
                 false
             }
+            _ = shutting_down(&mut closing) => {
+                ended.gateway_closes(Close::new(1001, "the gateway is shutting down"));
+                false
+            }
             _ = &mut end_of_session => {
                 let why = format!("the session reached its longest time ({:?})", limits.max_session.0);
                 ended.gateway_closes(Close::new(1000, why));
@@ -187,6 +192,13 @@ pub async fn run(
     }
     ctx.done.upstream_latency = Some(started.elapsed());
     ended
+}
+
+/// Resolves once the gateway closes its sessions for a shutdown (never, if it cannot tell).
+async fn shutting_down(closing: &mut tokio::sync::watch::Receiver<bool>) {
+    if closing.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 type Received = Option<Result<Message, WsError>>;
