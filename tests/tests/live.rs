@@ -356,3 +356,40 @@ async fn a_session_is_admitted_as_its_user_within_its_limits_and_audited_once() 
     }
     assert!(!metrics.contains(&token));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resumed_session_goes_to_the_key_that_issued_its_handle() {
+    let h = Harness::start(&[
+        ("a", "valid-live-a", 1),
+        ("b", "valid-live-b", 1),
+        ("c", "valid-live-c", 1),
+    ]);
+    let mut ws = connect(&h, Some(CLIENT.1)).await;
+    ws.send(setup("gemini-live-2.5-flash")).await.unwrap();
+    next(&mut ws).await.unwrap();
+    ws.send(turn("resume")).await.unwrap();
+    let update = next(&mut ws).await.unwrap();
+    let handle = update["sessionResumptionUpdate"]["newHandle"]
+        .as_str()
+        .expect("a handle")
+        .to_string();
+    answer(&mut ws).await;
+    ws.close(None).await.unwrap();
+    let issuer = live_calls(&h)[0].key.clone().unwrap();
+    for _ in 0..6 {
+        let mut ws = connect(&h, Some(CLIENT.1)).await;
+        let resume = json!({"setup": {"model": "models/gemini-live-2.5-flash", "sessionResumption": {"handle": handle}}});
+        ws.send(Message::text(resume.to_string())).await.unwrap();
+        assert_eq!(next(&mut ws).await.unwrap(), json!({"setupComplete": {}}));
+        ws.close(None).await.unwrap();
+    }
+    let calls = live_calls(&h);
+    assert_eq!(calls.len(), 7);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.key.as_deref() == Some(issuer.as_str())),
+        "{:?}",
+        calls.iter().map(|c| c.key.clone()).collect::<Vec<_>>()
+    );
+}

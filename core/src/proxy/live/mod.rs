@@ -27,6 +27,9 @@ use super::key_choice::Choice;
 use crate::pool::{Verdict, classify};
 pub use close::Close;
 
+/// How long the key of a session that issued a resumption handle serves its resumptions.
+const RESUMPTION_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The client's side of a session.
 pub(super) type ClientWs = WebSocketStream<pingora::protocols::Stream>;
 
@@ -71,12 +74,21 @@ impl GatewayProxy {
         if let Err(close) = self.admit_live(ctx, &mut setup).await {
             return relay::Ended::refused(close);
         }
+        ctx.owner = super::tenancy::owner(ctx.cx());
         let (up, first) = match self.open_upstream(ctx, inbound, &setup, limits).await {
             Ok(u) => u,
             Err(close) => return relay::Ended::refused(close),
         };
         let closing = self.shared.closing_sessions.subscribe();
-        relay::run(ws, up, first, ctx, limits, closing).await
+        let (pool, key_id, owner) = (
+            self.shared.pool.clone(),
+            ctx.done.key_id.clone().unwrap_or_default(),
+            ctx.owner.clone(),
+        );
+        let pin = move |handle: &str| {
+            pool.pin(handle, &key_id, RESUMPTION_TTL, owner.as_deref());
+        };
+        relay::run(ws, up, first, ctx, limits, closing, &pin).await
     }
 
     /// The pipeline's admission with the model the setup names; a routing stage's model goes
@@ -109,6 +121,29 @@ impl GatewayProxy {
         Ok(())
     }
 
+    /// The key of the session a setup resumes: only its own user may resume it.
+    fn resumed_key(
+        &self,
+        ctx: &CallState,
+        rt: &crate::runtime::Runtime,
+        setup: &setup::Setup,
+    ) -> Result<Option<usize>, Close> {
+        let Some(pin) = setup.resumes() else {
+            return Ok(None);
+        };
+        match self.shared.pool.owner_of(&pin) {
+            Some(owner) if owner != ctx.owner => Err(Close::new(
+                1008,
+                "PERMISSION_DENIED: the session to resume belongs to another caller",
+            )),
+            _ => Ok(super::key_choice::creating_key(
+                &self.shared.pool,
+                rt,
+                &[pin],
+            )),
+        }
+    }
+
     /// Tries keys until one takes the session, as the retry budget allows; the close for the
     /// client when none did.
     async fn open_upstream(
@@ -126,10 +161,11 @@ impl GatewayProxy {
     > {
         let rt = ctx.runtime.clone();
         let cfg = &rt.config.pool;
+        let pinned = self.resumed_key(ctx, &rt, setup)?;
         let (mut rotations, mut retries, mut after_transient) = (0u32, 0u32, false);
         let mut last: Option<Close> = None;
         loop {
-            let index = match self.choose_key(ctx, &rt, None, after_transient) {
+            let index = match self.choose_key(ctx, &rt, pinned, after_transient) {
                 Ok(Choice::Key(i)) => i,
                 Ok(Choice::NoneLeft(gate)) => {
                     let f = Failure::no_key(&gate, ctx.model());

@@ -86,17 +86,24 @@ impl Meter {
         self.client_bytes += m.len() as u64;
     }
 
-    fn server(&mut self, m: &Message) {
+    /// Counts a server message; the resumption handle it issues, if any.
+    fn server(&mut self, m: &Message) -> Option<String> {
         self.server_messages += 1;
         self.server_bytes += m.len() as u64;
         let bytes: &[u8] = match m {
             Message::Text(t) => t.as_bytes(),
             Message::Binary(b) => b,
-            _ => return,
+            _ => return None,
         };
         if memchr::memmem::find(bytes, b"usageMetadata").is_some() {
             self.add_usage(bytes);
         }
+        if memchr::memmem::find(bytes, b"sessionResumptionUpdate").is_some() {
+            let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+            let handle = v["sessionResumptionUpdate"]["newHandle"].as_str()?;
+            return super::setup::resumption_pin(handle);
+        }
+        None
     }
 
     fn add_usage(&mut self, bytes: &[u8]) {
@@ -141,6 +148,7 @@ pub async fn run(
     ctx: &mut CallState,
     limits: &crate::config::LiveConfig,
     mut closing: tokio::sync::watch::Receiver<bool>,
+    pin: &(dyn Fn(&str) + Sync),
 ) -> Ended {
     let mut ended = Ended {
         upstream_opened: true,
@@ -149,7 +157,9 @@ pub async fn run(
     let scrubber = ctx.runtime.scrubber.clone();
     let started = Instant::now();
     ctx.done.time_to_first_byte = Some(ctx.started.elapsed());
-    ended.meter.server(&first);
+    if let Some(handle) = ended.meter.server(&first) {
+        pin(&handle);
+    }
     if client.send(first).await.is_err() {
         ended.closed_by = "client";
         let _ = up.close(None).await;
@@ -167,7 +177,7 @@ pub async fn run(
             }
             m = up.next() => {
                 last = Instant::now();
-                from_server(m, client, &mut ended, &scrubber).await
+                from_server(m, client, &mut ended, &scrubber, pin).await
             }
             _ = idle => {
                 ended.gateway_closes(Close::new(1000, format!("idle for {:?}", limits.idle_timeout.0)));
@@ -246,6 +256,7 @@ async fn from_server(
     client: &mut ClientWs,
     ended: &mut Ended,
     scrubber: &crate::scrub::Scrubber,
+    pin: &(dyn Fn(&str) + Sync),
 ) -> bool {
     match m {
         Some(Ok(Message::Close(frame))) => {
@@ -262,7 +273,9 @@ async fn from_server(
             false
         }
         Some(Ok(msg)) => {
-            ended.meter.server(&msg);
+            if let Some(handle) = ended.meter.server(&msg) {
+                pin(&handle);
+            }
             if client.send(masked(scrubber, msg)).await.is_err() {
                 ended.closed_by = "client";
                 ended.close_code = Some(1006);

@@ -24,6 +24,15 @@ impl Setup {
     pub fn text(&self) -> String {
         self.message.to_string()
     }
+
+    /// The session this one resumes (`sessionResumption.handle`), as the affinity pins it.
+    pub fn resumes(&self) -> Option<String> {
+        let s = &self.message["setup"];
+        let r = s
+            .get("sessionResumption")
+            .or_else(|| s.get("session_resumption"))?;
+        r["handle"].as_str().and_then(resumption_pin)
+    }
 }
 
 /// Reads the setup; a close for the client when it is missing, late, too large or malformed.
@@ -50,6 +59,13 @@ pub async fn read(ws: &mut ClientWs, limits: &crate::config::LiveConfig) -> Resu
         return Err(too_large(limits));
     }
     parse(&bytes)
+}
+
+/// The affinity name of a resumption handle: the key of the session that issued it serves the
+/// sessions that resume it. Handles are opaque; odd ones are not remembered.
+pub fn resumption_pin(handle: &str) -> Option<String> {
+    (!handle.is_empty() && handle.len() <= 512 && handle.bytes().all(|b| b.is_ascii_graphic()))
+        .then(|| format!("live-resumption:{handle}"))
 }
 
 fn too_large(limits: &crate::config::LiveConfig) -> Close {
