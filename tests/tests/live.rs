@@ -393,3 +393,31 @@ async fn a_resumed_session_goes_to_the_key_that_issued_its_handle() {
         calls.iter().map(|c| c.key.clone()).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hot_reload_leaves_an_open_session_alone() {
+    let h = Harness::start(&[("a", "valid-live-a", 1)]);
+    let mut ws = connect(&h, Some(CLIENT.1)).await;
+    ws.send(setup("gemini-live-2.5-flash")).await.unwrap();
+    next(&mut ws).await.unwrap();
+    let generation = h.gateway.shared.runtime.load().generation;
+    // The key the session uses is replaced by another in the new config.
+    h.write_config(&h.config_text().replace(
+        "{ id: a, key: valid-live-a, weight: 1 }",
+        "{ id: z, key: valid-live-z, weight: 1 }",
+    ));
+    h.wait_generation(generation + 1).await;
+    ws.send(turn("after the reload")).await.unwrap();
+    assert_eq!(answer(&mut ws).await.0, "Echo: after the reload");
+    ws.close(None).await.unwrap();
+    // New sessions use the new config.
+    let mut ws = connect(&h, Some(CLIENT.1)).await;
+    ws.send(setup("gemini-live-2.5-flash")).await.unwrap();
+    next(&mut ws).await.unwrap();
+    ws.close(None).await.unwrap();
+    let keys: Vec<_> = live_calls(&h)
+        .into_iter()
+        .map(|c| c.key.unwrap_or_default())
+        .collect();
+    assert_eq!(keys, vec!["valid-live-a", "valid-live-z"]);
+}
