@@ -46,6 +46,20 @@ client = genai.Client(api_key="demo", http_options=types.HttpOptions(base_url="h
 print(client.models.generate_content(model="gemini-2.5-flash", contents="hello").text)
 PY
 
+  # A Live API session over a WebSocket (google-genai's live.connect needs the TLS listener):
+  python3 - <<'PY'
+import asyncio, json, websockets
+async def main():
+    url = "ws://127.0.0.1:{port}/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent?key=demo"
+    async with websockets.connect(url) as ws:
+        await ws.send(json.dumps({{"setup": {{"model": "models/gemini-live-2.5-flash"}}}}))
+        print(await ws.recv())
+        turn = {{"role": "user", "parts": [{{"text": "hello live"}}]}}
+        await ws.send(json.dumps({{"clientContent": {{"turns": [turn], "turnComplete": True}}}}))
+        for _ in range(3): print(await ws.recv())
+asyncio.run(main())
+PY
+
   # Every call is a row in DuckDB (data/audit.duckdb); ask it in SQL:
   curl -s http://127.0.0.1:{admin_port}/api/sql -H 'content-type: application/json' \
     -d '{{"sql":"SELECT key_id, model, requests, p50_ms, p95_ms FROM latency_by_key_model"}}'
