@@ -8,6 +8,7 @@
 //!   (`minute429-*`, `day429-*`, `zero-*`, `bare429-*`) → close 1011 `You exceeded your current
 //!   quota`. No key → HTTP 403 before the upgrade.
 //! - Models: `mock-overloaded` → close 1013; `mock-live-silent` → never answers the setup;
+//!   `mock-live-echo` → every later message sent back as it came (benchmarks);
 //!   `nosuch-*` → close 1008 not found.
 //! - `clientContent` turns: the text echoed in two `serverContent` parts, then `turnComplete` with
 //!   `usageMetadata` (TEXT; prompt = words sent, response = words answered). The texts `goaway`
@@ -176,6 +177,9 @@ async fn session(state: &State, key: &str, mut ws: Ws) {
     if !send(&mut ws, json!({"setupComplete": {}})).await {
         return;
     }
+    if model == "mock-live-echo" {
+        return echo(ws).await;
+    }
     let mut turn = Turn::default();
     while let Some(Ok(m)) = ws.next().await {
         if matches!(m, Message::Close(_)) {
@@ -194,6 +198,15 @@ async fn session(state: &State, key: &str, mut ws: Ws) {
             return close(&mut ws, 1007, "Invalid JSON payload received.").await;
         };
         if !reply(state, &mut ws, &v, &mut turn).await {
+            return;
+        }
+    }
+}
+
+/// Every message back as it came (benchmarks).
+async fn echo(mut ws: Ws) {
+    while let Some(Ok(m)) = ws.next().await {
+        if matches!(m, Message::Close(_)) || (matches!(m, Message::Text(_) | Message::Binary(_)) && ws.send(m).await.is_err()) {
             return;
         }
     }

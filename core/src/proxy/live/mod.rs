@@ -393,8 +393,14 @@ async fn upgrade(
     })
 }
 
+/// Message limits from the config; a small read buffer, since most sessions idle most of the
+/// time and each holds two (tungstenite's default is 128 KiB each).
 pub(super) fn ws_config(limits: &crate::config::LiveConfig) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(Some(limits.max_message_bytes))
         .max_frame_size(Some(limits.max_message_bytes))
 }
+
+const READ_BUFFER: usize = 8 * 1024;
