@@ -15,18 +15,28 @@ const PATH: &str = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.Bi
 
 async fn open(port: u16, model: &str) -> Ws {
     let url = format!("ws://127.0.0.1:{port}{PATH}?key=valid-bench");
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.expect("upgrade");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp)
+        .await
+        .expect("upgrade");
     let setup = format!(r#"{{"setup":{{"model":"models/{model}"}}}}"#);
     ws.send(Message::text(setup)).await.expect("setup");
-    ws.next().await.expect("setupComplete").expect("setupComplete");
+    ws.next()
+        .await
+        .expect("setupComplete")
+        .expect("setupComplete");
     ws
 }
 
 /// Microseconds of each of `n` round trips.
 async fn round_trips(ws: &mut Ws, n: usize) -> Vec<f64> {
-    let payload = format!(r#"{{"realtimeInput":{{"audio":{{"mimeType":"audio/pcm;rate=16000","data":"{}"}}}}}}"#, "A".repeat(640));
+    let payload = format!(
+        r#"{{"realtimeInput":{{"audio":{{"mimeType":"audio/pcm;rate=16000","data":"{}"}}}}}}"#,
+        "A".repeat(640)
+    );
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -73,10 +83,17 @@ async fn main() {
     }
     let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
     let (g50, g99) = (pct(&mut via, 0.5), pct(&mut via, 0.99));
-    println!("round trip (one message each way), {} per target:", direct.len());
+    println!(
+        "round trip (one message each way), {} per target:",
+        direct.len()
+    );
     println!("  direct to the mock   p50 {d50:.1} us  p99 {d99:.1} us");
     println!("  through the gateway  p50 {g50:.1} us  p99 {g99:.1} us");
-    println!("  added                p50 {:.1} us  p99 {:.1} us", g50 - d50, g99 - d99);
+    println!(
+        "  added                p50 {:.1} us  p99 {:.1} us",
+        g50 - d50,
+        g99 - d99
+    );
     drop(gw_ws);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = rss_kib(pid);

@@ -206,7 +206,9 @@ async fn session(state: &State, key: &str, mut ws: Ws) {
 /// Every message back as it came (benchmarks).
 async fn echo(mut ws: Ws) {
     while let Some(Ok(m)) = ws.next().await {
-        if matches!(m, Message::Close(_)) || (matches!(m, Message::Text(_) | Message::Binary(_)) && ws.send(m).await.is_err()) {
+        if matches!(m, Message::Close(_))
+            || (matches!(m, Message::Text(_) | Message::Binary(_)) && ws.send(m).await.is_err())
+        {
             return;
         }
     }

@@ -421,3 +421,43 @@ async fn a_hot_reload_leaves_an_open_session_alone() {
         .collect();
     assert_eq!(keys, vec!["valid-live-a", "valid-live-z"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn other_ws_paths_are_not_routes_and_a_message_over_the_limit_closes_1009() {
+    let h = Harness::start_with(
+        &[("a", "valid-live-a", 1)],
+        "live: { max_message_bytes: 4096 }\n",
+        |_| {},
+    );
+    for path in [
+        "/ws/google.ai.generativelanguage.v1beta.GenerativeService.Other",
+        "/ws/../v1beta/models",
+        "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent/extra",
+    ] {
+        // Sent as written (an HTTP client library would resolve the dot segments first).
+        let port = h.gateway.proxy_addr.port();
+        let upgrade = [
+            (CLIENT.0, CLIENT.1),
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        let (status, body) =
+            tokio::task::spawn_blocking(move || http_once(port, "GET", path, &upgrade, ""))
+                .await
+                .unwrap();
+        assert!(matches!(status, 400 | 404), "{path}: {status} {body}");
+    }
+    let mut ws = connect(&h, Some(CLIENT.1)).await;
+    ws.send(setup("gemini-live-2.5-flash")).await.unwrap();
+    next(&mut ws).await.unwrap();
+    let _ = ws.send(Message::text("x".repeat(10_000))).await;
+    let close = next(&mut ws)
+        .await
+        .expect_err("closed")
+        .expect("with a frame");
+    assert_eq!(u16::from(close.code), 1009, "{close:?}");
+    // The upstream saw the setup only.
+    assert_eq!(live_calls(&h).len(), 1);
+}
