@@ -461,3 +461,54 @@ async fn other_ws_paths_are_not_routes_and_a_message_over_the_limit_closes_1009(
     // The upstream saw the setup only.
     assert_eq!(live_calls(&h).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_caller_who_got_a_resumption_handle_may_resume_with_it() {
+    use gemini_proxy_plugins::auth::{new_claims, sign};
+    use gemini_proxy_sdk::Role;
+    let extra =
+        format!("auth: {{ enabled: true, jwt_secret: \"{SECRET}\", revocations_file: \"\" }}\n");
+    let h = Harness::start_with(
+        &[("a", "valid-live-a", 1), ("b", "valid-live-b", 1)],
+        &extra,
+        |_| {},
+    );
+    let token = |sub: &str| {
+        sign(
+            SECRET,
+            "HS256",
+            None,
+            &new_claims(sub, Role::User, Duration::from_secs(600), vec![]),
+        )
+        .unwrap()
+    };
+    let (alice, bob) = (token("alice"), token("bob"));
+    let mut ws = connect(&h, Some(&alice)).await;
+    ws.send(setup("gemini-live-2.5-flash")).await.unwrap();
+    next(&mut ws).await.unwrap();
+    ws.send(turn("resume")).await.unwrap();
+    let handle = next(&mut ws).await.unwrap()["sessionResumptionUpdate"]["newHandle"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    answer(&mut ws).await;
+    ws.close(None).await.unwrap();
+    let resume = json!({"setup": {"model": "models/gemini-live-2.5-flash", "sessionResumption": {"handle": handle}}}).to_string();
+    let mut ws = connect(&h, Some(&bob)).await;
+    ws.send(Message::text(resume.clone())).await.unwrap();
+    let close = next(&mut ws)
+        .await
+        .expect_err("refused")
+        .expect("with a frame");
+    assert_eq!(u16::from(close.code), 1008, "{close:?}");
+    assert!(close.reason.starts_with("PERMISSION_DENIED"), "{close:?}");
+    let mut ws = connect(&h, Some(&alice)).await;
+    ws.send(Message::text(resume)).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap(), json!({"setupComplete": {}}));
+    ws.close(None).await.unwrap();
+    assert_eq!(
+        live_calls(&h).len(),
+        2,
+        "bob's attempt never reached the upstream"
+    );
+}
