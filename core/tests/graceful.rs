@@ -241,47 +241,86 @@ fn sigquit_hands_the_listeners_to_a_new_process_under_load_without_failures() {
     assert_eq!(wait_exit(&mut new, Duration::from_secs(15)), 0);
 }
 
-#[test]
-fn sigterm_lets_live_sessions_run_then_closes_them_with_1001_and_audits_them() {
+type LiveWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A Live session through the gateway, past its `setupComplete`.
+async fn live_session(port: u16) -> LiveWs {
+    use futures_util::{SinkExt, StreamExt};
+    let url = format!(
+        "ws://127.0.0.1:{port}/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent?key=client-token"
+    );
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    let setup = r#"{"setup":{"model":"models/gemini-live-2.5-flash"}}"#;
+    ws.send(setup.into()).await.unwrap();
+    ws.next().await.unwrap().unwrap();
+    ws
+}
+
+/// Sends a turn; whether it was answered, and the close code if the session ended instead.
+async fn live_turn(ws: &mut LiveWs, text: &str) -> (bool, Option<u16>) {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let (_mock, dir, config, port, admin) = setup("{ flush_interval: 1h }");
-    let text = std::fs::read_to_string(&config)
+    let turn = format!(
+        r#"{{"clientContent":{{"turns":[{{"role":"user","parts":[{{"text":"{text}"}}]}}],"turnComplete":true}}}}"#
+    );
+    ws.send(turn.into()).await.unwrap();
+    let mut answered = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => {
+                return (answered, f.map(|f| u16::from(f.code)));
+            }
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                let b = String::from_utf8_lossy(&b);
+                answered |= b.contains(text);
+                if answered && b.contains("turnComplete") {
+                    return (true, None);
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no answer nor close: {other:?}"),
+        }
+    }
+}
+
+/// The close code that ends a session that is left waiting.
+async fn live_close(ws: &mut LiveWs) -> Option<u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
+fn grace(config: &Path, period: &str) {
+    let text = std::fs::read_to_string(config)
         .unwrap()
-        .replace("grace_period: 20s", "grace_period: 3s");
-    std::fs::write(&config, text).unwrap();
+        .replace("grace_period: 20s", &format!("grace_period: {period}"));
+    std::fs::write(config, text).unwrap();
+}
+
+#[test]
+fn sigterm_lets_live_sessions_run_then_closes_them_with_1001_and_audits_them() {
+    let (_mock, dir, config, port, admin) = setup("{ flush_interval: 1h }");
+    grace(&config, "3s");
     let mut gw = spawn(&config, dir.path(), false);
     wait_health(admin);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (code, answered_after_signal, sent) = rt.block_on(async {
-        let url = format!(
-            "ws://127.0.0.1:{port}/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent?key=client-token"
-        );
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
-        ws.send(Message::text(r#"{"setup":{"model":"models/gemini-live-2.5-flash"}}"#))
-            .await
-            .unwrap();
-        ws.next().await.unwrap().unwrap();
+    let (answered_after_signal, code, sent) = rt.block_on(async {
+        let mut ws = live_session(port).await;
         let sent = Instant::now();
         signal(&gw, "-TERM");
         tokio::time::sleep(Duration::from_millis(800)).await;
         // Still served after the signal.
-        let turn = r#"{"clientContent":{"turns":[{"role":"user","parts":[{"text":"still here"}]}],"turnComplete":true}}"#;
-        ws.send(Message::text(turn)).await.unwrap();
-        let mut answered = false;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-                Ok(Some(Ok(Message::Close(f)))) => {
-                    return (f.map(|f| u16::from(f.code)), answered, sent);
-                }
-                Ok(Some(Ok(Message::Binary(b)))) => {
-                    answered |= String::from_utf8_lossy(&b).contains("still here");
-                }
-                Ok(Some(Ok(_))) => {}
-                other => panic!("no close frame: {other:?}"),
-            }
-        }
+        let (answered, _) = live_turn(&mut ws, "still here").await;
+        (answered, live_close(&mut ws).await, sent)
     });
     assert!(
         answered_after_signal,
@@ -301,4 +340,40 @@ fn sigterm_lets_live_sessions_run_then_closes_them_with_1001_and_audits_them() {
         .unwrap_or_else(|| panic!("no Live row: {log}"));
     assert!(row.contains("\"live_close_code\":\"1001\""), "{row}");
     assert!(row.contains("\"live_closed_by\":\"gateway\""), "{row}");
+}
+
+#[test]
+fn sigquit_hands_new_live_sessions_to_the_new_process_while_the_old_one_finishes_its_own() {
+    let (_mock, dir, config, port, admin) = setup("{ flush_interval: 1h }");
+    // Longer than the 5 s the old process goes on accepting after the hand-over.
+    grace(&config, "8s");
+    let mut old = spawn(&config, dir.path(), false);
+    wait_health(admin);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut before = live_session(port).await;
+        let mut new = spawn(&config, dir.path(), true);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        signal(&old, "-QUIT");
+        // Pingora's old process accepts on the shared sockets for 5 s after handing them over.
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        // A session opened now is the new process's: its admin listener (handed over too)
+        // counts one open session, while the old process still serves the one it had.
+        let mut after = live_session(port).await;
+        let (_, metrics) = http(admin, "GET", "/metrics", &[], "");
+        assert!(metrics.contains("live_sessions_active 1"), "{metrics}");
+        assert_eq!(live_turn(&mut before, "old process").await, (true, None));
+        assert_eq!(live_turn(&mut after, "new process").await, (true, None));
+        // The old process closes its session at the end of its grace period and exits.
+        assert_eq!(live_close(&mut before).await, Some(1001));
+        assert_eq!(wait_exit(&mut old, Duration::from_secs(10)), 0);
+        assert_eq!(live_turn(&mut after, "still served").await, (true, None));
+        assert!(
+            new.0.try_wait().unwrap().is_none(),
+            "the new process runs on"
+        );
+        signal(&new, "-TERM");
+        assert_eq!(live_close(&mut after).await, Some(1001));
+        assert_eq!(wait_exit(&mut new, Duration::from_secs(10)), 0);
+    });
 }

@@ -150,6 +150,9 @@ async fn route(state: &State, call: &Call, key: &str) -> Response<Body> {
     if tail == "models" {
         return json_resp(200, &models_list());
     }
+    if tail == "auth_tokens" && call.method == "POST" {
+        return json_resp(200, &live::create_token(state, key, &call.body));
+    }
     if let Some(m) = tail.strip_prefix("models/") {
         return model_call(state, call, key, &project, m).await;
     }

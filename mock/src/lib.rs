@@ -140,6 +140,8 @@ struct State {
     projects: Mutex<HashMap<String, String>>,
     /// Keys that answer 400 `API_KEY_INVALID` until restored.
     revoked: Mutex<std::collections::HashSet<String>>,
+    /// Ephemeral token name → the key that created it.
+    auth_tokens: Mutex<HashMap<String, String>>,
     seq: std::sync::atomic::AtomicU64,
     connections: std::sync::atomic::AtomicU64,
     record: std::sync::atomic::AtomicBool,

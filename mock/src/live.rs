@@ -14,6 +14,9 @@
 //!   `usageMetadata` (TEXT; prompt = words sent, response = words answered). The texts `goaway`
 //!   (a `goAway` first), `close-1011` (an error close), `resume` (a `sessionResumptionUpdate`)
 //!   and `binary-echo` (the next client message sent back as it came) act on demand.
+//! - `POST auth_tokens` makes an ephemeral token of the calling key; a session on
+//!   `...Constrained` with `Authorization: Token auth_tokens/...` runs on that key (an unknown
+//!   token closes 1008 after the setup).
 //! - `realtimeInput` audio chunks come back as `inlineData` audio; `audioStreamEnd` ends the turn
 //!   with AUDIO usage.
 
@@ -37,9 +40,22 @@ pub(crate) fn accept(
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let query = req.uri().query().map(str::to_string);
-    let key = header(&req, "x-goog-api-key")
-        .map(str::to_string)
-        .or_else(|| query_param(query.as_deref(), "key").map(str::to_string));
+    let token = header(&req, "authorization")
+        .and_then(|v| v.strip_prefix("Token "))
+        .map(str::to_string);
+    let key = match token {
+        Some(t) => Some(
+            state
+                .auth_tokens
+                .lock()
+                .get(&t)
+                .cloned()
+                .unwrap_or_else(|| "invalid-token".into()),
+        ),
+        None => header(&req, "x-goog-api-key")
+            .map(str::to_string)
+            .or_else(|| query_param(query.as_deref(), "key").map(str::to_string)),
+    };
     record(&state, &conn, &req, key.clone());
     let Some(ws_key) = header(&req, "sec-websocket-key").map(str::to_string) else {
         let v = json!({"error": {"code": 400, "message": "a WebSocket upgrade is expected here", "status": "INVALID_ARGUMENT"}});
@@ -95,6 +111,25 @@ fn record(state: &State, conn: &ConnInfo, req: &Request<Incoming>, key: Option<S
         tls_sni: conn.sni.clone(),
         connection: conn.id,
     });
+}
+
+/// `POST auth_tokens`: a new ephemeral token of `key`, with the `expireTime` asked for.
+pub(crate) fn create_token(state: &State, key: &str, body: &[u8]) -> Value {
+    let name = format!(
+        "auth_tokens/{}{:016x}",
+        state.next_id(),
+        rand::random::<u64>()
+    );
+    state
+        .auth_tokens
+        .lock()
+        .insert(name.clone(), key.to_string());
+    let asked: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let mut token = json!({"name": name});
+    if let Some(t) = asked.get("expireTime") {
+        token["expireTime"] = t.clone();
+    }
+    token
 }
 
 async fn close(ws: &mut Ws, code: u16, reason: &str) {

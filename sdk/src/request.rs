@@ -94,6 +94,8 @@ pub enum Action {
     OpenAiModels,
     /// A Live API session (`BidiGenerateContent`, or `...Constrained` with an ephemeral token)
     BidiGenerateContent,
+    /// `POST auth_tokens`: an ephemeral token for Live sessions
+    CreateAuthToken,
     /// Any other path of a known family, forwarded as is
     Other,
 }
@@ -104,7 +106,7 @@ impl Action {
     /// ```
     /// assert!(gemini_proxy_sdk::Action::ALL.iter().any(|a| a.as_str() == "countTokens"));
     /// ```
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 18] = [
         Action::GenerateContent,
         Action::StreamGenerateContent,
         Action::CountTokens,
@@ -121,6 +123,7 @@ impl Action {
         Action::Embeddings,
         Action::OpenAiModels,
         Action::BidiGenerateContent,
+        Action::CreateAuthToken,
         Action::Other,
     ];
 
@@ -147,6 +150,7 @@ impl Action {
             Action::Embeddings => "embeddings",
             Action::OpenAiModels => "openai.models",
             Action::BidiGenerateContent => "bidiGenerateContent",
+            Action::CreateAuthToken => "authTokens.create",
             Action::Other => "other",
         }
     }
@@ -209,6 +213,9 @@ pub enum CredentialSource {
     QueryKey,
     /// `Authorization: Bearer ...` (what OpenAI clients send).
     Bearer,
+    /// An ephemeral token (`auth_tokens/...`) for a Live session, in `Authorization: Token`,
+    /// `x-goog-api-key` or `access_token=`: Google's credential, not the gateway's.
+    EphemeralToken,
 }
 
 impl CredentialSource {
@@ -222,6 +229,7 @@ impl CredentialSource {
             CredentialSource::GoogApiKeyHeader => "x-goog-api-key",
             CredentialSource::QueryKey => "query",
             CredentialSource::Bearer => "authorization",
+            CredentialSource::EphemeralToken => "ephemeral-token",
         }
     }
 }
@@ -240,6 +248,7 @@ impl CredentialSource {
 pub struct ClientCredential {
     source: CredentialSource,
     value: String,
+    vouched: Option<serde_json::Value>,
 }
 
 impl ClientCredential {
@@ -253,7 +262,32 @@ impl ClientCredential {
         ClientCredential {
             source,
             value: value.into(),
+            vouched: None,
         }
+    }
+
+    /// The same credential with the claims of the caller the gateway saw create it (an
+    /// ephemeral token made through the gateway). Only the gateway sets this.
+    ///
+    /// ```
+    /// use gemini_proxy_sdk::{ClientCredential, CredentialSource};
+    /// let c = ClientCredential::new(CredentialSource::EphemeralToken, "auth_tokens/x")
+    ///     .vouched_for(serde_json::json!({"sub": "alice"}));
+    /// assert_eq!(c.vouched_claims().unwrap()["sub"], "alice");
+    /// ```
+    pub fn vouched_for(mut self, claims: serde_json::Value) -> Self {
+        self.vouched = Some(claims);
+        self
+    }
+
+    /// The claims of the caller that created this credential, when the gateway vouches for it.
+    ///
+    /// ```
+    /// use gemini_proxy_sdk::{ClientCredential, CredentialSource};
+    /// assert!(ClientCredential::new(CredentialSource::Bearer, "t").vouched_claims().is_none());
+    /// ```
+    pub fn vouched_claims(&self) -> Option<&serde_json::Value> {
+        self.vouched.as_ref()
     }
 
     /// Where it was found.

@@ -126,6 +126,9 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
         "files" => route.action = Action::Files,
         "cachedContents" => route.action = Action::CachedContents,
         "batches" | "operations" => route.action = Action::Batches,
+        "auth_tokens" if tail == "auth_tokens" && method.eq_ignore_ascii_case("POST") => {
+            route.action = Action::CreateAuthToken
+        }
         "" => return None,
         _ => route.action = Action::Other,
     }
@@ -210,6 +213,19 @@ fn split_verb(s: &str) -> (&str, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ephemeral_tokens_are_created_by_a_post_only() {
+        let r = classify("POST", "/v1alpha/auth_tokens").unwrap();
+        assert_eq!(r.action, Action::CreateAuthToken);
+        for (m, p) in [
+            ("GET", "/v1alpha/auth_tokens"),
+            ("POST", "/v1alpha/auth_tokens/x"),
+            ("POST", "/v1alpha/auth_tokens:create"),
+        ] {
+            assert_eq!(classify(m, p).unwrap().action, Action::Other, "{m} {p}");
+        }
+    }
 
     #[test]
     fn native_verbs_under_any_version() {

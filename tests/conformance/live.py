@@ -2,10 +2,12 @@
 through the gateway's TLS listener (the SDK always speaks wss:// when it has an API key).
 
 Usage: live.py GATEWAY_HTTPS_URL TOKEN   (SSL_CERT_FILE names the CA that signed the gateway's certificate)
-A text session (two turns) and an audio session (PCM in, audio out), then a refused token.
+A text session (two turns), an audio session (PCM in, audio out), a session on an ephemeral
+token made through the gateway (`client.auth_tokens.create`), then a refused token.
 Exits non-zero on the first failure.
 """
 import asyncio
+import datetime
 import sys
 
 from google import genai
@@ -60,6 +62,16 @@ async def main():
                 done = True
                 break
         check("live audio session", done and audio == pcm, len(audio))
+
+    v1alpha = types.HttpOptions(base_url=base, api_version="v1alpha")
+    maker = genai.Client(api_key=token, http_options=v1alpha)
+    expires = datetime.datetime.now(tz=datetime.timezone.utc) + datetime.timedelta(minutes=10)
+    made = maker.auth_tokens.create(config={"uses": 1, "expire_time": expires})
+    check("ephemeral token made", (made.name or "").startswith("auth_tokens/"), made)
+    eph = genai.Client(api_key=made.name, http_options=v1alpha)
+    async with eph.aio.live.connect(model="gemini-live-2.5-flash", config=config) as s:
+        text, _ = await turn_text(s, "ephemeral hello")
+        check("live session on an ephemeral token", text == "Echo: ephemeral hello", text)
 
     bad = genai.Client(api_key="not-a-gateway-token", http_options=types.HttpOptions(base_url=base))
     try:

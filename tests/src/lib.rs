@@ -1,5 +1,7 @@
 //! Test harness: a mock Gemini and a gateway in-process on loopback ports.
 
+pub mod live;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -188,6 +190,18 @@ impl Harness {
             .send()
             .await
             .expect("admin answers")
+    }
+
+    /// An admin GET with a Bearer token, as text.
+    pub async fn admin_text_with(&self, path: &str, token: &str) -> String {
+        let r = self
+            .client
+            .get(self.admin(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("admin answers");
+        r.text().await.expect("admin body")
     }
 
     /// An admin GET with a Bearer token, as JSON.

@@ -5,82 +5,11 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use gemini_proxy_tests::live::*;
 use gemini_proxy_tests::*;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Message, protocol::CloseFrame};
-
-const LIVE: &str = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent";
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-async fn connect(h: &Harness, credential: Option<&str>) -> Ws {
-    let addr = h.gateway.proxy_addr;
-    let mut req = format!("ws://{addr}{LIVE}").into_client_request().unwrap();
-    if let Some(c) = credential {
-        req.headers_mut()
-            .insert("x-goog-api-key", c.parse().unwrap());
-    }
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio_tungstenite::client_async(req, tcp)
-        .await
-        .expect("upgrade")
-        .0
-}
-
-fn setup(model: &str) -> Message {
-    Message::text(json!({"setup": {"model": format!("models/{model}"), "generationConfig": {"responseModalities": ["TEXT"]}}}).to_string())
-}
-
-fn turn(text: &str) -> Message {
-    Message::text(
-        json!({"clientContent": {"turns": [{"role": "user", "parts": [{"text": text}]}], "turnComplete": true}})
-            .to_string(),
-    )
-}
-
-/// The next message as JSON, or the close frame.
-async fn next(ws: &mut Ws) -> Result<Value, Option<CloseFrame>> {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("an answer in time");
-        match m {
-            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str()).unwrap()),
-            Some(Ok(Message::Binary(b))) => return Ok(serde_json::from_slice(&b).unwrap()),
-            Some(Ok(Message::Close(f))) => return Err(f),
-            Some(Ok(_)) => continue,
-            _ => return Err(None),
-        }
-    }
-}
-
-/// The texts of one model turn, up to its `turnComplete`.
-async fn answer(ws: &mut Ws) -> (String, Value) {
-    let mut text = String::new();
-    loop {
-        let v = next(ws).await.expect("a message, not a close");
-        for p in v["serverContent"]["modelTurn"]["parts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            text += p["text"].as_str().unwrap_or("");
-        }
-        if v["serverContent"]["turnComplete"] == true {
-            return (text, v["usageMetadata"].clone());
-        }
-    }
-}
-
-fn live_calls(h: &Harness) -> Vec<gemini_proxy_core::mock::Recorded> {
-    h.mock
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.starts_with("/ws/"))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_text_session_is_relayed_with_the_pooled_key() {
@@ -204,29 +133,6 @@ async fn refusals_are_closes_with_reasons_and_reach_no_upstream() {
 
 const SECRET: &str = "Live-JWT-secret-with-enough-entropy-0123456789!";
 
-async fn sql(h: &Harness, admin: &str, q: &str) -> Value {
-    let r = h
-        .client
-        .post(h.admin("/api/sql"))
-        .bearer_auth(admin)
-        .json(&json!({ "sql": q }))
-        .send()
-        .await
-        .unwrap();
-    let (status, v) = json_of(r).await;
-    assert_eq!(status, 200, "{v}");
-    v
-}
-
-async fn refused_with(h: &Harness, credential: Option<&str>, model: &str) -> CloseFrame {
-    let mut ws = connect(h, credential).await;
-    ws.send(setup(model)).await.unwrap();
-    next(&mut ws)
-        .await
-        .expect_err("refused")
-        .expect("with a frame")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_session_is_admitted_as_its_user_within_its_limits_and_audited_once() {
     use gemini_proxy_plugins::auth::{new_claims, sign};
@@ -337,16 +243,7 @@ async fn a_session_is_admitted_as_its_user_within_its_limits_and_audited_once() 
         Some("3"),
         "{tags:?}"
     );
-    let metrics = h
-        .client
-        .get(h.admin("/metrics"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.admin_text_with("/metrics", &admin).await;
     for line in [
         "live_sessions_active 0",
         "live_sessions_total{result=\"ok\"} 1",

@@ -44,19 +44,35 @@ pub struct Affinity {
     /// Who created it (`user:SUB` or `tenant:NAME`), when a caller was known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     owner: Option<String>,
+    /// The creator's claims, for a credential the gateway vouches for (an ephemeral token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<serde_json::Value>,
 }
 
 impl KeyPool {
     /// Remembers that `key_id` created `resource` for `owner`, for `ttl`, and tells the other
     /// instances.
     pub fn pin(&self, resource: &str, key_id: &str, ttl: Duration, owner: Option<&str>) {
+        self.pin_vouched(resource, key_id, ttl, owner, None);
+    }
+
+    /// [`KeyPool::pin`] for a credential the gateway vouches for: with its creator's claims.
+    pub fn pin_vouched(
+        &self,
+        resource: &str,
+        key_id: &str,
+        ttl: Duration,
+        owner: Option<&str>,
+        claims: Option<serde_json::Value>,
+    ) {
         let until = now_unix() + ttl.as_secs();
-        if self.remember(resource, key_id, until, owner) {
+        if self.remember(resource, key_id, until, owner, claims.as_ref()) {
             self.publish(super::PoolEvent::Pinned {
                 resource: resource.to_string(),
                 key_id: key_id.to_string(),
                 owner: owner.map(str::to_string),
                 until,
+                claims,
             });
         }
     }
@@ -68,6 +84,7 @@ impl KeyPool {
         key_id: &str,
         until: u64,
         owner: Option<&str>,
+        claims: Option<&serde_json::Value>,
     ) -> bool {
         let now = now_unix();
         let mut pins = self.affinity.lock();
@@ -84,12 +101,12 @@ impl KeyPool {
         self.any_pins.store(true, Ordering::Relaxed);
         // The first owner stays: reading a resource (which names it again) never takes it over,
         // and another caller creating the same name in another project never re-points it.
-        let owner = match pins.get(resource).filter(|a| a.until > now) {
+        let (owner, claims) = match pins.get(resource).filter(|a| a.until > now) {
             Some(a) if a.owner.is_some() && a.owner.as_deref() != owner && a.key_id != key_id => {
                 return false;
             }
-            Some(a) => a.owner.clone(),
-            None => owner.map(str::to_string),
+            Some(a) => (a.owner.clone(), a.claims.clone().or(claims.cloned())),
+            None => (owner.map(str::to_string), claims.cloned()),
         };
         pins.insert(
             resource.to_string(),
@@ -97,6 +114,7 @@ impl KeyPool {
                 key_id: key_id.to_string(),
                 until,
                 owner,
+                claims,
             },
         );
         drop(pins);
@@ -121,6 +139,15 @@ impl KeyPool {
             .get(resource)
             .filter(|a| a.until > now_unix())
             .map(|a| a.owner.clone())
+    }
+
+    /// The claims of whoever created the vouched-for credential `resource`, if known.
+    pub fn vouched(&self, resource: &str) -> Option<serde_json::Value> {
+        self.affinity
+            .lock()
+            .get(resource)
+            .filter(|a| a.until > now_unix())
+            .and_then(|a| a.claims.clone())
     }
 
     /// Whether any resource was ever pinned (lets callers skip scanning bodies).

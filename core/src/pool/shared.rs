@@ -45,6 +45,9 @@ pub enum PoolEvent {
         key_id: String,
         owner: Option<String>,
         until: u64,
+        /// The creator's claims, when the resource is a credential the gateway vouches for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        claims: Option<serde_json::Value>,
     },
 }
 
@@ -108,9 +111,10 @@ impl KeyPool {
             key_id,
             owner,
             until,
+            claims,
         } = event
         {
-            return self.remember(resource, key_id, *until, owner.as_deref());
+            return self.remember(resource, key_id, *until, owner.as_deref(), claims.as_ref());
         }
         let mut guard = self.health.lock();
         let st = &mut *guard;

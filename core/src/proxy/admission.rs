@@ -148,7 +148,8 @@ fn route(session: &Session) -> Result<Inbound, Failure> {
         )
         .unread());
     };
-    if let Some(why) = inbound::refused_system_parameter(req.uri.query(), &req.headers) {
+    // Read after the credential (`key=`, `access_token=`) is lifted out of the query.
+    if let Some(why) = inbound::refused_system_parameter(inbound.query.as_deref(), &req.headers) {
         return Err(Failure::new(400, ErrorClass::BadRequest, why).unread());
     }
     if let Some(m) = &inbound.route.model

@@ -68,6 +68,11 @@ impl GatewayProxy {
             if let Some(model) = inbound::body_model(body).map_err(|()| Failure::bad_model())? {
                 cx.request.model = Some(model);
             }
+        } else if action == Action::CreateAuthToken && !body.is_empty() {
+            // A token may lock its sessions to a model: the rules of that model apply now.
+            if let Some(model) = inbound::token_model(body).map_err(|()| Failure::bad_model())? {
+                cx.request.model = Some(model);
+            }
         }
         match rt.pipeline.body(ctx.cx(), body).await {
             Ok(None) => Ok(()),

@@ -41,23 +41,28 @@ pub struct Inbound {
     pub content_length: Option<u64>,
 }
 
-/// Removes `key=` parameters, returning the rest and the first key value found.
+/// Removes the credential parameters (`key=`, and `access_token=` that carries an ephemeral
+/// token), returning the rest and the credential found (a `key=` first).
 pub fn split_key_param(query: &str) -> (Option<String>, Option<String>) {
     let mut kept = Vec::new();
-    let mut key = None;
+    let (mut key, mut access_token) = (None, None);
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let name = pair.split('=').next().unwrap_or("");
-        if percent_decode_str(name).decode_utf8_lossy() == "key" {
-            if key.is_none() {
-                let v = pair.split_once('=').map(|(_, v)| v).unwrap_or("");
-                key = Some(percent_decode_str(v).decode_utf8_lossy().into_owned());
+        let slot = match &*percent_decode_str(name).decode_utf8_lossy() {
+            "key" => &mut key,
+            "access_token" => &mut access_token,
+            _ => {
+                kept.push(pair);
+                continue;
             }
-        } else {
-            kept.push(pair);
+        };
+        if slot.is_none() {
+            let v = pair.split_once('=').map(|(_, v)| v).unwrap_or("");
+            *slot = Some(percent_decode_str(v).decode_utf8_lossy().into_owned());
         }
     }
     let rest = (!kept.is_empty()).then(|| kept.join("&"));
-    (rest, key)
+    (rest, key.or(access_token))
 }
 
 /// Sanitized headers: credentials, hop-by-hop (including those named in `Connection`) and
@@ -211,7 +216,12 @@ pub fn body_model(body: &[u8]) -> Result<Option<String>, ()> {
         model: Option<String>,
     }
     let h: Head = serde_json::from_slice(body).map_err(|_| ())?;
-    match h.model {
+    checked_model(h.model)
+}
+
+/// A model named in a body, `models/` dropped; `Err` when it is not a valid name.
+fn checked_model(model: Option<String>) -> Result<Option<String>, ()> {
+    match model {
         None => Ok(None),
         Some(m) => {
             let m = m.strip_prefix("models/").unwrap_or(&m);
@@ -222,6 +232,47 @@ pub fn body_model(body: &[u8]) -> Result<Option<String>, ()> {
             }
         }
     }
+}
+
+/// How Google names an ephemeral token.
+pub const EPHEMERAL_PREFIX: &str = "auth_tokens/";
+
+/// The `Authorization` header's credential: a `Bearer` token, or an ephemeral `Token`.
+fn authorization(headers: &HeaderMap) -> (Option<String>, Option<String>) {
+    let Some((scheme, value)) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().split_once(' '))
+    else {
+        return (None, None);
+    };
+    let value = Some(value.trim().to_string()).filter(|s| !s.is_empty());
+    if scheme.eq_ignore_ascii_case("bearer") {
+        (value, None)
+    } else if scheme.eq_ignore_ascii_case("token") {
+        (None, value)
+    } else {
+        (None, None)
+    }
+}
+
+/// The model an ephemeral token's body locks its sessions to (`bidiGenerateContentSetup.model`,
+/// in either of the spellings Google reads), as [`body_model`] reads a model.
+pub fn token_model(body: &[u8]) -> Result<Option<String>, ()> {
+    #[derive(serde::Deserialize)]
+    struct Setup {
+        model: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Token {
+        #[serde(
+            rename = "bidiGenerateContentSetup",
+            alias = "bidi_generate_content_setup"
+        )]
+        setup: Option<Setup>,
+    }
+    let t: Token = serde_json::from_slice(body).map_err(|_| ())?;
+    checked_model(t.setup.and_then(|s| s.model))
 }
 
 impl Inbound {
@@ -243,21 +294,21 @@ impl Inbound {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
-        let bearer = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| {
-                let (scheme, token) = s.trim().split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim().to_string())
-            })
-            .filter(|s| !s.is_empty());
-        // Precedence when several are given: header, then bearer, then query.
+        let (bearer, token) = authorization(headers);
+        // Precedence when several are given: header, then `Authorization`, then query.
         let credential = header_key
             .map(|v| ClientCredential::new(CredentialSource::GoogApiKeyHeader, v))
+            .or_else(|| token.map(|v| ClientCredential::new(CredentialSource::EphemeralToken, v)))
             .or_else(|| bearer.map(|v| ClientCredential::new(CredentialSource::Bearer, v)))
-            .or_else(|| query_key.map(|v| ClientCredential::new(CredentialSource::QueryKey, v)));
+            .or_else(|| query_key.map(|v| ClientCredential::new(CredentialSource::QueryKey, v)))
+            .map(|c| {
+                // Wherever it came, an ephemeral token is Google's, never a gateway token.
+                if c.value().starts_with(EPHEMERAL_PREFIX) {
+                    ClientCredential::new(CredentialSource::EphemeralToken, c.value())
+                } else {
+                    c
+                }
+            });
         let content_length = headers
             .get("content-length")
             .and_then(|v| v.to_str().ok())
@@ -335,6 +386,74 @@ mod tests {
             split_key_param("k%65y=x&alt=sse"),
             (Some("alt=sse".into()), Some("x".into()))
         );
+        assert_eq!(
+            split_key_param("access_token=auth_tokens%2Fa&key=k&access%5ftoken=b"),
+            (None, Some("k".into()))
+        );
+        assert_eq!(
+            split_key_param("alt=sse&access_token=t"),
+            (Some("alt=sse".into()), Some("t".into()))
+        );
+    }
+
+    #[test]
+    fn a_token_body_names_the_model_it_locks() {
+        let m = |b: &str| token_model(b.as_bytes());
+        assert_eq!(
+            m(r#"{"uses":1,"bidiGenerateContentSetup":{"model":"models/gemini-live"}}"#),
+            Ok(Some("gemini-live".into()))
+        );
+        assert_eq!(
+            m(r#"{"bidi_generate_content_setup":{"model":"gemini-\u0070ro"}}"#),
+            Ok(Some("gemini-pro".into()))
+        );
+        assert_eq!(m(r#"{"uses":1}"#), Ok(None));
+        assert_eq!(
+            m(r#"{"bidiGenerateContentSetup":{"generationConfig":{}}}"#),
+            Ok(None)
+        );
+        // Both spellings at once, or a model twice, could be read two ways: refused.
+        assert!(
+            m(r#"{"bidiGenerateContentSetup":{},"bidi_generate_content_setup":{"model":"x"}}"#)
+                .is_err()
+        );
+        assert!(m(r#"{"bidiGenerateContentSetup":{"model":"a","model":"b"}}"#).is_err());
+        assert!(m("[1]").is_err());
+    }
+
+    #[test]
+    fn ephemeral_tokens_are_known_wherever_they_come() {
+        let ws = "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained";
+        let parse = |h: &[(&str, &str)], q: Option<&str>| {
+            let mut m = HeaderMap::new();
+            for (k, v) in h {
+                m.insert(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            let c = Inbound::parse("GET", ws, q, &m)
+                .unwrap()
+                .credential
+                .unwrap();
+            (c.source(), c.value().to_string())
+        };
+        let want = (
+            CredentialSource::EphemeralToken,
+            "auth_tokens/abc".to_string(),
+        );
+        assert_eq!(
+            parse(&[("authorization", "Token auth_tokens/abc")], None),
+            want
+        );
+        assert_eq!(parse(&[("x-goog-api-key", "auth_tokens/abc")], None), want);
+        assert_eq!(parse(&[], Some("access_token=auth_tokens%2Fabc")), want);
+        assert_eq!(
+            parse(&[("authorization", "Bearer auth_tokens/abc")], None),
+            want
+        );
+        let gw = parse(&[("authorization", "Bearer gw-token")], None);
+        assert_eq!(gw.0, CredentialSource::Bearer);
     }
 
     #[test]

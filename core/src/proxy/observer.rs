@@ -92,6 +92,9 @@ struct Event {
     id: Option<String>,
     #[serde(default)]
     object: Option<String>,
+    /// An ephemeral token's end of life.
+    #[serde(rename = "expireTime", default)]
+    expire_time: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +115,8 @@ pub struct Observed {
     pub events: u32,
     /// Name of a resource the body describes (`files/x`, `cachedContents/y`, `batches/z`).
     pub resource_name: Option<String>,
+    /// An ephemeral token the body describes (`auth_tokens/...`) and its `expireTime`.
+    pub auth_token: Option<(String, Option<String>)>,
 }
 
 pub struct Observer {
@@ -207,6 +212,12 @@ impl Observer {
     fn event(&mut self, ev: Event) {
         self.out.events += 1;
         let name = ev.name.or(ev.file.and_then(|f| f.name));
+        if let Some(n) = name
+            .as_deref()
+            .filter(|n| n.starts_with(super::inbound::EPHEMERAL_PREFIX))
+        {
+            self.out.auth_token = Some((n.to_string(), ev.expire_time.clone()));
+        }
         let key = name
             .as_deref()
             .and_then(super::tenancy::resource_key)

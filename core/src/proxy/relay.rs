@@ -193,6 +193,13 @@ impl GatewayProxy {
                 .pool
                 .pin(name, &key.id, affinity::ttl_for(name), owner);
         }
+        if complete
+            && (200..300).contains(&status)
+            && ctx.cx().request.action == Action::CreateAuthToken
+            && let Some((name, expires)) = &observed.auth_token
+        {
+            self.vouch_for(ctx, key, name, expires.as_deref());
+        }
         ctx.done.usage = observed.usage;
         ctx.done.finish_reason = observed.finish_reason.clone();
         ctx.done.truncated = observed.truncated;

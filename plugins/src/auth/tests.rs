@@ -250,3 +250,51 @@ mod base64_like {
         out
     }
 }
+
+#[test]
+fn an_ephemeral_token_speaks_for_its_creator_only_while_vouched_and_never_as_admin() {
+    use gemini_proxy_sdk::{ClientCredential, CredentialSource};
+    let dir = tempfile_dir();
+    let auth = Auth {
+        verifier: verifier(serde_json::json!({
+            "revocations_file": dir.join("revoked-eph.json").display().to_string()
+        })),
+    };
+    let live =
+        "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained";
+    let call = |cred: ClientCredential, model: &str| {
+        let mut cx = gemini_proxy_sdk::testing::request("GET", live);
+        cx.request.model = Some(model.into());
+        cx.credential = Some(cred);
+        let r = auth.admit_sync(&mut cx);
+        (r.map_err(|r| r.status), cx.identity)
+    };
+    let eph = || ClientCredential::new(CredentialSource::EphemeralToken, "auth_tokens/t1");
+    // Not vouched for: refused, whatever the token says.
+    assert_eq!(call(eph(), "gemini-live").0, Err(401));
+    let mut creator = new_claims(
+        "carol",
+        Role::Admin,
+        Duration::from_secs(60),
+        vec!["gemini-live*".into()],
+    );
+    creator.role = Some("admin".into());
+    let vouched = || eph().vouched_for(serde_json::to_value(&creator).unwrap());
+    let (ok, id) = call(vouched(), "gemini-live-2.5");
+    assert_eq!(ok, Ok(()));
+    let id = id.unwrap();
+    assert_eq!((id.subject.as_str(), id.role), ("carol", Role::User));
+    assert!(id.claims.get("role").is_none(), "no admin claim either");
+    // The creator's models still bind the session.
+    assert_eq!(call(vouched(), "gemini-2.5-pro").0, Err(403));
+    // Revoking the creator's token ends its ephemeral tokens too.
+    auth.verifier
+        .revocations()
+        .revoke(creator.jti.as_deref().unwrap())
+        .unwrap();
+    assert_eq!(call(vouched(), "gemini-live-2.5").0, Err(401));
+    // A gateway token presented as a vouched bearer is still verified as a token.
+    let bearer = ClientCredential::new(CredentialSource::Bearer, "not-a-token")
+        .vouched_for(serde_json::to_value(&creator).unwrap());
+    assert_eq!(call(bearer, "gemini-live-2.5").0, Err(401));
+}

@@ -9,6 +9,7 @@
 mod close;
 mod relay;
 mod setup;
+mod tokens;
 mod upstream;
 
 use futures_util::SinkExt;
@@ -71,11 +72,18 @@ impl GatewayProxy {
             Ok(s) => s,
             Err(close) => return relay::Ended::refused(close),
         };
+        let ephemeral = match self.ephemeral(ctx).await {
+            Ok(e) => e,
+            Err(close) => return relay::Ended::refused(close),
+        };
         if let Err(close) = self.admit_live(ctx, &mut setup).await {
             return relay::Ended::refused(close);
         }
         ctx.owner = super::tenancy::owner(ctx.cx());
-        let (up, first) = match self.open_upstream(ctx, inbound, &setup, limits).await {
+        let opened = self
+            .open_upstream(ctx, inbound, &setup, limits, ephemeral.as_ref())
+            .await;
+        let (up, first) = match opened {
             Ok(u) => u,
             Err(close) => return relay::Ended::refused(close),
         };
@@ -145,13 +153,15 @@ impl GatewayProxy {
     }
 
     /// Tries keys until one takes the session, as the retry budget allows; the close for the
-    /// client when none did.
+    /// client when none did. A session on an ephemeral token is its project's: the token is the
+    /// upstream credential, and a refusal of it says nothing about the key.
     async fn open_upstream(
         &self,
         ctx: &mut CallState,
         inbound: &Inbound,
         setup: &setup::Setup,
         limits: &crate::config::LiveConfig,
+        ephemeral: Option<&tokens::Ephemeral>,
     ) -> Result<
         (
             upstream::UpstreamWs,
@@ -161,7 +171,9 @@ impl GatewayProxy {
     > {
         let rt = ctx.runtime.clone();
         let cfg = &rt.config.pool;
-        let pinned = self.resumed_key(ctx, &rt, setup)?;
+        let resumed = self.resumed_key(ctx, &rt, setup)?;
+        let pinned = ephemeral.map(|e| e.key_index).or(resumed);
+        let token = ephemeral.map(|e| e.token.as_str());
         let (mut rotations, mut retries, mut after_transient) = (0u32, 0u32, false);
         let mut last: Option<Close> = None;
         loop {
@@ -183,6 +195,7 @@ impl GatewayProxy {
             let opened = upstream::open(
                 &rt,
                 key,
+                token,
                 &inbound.path,
                 inbound.query.as_deref(),
                 setup.text(),
@@ -205,6 +218,10 @@ impl GatewayProxy {
             } else {
                 classify(refusal.status, refusal.error.as_ref(), false)
             };
+            if token.is_some() && verdict != Verdict::Transient {
+                ctx.error = Some(ErrorClass::Upstream4xx);
+                return Err(refusal.close);
+            }
             if let Some(e) = &refusal.error {
                 ctx.upstream_reason =
                     crate::stats::code_word(e.reason.as_deref().unwrap_or(&e.status));

@@ -55,18 +55,30 @@ impl Refusal {
     }
 }
 
+/// The header the upstream upgrade carries: the pooled key, or an ephemeral token, which is its
+/// own credential (the key only says whose project it is).
+fn credential(key: &UpstreamKey, token: Option<&str>) -> Option<(&'static str, http::HeaderValue)> {
+    let Some(t) = token else {
+        return Some(("x-goog-api-key", key.goog_api_key.clone()));
+    };
+    let value = http::HeaderValue::try_from(format!("Token {t}")).ok()?;
+    Some(("authorization", value))
+}
+
 /// Opens the session on `key`: connected, upgraded, setup sent, `setupComplete` (or whatever
 /// the upstream said first) read, all within `live.connect_timeout`.
 pub async fn open(
     rt: &Runtime,
     key: &UpstreamKey,
+    token: Option<&str>,
     path: &str,
     query: Option<&str>,
     setup: String,
     limits: &crate::config::LiveConfig,
 ) -> Result<(UpstreamWs, Message), Refusal> {
     let wait = limits.connect_timeout.0;
-    match tokio::time::timeout(wait, open_within(rt, key, path, query, setup, limits)).await {
+    let opening = open_within(rt, key, token, path, query, setup, limits);
+    match tokio::time::timeout(wait, opening).await {
         Ok(r) => r,
         Err(_) => Err(Refusal {
             unreachable: false,
@@ -78,6 +90,7 @@ pub async fn open(
 async fn open_within(
     rt: &Runtime,
     key: &UpstreamKey,
+    token: Option<&str>,
     path: &str,
     query: Option<&str>,
     setup: String,
@@ -100,8 +113,16 @@ async fn open_within(
     let mut req = url
         .into_client_request()
         .map_err(|_| Refusal::unreachable("address is not a WebSocket URL"))?;
-    req.headers_mut()
-        .insert("x-goog-api-key", key.goog_api_key.clone());
+    let (name, value) = credential(key, token).ok_or_else(|| Refusal {
+        status: 400,
+        error: None,
+        close: Close::new(
+            1008,
+            "INVALID_ARGUMENT: the token is not a valid credential",
+        ),
+        unreachable: false,
+    })?;
+    req.headers_mut().insert(name, value);
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
         .map_err(|_| Refusal::unreachable("could not be reached"))?;
