@@ -82,24 +82,11 @@ fn cut(mut s: String) -> String {
 /// What an upstream close before `setupComplete` says, as the HTTP answer it stands for (so
 /// the key pool judges it as it judges HTTP): Google closes with 1008 for a key or policy
 /// problem, 1011 for quota and internal errors, 1007 for a bad request, 1013 when overloaded.
+/// Only the start of a reason is read, and only Google's own wording: the rest of a reason
+/// can echo what the client sent (a model name), and a client must not be able to get a key
+/// marked dead or cooled by naming a model `x-API_KEY_INVALID`.
 pub fn as_http(code: u16, reason: &str) -> (u16, Option<UpstreamError>) {
-    let r = reason.to_ascii_lowercase();
-    let (status, grpc, info) = if r.contains("api key not valid") || r.contains("api_key_invalid") {
-        (400, "INVALID_ARGUMENT", Some("API_KEY_INVALID"))
-    } else if r.contains("suspended") {
-        (403, "PERMISSION_DENIED", Some("CONSUMER_SUSPENDED"))
-    } else if r.contains("quota") || r.contains("resource_exhausted") || r.contains("rate limit") {
-        (429, "RESOURCE_EXHAUSTED", None)
-    } else if r.contains("not found") || r.contains("not supported") {
-        (404, "NOT_FOUND", None)
-    } else {
-        match code {
-            1007 => (400, "INVALID_ARGUMENT", None),
-            1008 => (403, "PERMISSION_DENIED", None),
-            1009 => (413, "INVALID_ARGUMENT", None),
-            _ => (503, "UNAVAILABLE", None),
-        }
-    };
+    let (status, grpc, info) = judge(code, reason);
     let details: Vec<serde_json::Value> = info
         .map(|reason| {
             serde_json::json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason})
@@ -108,6 +95,48 @@ pub fn as_http(code: u16, reason: &str) -> (u16, Option<UpstreamError>) {
         .collect();
     let body = serde_json::json!({"error": {"code": status, "status": grpc, "message": reason, "details": details}});
     (status, UpstreamError::parse(body.to_string().as_bytes()))
+}
+
+const KEY_INVALID: [&str; 3] = ["API key not valid", "API Key not found", "API key expired"];
+const SUSPENDED: [&str; 2] = ["Permission denied: Consumer '", "Consumer '"];
+const QUOTA: [&str; 3] = [
+    "You exceeded your current quota",
+    "Resource has been exhausted",
+    "Quota exceeded",
+];
+
+fn judge(code: u16, reason: &str) -> (u16, &'static str, Option<&'static str>) {
+    let starts = |texts: &[&str]| texts.iter().any(|t| reason.starts_with(t));
+    if starts(&KEY_INVALID) {
+        (400, "INVALID_ARGUMENT", Some("API_KEY_INVALID"))
+    } else if starts(&SUSPENDED) && suspended_consumer(reason) {
+        (403, "PERMISSION_DENIED", Some("CONSUMER_SUSPENDED"))
+    } else if starts(&QUOTA) {
+        (429, "RESOURCE_EXHAUSTED", None)
+    } else if reason.starts_with("models/") {
+        (404, "NOT_FOUND", None)
+    } else {
+        match code {
+            1007 => (400, "INVALID_ARGUMENT", None),
+            1008 => (403, "PERMISSION_DENIED", None),
+            1009 => (413, "INVALID_ARGUMENT", None),
+            _ => (503, "UNAVAILABLE", None),
+        }
+    }
+}
+
+/// `Consumer 'api_key:…' has been suspended.`: the consumer is Google's, never the client's,
+/// so the quoted part holds no spaces or quotes and the sentence follows it directly.
+fn suspended_consumer(reason: &str) -> bool {
+    let Some(start) = reason.find("Consumer '") else {
+        return false;
+    };
+    let rest = &reason[start + "Consumer '".len()..];
+    let Some(end) = rest.find('\'') else {
+        return false;
+    };
+    let consumer = &rest[..end];
+    !consumer.contains(char::is_whitespace) && rest[end..].starts_with("' has been suspended")
 }
 
 #[cfg(test)]
@@ -140,6 +169,37 @@ mod tests {
             Verdict::ClientError
         );
         assert_eq!(verdict(1007, "Invalid JSON payload"), Verdict::ClientError);
+    }
+
+    #[test]
+    fn what_a_client_sent_cannot_condemn_a_key() {
+        let verdict = |code, reason| {
+            let (status, e) = as_http(code, reason);
+            classify(status, e.as_ref(), false)
+        };
+        for reason in [
+            "models/nosuch-API_KEY_INVALID is not found for API version v1beta",
+            "models/api key not valid is not found",
+            "models/x-has been suspended-quota is not found",
+            "Invalid JSON payload received. Unknown name \"quota\"",
+            "Invalid value: Consumer 'me' has been suspended",
+            "Consumer 'a b' has been suspended.",
+        ] {
+            let v = verdict(1008, reason);
+            assert!(
+                matches!(v, Verdict::ClientError),
+                "{reason:?} was judged {v:?}"
+            );
+            let v = verdict(1007, reason);
+            assert!(matches!(v, Verdict::ClientError), "{reason:?}: {v:?}");
+        }
+        assert!(matches!(
+            verdict(
+                1008,
+                "Permission denied: Consumer 'api_key:AIzaX' has been suspended."
+            ),
+            Verdict::KeyDead(_)
+        ));
     }
 
     #[test]
