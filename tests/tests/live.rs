@@ -409,3 +409,34 @@ async fn only_the_caller_who_got_a_resumption_handle_may_resume_with_it() {
         "bob's attempt never reached the upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_name_that_reads_like_a_key_error_does_not_condemn_the_key() {
+    let h = Harness::start(&[("only", "valid-live-only", 1)]);
+    for model in [
+        "nosuch-API_KEY_INVALID",
+        "nosuch-api-key-not-valid",
+        "nosuch-you-exceeded-your-current-quota",
+        "nosuch-Consumer-has-been-suspended",
+    ] {
+        let mut ws = connect(&h, Some(CLIENT.1)).await;
+        ws.send(setup(model)).await.unwrap();
+        let close = next(&mut ws)
+            .await
+            .expect_err("closed")
+            .expect("with a frame");
+        assert_eq!(u16::from(close.code), 1008, "{model}: {close:?}");
+        assert!(close.reason.contains("not found"), "{close:?}");
+    }
+    let keys = h.admin_json("/api/keys").await;
+    let only = &keys["keys"][0];
+    assert_eq!(only["state"], "active", "{only}");
+    assert!(only["dead_reason"].is_null(), "{only}");
+    assert_eq!(only["cooldowns"], json!([]), "{only}");
+    // The one key still serves sessions.
+    let mut ws = connect(&h, Some(CLIENT.1)).await;
+    ws.send(setup("gemini-live-2.5-flash")).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap(), json!({"setupComplete": {}}));
+    ws.send(turn("y")).await.unwrap();
+    assert_eq!(answer(&mut ws).await.0, "Echo: y");
+}
