@@ -9,6 +9,7 @@
 //!   quota`. No key → HTTP 403 before the upgrade.
 //! - Models: `mock-overloaded` → close 1013; `mock-live-silent` → never answers the setup;
 //!   `mock-live-echo` → every later message sent back as it came (benchmarks);
+//!   `mock-live-telltale` → the key it was called with in `setupComplete` and in a turn;
 //!   `nosuch-*` → close 1008 not found.
 //! - `clientContent` turns: the text echoed in two `serverContent` parts, then `turnComplete` with
 //!   `usageMetadata` (TEXT; prompt = words sent, response = words answered). The texts `goaway`
@@ -209,6 +210,9 @@ async fn session(state: &State, key: &str, mut ws: Ws) {
         while let Some(Ok(_)) = ws.next().await {}
         return;
     }
+    if model == "mock-live-telltale" {
+        return telltale(ws, key).await;
+    }
     if !send(&mut ws, json!({"setupComplete": {}})).await {
         return;
     }
@@ -234,6 +238,19 @@ async fn session(state: &State, key: &str, mut ws: Ws) {
         };
         if !reply(state, &mut ws, &v, &mut turn).await {
             return;
+        }
+    }
+}
+
+/// Echoes the key it was called with in `setupComplete` and in a turn (leak tests).
+async fn telltale(mut ws: Ws, key: &str) {
+    let setup = json!({"setupComplete": {}, "debug": format!("api_key:{key}")});
+    let said = json!({"serverContent": {"modelTurn": {"parts": [{"text": format!("key={key}")}]}, "turnComplete": true}});
+    if send(&mut ws, setup).await && send(&mut ws, said).await {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                return;
+            }
         }
     }
 }

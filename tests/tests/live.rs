@@ -440,3 +440,20 @@ async fn a_model_name_that_reads_like_a_key_error_does_not_condemn_the_key() {
     ws.send(turn("y")).await.unwrap();
     assert_eq!(answer(&mut ws).await.0, "Echo: y");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_key_echoed_by_the_upstream_never_reaches_the_client() {
+    let key = "valid-live-telltale-0123456789";
+    let h = Harness::start(&[("t", key, 1)]);
+    let mut ws = connect(&h, Some(CLIENT.1)).await;
+    ws.send(setup("mock-live-telltale")).await.unwrap();
+    let setup_complete = next(&mut ws).await.unwrap();
+    assert!(setup_complete.get("setupComplete").is_some(), "{setup_complete}");
+    let said = next(&mut ws).await.unwrap();
+    for m in [&setup_complete, &said] {
+        let text = m.to_string();
+        assert!(!text.contains(key), "{text}");
+        assert!(!text.contains("0123456789"), "{text}");
+    }
+    assert!(said.to_string().contains("key="), "{said}");
+}

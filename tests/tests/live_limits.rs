@@ -1,10 +1,12 @@
 //! A Live session's tokens count against its user's tokens-a-minute limit once it ends: the
 //! usage the server reported, summed over the session, replaces the admission's estimate, and
-//! the user's next call or session is refused while the minute holds them.
+//! the user's next call or session is refused while the minute holds them. Before its setup
+//! is read, a client may not make the gateway hold more than the setup limit.
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
 use gemini_proxy_plugins::auth::{new_claims, sign};
 use gemini_proxy_sdk::Role;
 use gemini_proxy_tests::live::*;
@@ -73,4 +75,30 @@ async fn a_sessions_tokens_are_charged_to_its_user_when_it_ends() {
     assert!(again.reason.contains("tokens a minute"), "{again:?}");
     // Another user's minute is their own.
     assert_eq!(generate(bob).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn before_its_setup_a_client_cannot_make_the_gateway_buffer_a_large_message() {
+    let h = Harness::start_with(
+        &[("a", "valid-live-a", 1)],
+        "live: { max_setup_bytes: 1024, setup_timeout: 20s }\n",
+        |_| {},
+    );
+    let mut ws = connect(&h, Some(CLIENT.1)).await;
+    // One masked binary frame that says 10 MiB (under the 16 MiB message limit), of which
+    // only 64 KiB come: a gateway that buffered toward the message limit would wait for more.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(10u64 << 20).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend(std::iter::repeat_n(b'x', 64 << 10));
+    let _ = ws.get_mut().write_all(&frame).await;
+    let started = std::time::Instant::now();
+    let close = tokio::time::timeout(Duration::from_secs(10), next(&mut ws))
+        .await
+        .expect("answered before the setup timeout")
+        .expect_err("closed")
+        .expect("with a frame");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(u16::from(close.code), 1009, "{close:?}");
+    assert!(live_calls(&h).is_empty());
 }

@@ -19,7 +19,7 @@ pub struct LiveConfig {
     pub connect_timeout: ConfigDuration,
     /// A session with no message either way for this long is closed (1000).
     pub idle_timeout: ConfigDuration,
-    /// The longest a session may last; then it is closed (1000, `goAway` first).
+    /// The longest a session may last; then it is closed with 1000 and a reason.
     pub max_session: ConfigDuration,
 }
 

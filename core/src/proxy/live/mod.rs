@@ -6,6 +6,7 @@
 //! belongs to the key, and every message is relayed as it comes ([`relay`]) until a side closes.
 //! What goes wrong after the upgrade is a close frame with a code and reason, never HTTP.
 
+mod capped;
 mod close;
 mod relay;
 mod setup;
@@ -32,7 +33,7 @@ pub use close::Close;
 const RESUMPTION_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// The client's side of a session.
-pub(super) type ClientWs = WebSocketStream<pingora::protocols::Stream>;
+pub(super) type ClientWs = WebSocketStream<capped::Capped<pingora::protocols::Stream>>;
 
 impl GatewayProxy {
     /// Runs a Live session to its end; `Err` only before the upgrade (answered in HTTP).
@@ -401,6 +402,8 @@ async fn upgrade(
     stream.write_all(head.as_bytes()).await.ok()?;
     stream.flush().await.ok()?;
     let config = ws_config(limits);
+    let already = preread.as_ref().map_or(0, |p| p.len());
+    let stream = capped::Capped::new(stream, limits.max_setup_bytes, already);
     Some(match preread {
         Some(pre) => {
             WebSocketStream::from_partially_read(stream, pre.to_vec(), Role::Server, Some(config))

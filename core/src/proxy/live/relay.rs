@@ -160,7 +160,7 @@ pub async fn run(
     if let Some(handle) = ended.meter.server(&first) {
         pin(&handle);
     }
-    if client.send(first).await.is_err() {
+    if client.send(masked(&scrubber, first)).await.is_err() {
         ended.closed_by = "client";
         let _ = up.close(None).await;
         return ended;

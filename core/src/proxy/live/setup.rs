@@ -52,13 +52,18 @@ pub async fn read(ws: &mut ClientWs, limits: &crate::config::LiveConfig) -> Resu
         Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
         Some(Ok(Message::Binary(b))) => b.to_vec(),
         Some(Err(WsError::Capacity(_))) => return Err(too_large(limits)),
+        Some(Err(WsError::Io(e))) if super::capped::is_over_cap(&e) => {
+            return Err(too_large(limits));
+        }
         // Closed or gone before a setup: nothing to answer.
         _ => return Err(Close::new(1000, "")),
     };
     if bytes.len() > limits.max_setup_bytes {
         return Err(too_large(limits));
     }
-    parse(&bytes)
+    let setup = parse(&bytes)?;
+    ws.get_mut().lift();
+    Ok(setup)
 }
 
 /// The affinity name of a resumption handle: the key of the session that issued it serves the
