@@ -448,7 +448,10 @@ async fn a_pooled_key_echoed_by_the_upstream_never_reaches_the_client() {
     let mut ws = connect(&h, Some(CLIENT.1)).await;
     ws.send(setup("mock-live-telltale")).await.unwrap();
     let setup_complete = next(&mut ws).await.unwrap();
-    assert!(setup_complete.get("setupComplete").is_some(), "{setup_complete}");
+    assert!(
+        setup_complete.get("setupComplete").is_some(),
+        "{setup_complete}"
+    );
     let said = next(&mut ws).await.unwrap();
     for m in [&setup_complete, &said] {
         let text = m.to_string();

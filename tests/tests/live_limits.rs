@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::AsyncWriteExt;
 use gemini_proxy_plugins::auth::{new_claims, sign};
 use gemini_proxy_sdk::Role;
 use gemini_proxy_tests::live::*;
 use gemini_proxy_tests::*;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
 
 const SECRET: &str = "Live-limits-JWT-secret-with-enough-entropy-0123456789!";
 

@@ -13,6 +13,8 @@ pub struct Setup {
     message: Value,
     /// The model without `models/`.
     pub model: String,
+    /// The affinity pin of the session it resumes (`sessionResumption.handle`).
+    resumes: Option<String>,
 }
 
 impl Setup {
@@ -27,11 +29,7 @@ impl Setup {
 
     /// The session this one resumes (`sessionResumption.handle`), as the affinity pins it.
     pub fn resumes(&self) -> Option<String> {
-        let s = &self.message["setup"];
-        let r = s
-            .get("sessionResumption")
-            .or_else(|| s.get("session_resumption"))?;
-        r["handle"].as_str().and_then(resumption_pin)
+        self.resumes.clone()
     }
 }
 
@@ -66,11 +64,16 @@ pub async fn read(ws: &mut ClientWs, limits: &crate::config::LiveConfig) -> Resu
     Ok(setup)
 }
 
+/// The longest resumption handle a setup may carry.
+const MAX_HANDLE: usize = 4096;
+
 /// The affinity name of a resumption handle: the key of the session that issued it serves the
 /// sessions that resume it. Handles are opaque; odd ones are not remembered.
 pub fn resumption_pin(handle: &str) -> Option<String> {
-    (!handle.is_empty() && handle.len() <= 512 && handle.bytes().all(|b| b.is_ascii_graphic()))
-        .then(|| format!("live-resumption:{handle}"))
+    (!handle.is_empty()
+        && handle.len() <= MAX_HANDLE
+        && handle.bytes().all(|b| b.is_ascii_graphic()))
+    .then(|| format!("live-resumption:{handle}"))
 }
 
 fn too_large(limits: &crate::config::LiveConfig) -> Close {
@@ -96,7 +99,36 @@ fn parse(bytes: &[u8]) -> Result<Setup, Close> {
         return Err(bad("setup.model is not a valid model name"));
     }
     let model = model.to_string();
-    Ok(Setup { message, model })
+    let resumes = resumed_pin(&message["setup"]).map_err(bad)?;
+    Ok(Setup {
+        message,
+        model,
+        resumes,
+    })
+}
+
+/// The pin of the handle a setup resumes. The gateway checks whose session that is, so the
+/// upstream must see no handle but the one checked: a setup with both spellings of the field,
+/// or a handle the gateway could not pin, is refused.
+fn resumed_pin(setup: &Value) -> Result<Option<String>, &'static str> {
+    let field = match (
+        setup.get("sessionResumption"),
+        setup.get("session_resumption"),
+    ) {
+        (Some(_), Some(_)) => {
+            return Err("setup has both sessionResumption and session_resumption");
+        }
+        (Some(r), None) | (None, Some(r)) => r,
+        (None, None) => return Ok(None),
+    };
+    match &field["handle"] {
+        Value::Null => Ok(None),
+        Value::String(h) if h.is_empty() => Ok(None),
+        Value::String(h) => resumption_pin(h)
+            .map(Some)
+            .ok_or("sessionResumption.handle is not a valid handle"),
+        _ => Err("sessionResumption.handle must be a string"),
+    }
 }
 
 #[cfg(test)]
@@ -120,6 +152,39 @@ mod tests {
         ] {
             let c = parse(bad).err().expect("refused");
             assert_eq!(c.code, 1007, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_setup_resumes_one_handle_the_gateway_can_check_or_is_refused() {
+        let pin = |t: &str| parse(t.as_bytes()).map(|s| s.resumes());
+        let m = r#""model":"models/m""#;
+        assert_eq!(
+            pin(&format!(
+                r#"{{"setup":{{{m},"sessionResumption":{{"handle":"h-1"}}}}}}"#
+            )),
+            Ok(Some("live-resumption:h-1".into()))
+        );
+        assert_eq!(
+            pin(&format!(
+                r#"{{"setup":{{{m},"session_resumption":{{"handle":"h-2"}}}}}}"#
+            )),
+            Ok(Some("live-resumption:h-2".into()))
+        );
+        assert_eq!(
+            pin(&format!(r#"{{"setup":{{{m},"sessionResumption":{{}}}}}}"#)),
+            Ok(None)
+        );
+        let long = "h".repeat(MAX_HANDLE + 1);
+        for resumption in [
+            r#""sessionResumption":{"handle":null},"session_resumption":{"handle":"victim"}"#,
+            r#""sessionResumption":{},"session_resumption":{"handle":"victim"}"#,
+            r#""sessionResumption":{"handle":"a b"}"#,
+            r#""sessionResumption":{"handle":7}"#,
+            &format!(r#""sessionResumption":{{"handle":"{long}"}}"#),
+        ] {
+            let refused = pin(&format!(r#"{{"setup":{{{m},{resumption}}}}}"#));
+            assert_eq!(refused.err().map(|c| c.code), Some(1007), "{resumption}");
         }
     }
 
