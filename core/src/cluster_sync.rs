@@ -19,7 +19,7 @@ pub fn start(shared: &Arc<Shared>) {
         return;
     }
     let weak = Arc::downgrade(shared);
-    let bus = crate::cluster::events::start(&c.link, move |v| apply(&weak, v));
+    let bus = crate::cluster::events::start(&c.link, c.sealer.clone(), move |v| apply(&weak, v));
     let publisher = bus.clone();
     shared.pool.set_publisher(Box::new(move |e| {
         publisher.publish(outgoing(&ClusterEvent::Pool(e), None));
@@ -78,7 +78,14 @@ fn apply(shared: &Weak<Shared>, v: Value) {
         }
     };
     match event {
-        ClusterEvent::Pool(h) => {
+        ClusterEvent::Pool(mut h) => {
+            // Without the cluster's secret an event is unsigned: it may say where a resource
+            // lives, never who its maker is (the caller a credential's sessions run as).
+            if let crate::pool::PoolEvent::Pinned { claims, .. } = &mut h
+                && shared.cluster.as_ref().is_some_and(|c| c.sealer.is_none())
+            {
+                *claims = None;
+            }
             shared.pool.apply_remote(&h);
         }
         ClusterEvent::KeyState { key_id, action } => {

@@ -256,6 +256,20 @@ pub const CLIENT: (&str, &str) = ("x-goog-api-key", "client-token");
 pub const BEARER: (&str, &str) = ("authorization", "Bearer client-token");
 
 /// (status, JSON body or `Null`).
+/// Waits until `f` holds, at most `within`; how long it took.
+pub async fn within<F, Fut>(within: Duration, what: &str, f: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
 pub async fn json_of(resp: reqwest::Response) -> (u16, serde_json::Value) {
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(serde_json::Value::Null))

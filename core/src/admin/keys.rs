@@ -7,6 +7,26 @@ use super::{AdminApp, error, json_response};
 
 const NO_CLUSTER_SECRET: &str = "this instance runs in a cluster without `cluster.secret` (or CLUSTER_SECRET): a key added here could not reach the other instances. Set the same secret on every instance, or add the key to each instance's config";
 
+/// The live instances that do not share this one's `cluster.secret`, when there are any (a
+/// key added here would not reach them). Redis not answering is no reason to refuse.
+async fn other_secrets(c: &crate::cluster::Cluster) -> Option<Vec<String>> {
+    let mine = c.sealer.as_ref().map(|s| s.fingerprint());
+    let list = crate::cluster::heartbeat::instances(&c.link).await.ok()?;
+    let ids: Vec<String> = list
+        .iter()
+        .filter(|i| i["secret_fingerprint"].as_str() != mine)
+        .filter_map(|i| i["instance_id"].as_str().map(str::to_string))
+        .collect();
+    (!ids.is_empty()).then_some(ids)
+}
+
+fn secret_drift(ids: &[String]) -> String {
+    format!(
+        "instances {} do not share this instance's `cluster.secret` (see GET /api/cluster): a key added here would not reach them. Set the same secret on every instance first",
+        ids.join(", ")
+    )
+}
+
 impl AdminApp {
     pub(super) async fn add_key(&self, body: &[u8]) -> Response<Vec<u8>> {
         let key: crate::config::ApiKeyConfig = match serde_json::from_slice(body) {
@@ -22,7 +42,10 @@ impl AdminApp {
         // Sealed before it is added: a key that cannot reach the other instances is not added.
         let sealed = match &self.shared.cluster {
             None => None,
-            Some(_) => match crate::cluster_sync::seal_key(&self.shared, &key) {
+            Some(c) => match crate::cluster_sync::seal_key(&self.shared, &key) {
+                Some(_) if let Some(ids) = other_secrets(c).await => {
+                    return error(409, secret_drift(&ids));
+                }
                 Some(s) => Some(s),
                 None => return error(409, NO_CLUSTER_SECRET.to_string()),
             },

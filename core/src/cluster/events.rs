@@ -2,18 +2,21 @@
 //! operator actions, revocations): published on one channel, and, for what stays true a while,
 //! kept under `{prefix}state:{subject}` (expiring with it) so an instance that starts or
 //! reconnects catches up before it takes the next message. Published in the background; what
-//! Redis cannot take now is retried for a while.
+//! Redis cannot take now is retried for a while. With `cluster.secret` every event is signed
+//! ([`super::envelope`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use serde::{Deserialize, Serialize};
 
 use super::Link;
+use super::envelope::{Opener, Source};
+use super::seal::Sealer;
 use crate::pool::PoolEvent;
 
 /// One thing the other instances must apply.
@@ -82,14 +85,23 @@ impl Bus {
 
 /// Starts publishing and listening. `apply` gets every event another instance published (and, at
 /// each (re)connection, the state they left), on the link's runtime.
-pub fn start(link: &Arc<Link>, apply: impl Fn(Value) + Send + Sync + 'static) -> Bus {
+pub fn start(
+    link: &Arc<Link>,
+    signer: Option<Arc<Sealer>>,
+    apply: impl Fn(Value) + Send + Sync + 'static,
+) -> Bus {
     let (tx, rx) = tokio::sync::mpsc::channel(QUEUE);
-    link.spawn(publish_loop(link.clone(), rx));
-    link.spawn(listen_loop(Arc::downgrade(link), Arc::new(apply)));
+    link.spawn(publish_loop(link.clone(), signer.clone(), rx));
+    let opener = Opener::new(link.instance_id.clone(), signer);
+    link.spawn(listen_loop(Arc::downgrade(link), opener, Arc::new(apply)));
     Bus { tx }
 }
 
-async fn publish_loop(link: Arc<Link>, mut rx: tokio::sync::mpsc::Receiver<(Instant, Outgoing)>) {
+async fn publish_loop(
+    link: Arc<Link>,
+    signer: Option<Arc<Sealer>>,
+    mut rx: tokio::sync::mpsc::Receiver<(Instant, Outgoing)>,
+) {
     let mut waiting: VecDeque<(Instant, Outgoing)> = VecDeque::new();
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -101,7 +113,7 @@ async fn publish_loop(link: Arc<Link>, mut rx: tokio::sync::mpsc::Receiver<(Inst
             }
         };
         for (at, out) in batch {
-            if publish_one(&link, &out).await.is_err() {
+            if publish_one(&link, signer.as_deref(), &out).await.is_err() {
                 if waiting.len() >= QUEUE {
                     waiting.pop_front();
                 }
@@ -111,8 +123,13 @@ async fn publish_loop(link: Arc<Link>, mut rx: tokio::sync::mpsc::Receiver<(Inst
     }
 }
 
-async fn publish_one(link: &Link, out: &Outgoing) -> Result<(), super::LinkError> {
-    let envelope = json!({"from": link.instance_id, "event": out.event}).to_string();
+async fn publish_one(
+    link: &Link,
+    signer: Option<&Sealer>,
+    out: &Outgoing,
+) -> Result<(), super::LinkError> {
+    let subject = out.subject.as_deref();
+    let envelope = super::envelope::seal(&link.instance_id, signer, subject, &out.event);
     let channel = link.key("events");
     let state = out
         .subject
@@ -133,11 +150,15 @@ async fn publish_one(link: &Link, out: &Outgoing) -> Result<(), super::LinkError
     .await
 }
 
-async fn listen_loop(link: std::sync::Weak<Link>, apply: Arc<dyn Fn(Value) + Send + Sync>) {
+async fn listen_loop(
+    link: std::sync::Weak<Link>,
+    mut opener: Opener,
+    apply: Arc<dyn Fn(Value) + Send + Sync>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let Some(l) = link.upgrade() else { return };
-        let (client, channel, me) = (l.client.clone(), l.key("events"), l.instance_id.clone());
+        let (client, channel) = (l.client.clone(), l.key("events"));
         drop(l);
         let sub = tokio::time::timeout(Duration::from_secs(2), async {
             let mut ps = client.get_async_pubsub().await?;
@@ -148,12 +169,14 @@ async fn listen_loop(link: std::sync::Weak<Link>, apply: Arc<dyn Fn(Value) + Sen
         if let Ok(Ok(ps)) = sub {
             backoff = Duration::from_millis(100);
             if let Some(l) = link.upgrade() {
-                catch_up(&l, &me, &*apply).await;
+                catch_up(&l, &mut opener, &*apply).await;
             }
             let mut messages = ps.into_on_message();
             while let Some(msg) = messages.next().await {
-                if let Ok(text) = msg.get_payload::<String>() {
-                    deliver(&text, &me, &*apply);
+                if let Ok(text) = msg.get_payload::<String>()
+                    && let Some(event) = opener.open(&text, Source::Channel)
+                {
+                    apply(event);
                 }
             }
             tracing::debug!(target: "gemini_proxy::cluster", "cluster event stream ended; reconnecting");
@@ -163,24 +186,13 @@ async fn listen_loop(link: std::sync::Weak<Link>, apply: Arc<dyn Fn(Value) + Sen
     }
 }
 
-/// Hands on one published envelope, unless this instance sent it or it is malformed.
-fn deliver(text: &str, me: &str, apply: &(dyn Fn(Value) + Send + Sync)) {
-    let Ok(mut v) = serde_json::from_str::<Value>(text) else {
-        tracing::warn!(target: "gemini_proxy::cluster", "malformed cluster event ignored");
-        return;
-    };
-    if v["from"].as_str() == Some(me) || !v["event"].is_object() {
-        return;
-    }
-    apply(v["event"].take());
-}
-
 /// Applies the state other instances left (on every (re)connection).
-async fn catch_up(link: &Link, me: &str, apply: &(dyn Fn(Value) + Send + Sync)) {
-    let pattern = link.key("state:*");
+async fn catch_up(link: &Link, opener: &mut Opener, apply: &(dyn Fn(Value) + Send + Sync)) {
+    let state = link.key("state:");
+    let pattern = format!("{state}*");
     let found = link
         .run(Some(Duration::from_secs(2)), move |mut c| async move {
-            let mut out: Vec<String> = Vec::new();
+            let mut out: Vec<(String, String)> = Vec::new();
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -194,7 +206,8 @@ async fn catch_up(link: &Link, me: &str, apply: &(dyn Fn(Value) + Send + Sync)) 
                 if !keys.is_empty() {
                     let vals: Vec<Option<String>> =
                         redis::cmd("MGET").arg(&keys).query_async(&mut c).await?;
-                    out.extend(vals.into_iter().flatten());
+                    let found = keys.into_iter().zip(vals);
+                    out.extend(found.filter_map(|(k, v)| Some((k, v?))));
                 }
                 if next == 0 || out.len() > 100_000 {
                     return Ok(out);
@@ -204,7 +217,14 @@ async fn catch_up(link: &Link, me: &str, apply: &(dyn Fn(Value) + Send + Sync)) 
         })
         .await;
     match found {
-        Ok(list) => list.iter().for_each(|t| deliver(t, me, apply)),
+        Ok(list) => {
+            for (key, text) in list {
+                let subject = key.strip_prefix(&state).unwrap_or_default();
+                if let Some(event) = opener.open(&text, Source::State(subject)) {
+                    apply(event);
+                }
+            }
+        }
         Err(e) => {
             tracing::warn!(target: "gemini_proxy::cluster", error = %e, "cannot read the cluster's state; catching up at the next connection")
         }

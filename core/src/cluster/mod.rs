@@ -16,6 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::config::ClusterConfig;
 
+pub mod envelope;
 pub mod events;
 pub mod heartbeat;
 pub mod limits;
@@ -46,7 +47,7 @@ pub struct Cluster {
     /// Events to the other instances, once started.
     pub bus: std::sync::OnceLock<events::Bus>,
     /// From `cluster.secret`: without it, keys added through the API cannot be shared.
-    pub sealer: Option<seal::Sealer>,
+    pub sealer: Option<Arc<seal::Sealer>>,
 }
 
 impl Cluster {
@@ -57,7 +58,10 @@ impl Cluster {
             link,
             limits,
             bus: std::sync::OnceLock::new(),
-            sealer: cfg.secret.as_deref().map(seal::Sealer::new),
+            sealer: cfg
+                .secret
+                .as_deref()
+                .map(|s| Arc::new(seal::Sealer::new(s))),
         })
     }
 

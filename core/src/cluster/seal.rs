@@ -1,10 +1,13 @@
 //! Sealing what must reach the other instances but never sit in Redis in clear (a key added
 //! through the admin API): ChaCha20-Poly1305 under a key derived (HKDF-SHA256) from the
 //! `cluster.secret` every instance shares. Redis holds only the ciphertext; whoever can write to
-//! Redis but does not know the secret can neither read a sealed key nor forge one.
+//! Redis but does not know the secret can neither read a sealed key nor forge one. The same
+//! secret signs every event the instances publish (HMAC-SHA256 under another derived key), so
+//! such a writer cannot forge an operator's action or a key's finding either.
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf::{HKDF_SHA256, Salt};
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 const SALT: &[u8] = b"gemini-proxy cluster seal v1";
@@ -12,6 +15,7 @@ const SALT: &[u8] = b"gemini-proxy cluster seal v1";
 /// Seals and opens with the cluster's shared secret.
 pub struct Sealer {
     key: LessSafeKey,
+    signing: hmac::Key,
     /// Names the secret without revealing it: equal on instances that share one.
     fingerprint: String,
     rng: SystemRandom,
@@ -32,12 +36,17 @@ impl Sealer {
             .expand(&[b"seal"], &CHACHA20_POLY1305)
             .expect("one key length");
         let key = LessSafeKey::new(UnboundKey::from(okm));
+        let signing = hmac::Key::from(
+            prk.expand(&[b"events"], hmac::HMAC_SHA256)
+                .expect("one key length"),
+        );
         let mut id = [0u8; 32];
         prk.expand(&[b"fingerprint"], HKDF_SHA256)
             .and_then(|o| o.fill(&mut id))
             .expect("one digest length");
         Sealer {
             key,
+            signing,
             fingerprint: hex::encode(&id[..8]),
             rng: SystemRandom::new(),
         }
@@ -62,6 +71,16 @@ impl Sealer {
         let mut sealed = nonce.to_vec();
         sealed.extend_from_slice(&out);
         Ok(hex::encode(sealed))
+    }
+
+    /// The signature of `text` (hex).
+    pub fn sign(&self, text: &str) -> String {
+        hex::encode(hmac::sign(&self.signing, text.as_bytes()).as_ref())
+    }
+
+    /// Whether `mac` is this cluster's signature of `text` (compared in constant time).
+    pub fn verify(&self, text: &str, mac: &str) -> bool {
+        hex::decode(mac).is_ok_and(|m| hmac::verify(&self.signing, text.as_bytes(), &m).is_ok())
     }
 
     pub fn open(&self, context: &str, sealed: &str) -> Result<Vec<u8>, SealError> {
@@ -115,6 +134,19 @@ mod tests {
         for junk in ["", "zz", "00", &"ab".repeat(11), "not hex at all"] {
             assert_eq!(one.open("key:k1", junk), Err(SealError::Foreign), "{junk}");
         }
+    }
+
+    #[test]
+    fn only_the_same_secret_signs_what_verifies() {
+        let (one, two, other) = (Sealer::new(A), Sealer::new(A), Sealer::new(B));
+        let mac = one.sign("event");
+        assert!(two.verify("event", &mac));
+        assert!(!two.verify("event ", &mac));
+        assert!(!other.verify("event", &mac));
+        assert!(!two.verify("event", &mac[..mac.len() - 2]));
+        assert!(!two.verify("event", "not hex"));
+        // Signing and sealing keys differ: a seal's tag is no signature.
+        assert_ne!(mac, one.seal("event", b"").unwrap());
     }
 
     #[test]

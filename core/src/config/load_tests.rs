@@ -72,6 +72,9 @@ fn two_listeners_never_share_a_port() {
     load_str(&acme(8081), "t", &no_env).unwrap();
 }
 
+/// A cluster secret as `openssl rand -hex 32` makes one.
+const ENV_SEAL: &str = "9f2c4e81b07a5d36e8f1c2b49a7d0e53c6b8f4a21d97e035b6c8a4f1e2d7093b";
+
 #[test]
 fn a_bad_cluster_section_names_its_field() {
     let with = |c: &str| load_str(&format!("{MINIMAL}cluster: {c}\n"), "t", &no_env);
@@ -100,6 +103,14 @@ fn a_bad_cluster_section_names_its_field() {
             "{ redis: \"redis://h\", secret: short-pw-seal }",
             "cluster.secret",
         ),
+        (
+            "{ redis: \"redis://h\", secret: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa }",
+            "cluster.secret",
+        ),
+        (
+            "{ redis: \"redis://h\", secret: abcdabcdabcdabcdabcdabcdabcdabcdabcd }",
+            "cluster.secret",
+        ),
     ] {
         let e = with(c).expect_err(c);
         assert_eq!(e.path, path, "{c}: {e}");
@@ -111,7 +122,7 @@ fn a_bad_cluster_section_names_its_field() {
     // REDIS_URL and CLUSTER_SECRET replace the file's, and only where there is a cluster section.
     let env = |n: &str| match n {
         "REDIS_URL" => Some("redis://other:6379".to_string()),
-        "CLUSTER_SECRET" => Some("s".repeat(32)),
+        "CLUSTER_SECRET" => Some(ENV_SEAL.to_string()),
         _ => None,
     };
     let l = load_str(
@@ -122,7 +133,7 @@ fn a_bad_cluster_section_names_its_field() {
     .unwrap();
     let c = l.config.cluster.unwrap();
     assert_eq!(c.redis, "redis://other:6379");
-    assert_eq!(c.secret, Some("s".repeat(32)));
+    assert_eq!(c.secret.as_deref(), Some(ENV_SEAL));
     assert!(
         load_str(MINIMAL, "t", &env)
             .unwrap()

@@ -85,13 +85,34 @@ fn cluster(c: &Config) -> Result<(), Bad> {
     if k.fallback_instances == 0 || k.fallback_instances > 1000 {
         return bad("cluster.fallback_instances", "between 1 and 1000");
     }
-    if k.secret.as_ref().is_some_and(|s| s.len() < 32) {
+    if k.secret
+        .as_deref()
+        .is_some_and(|s| s.len() < 32 || guessable(s))
+    {
         return bad(
             "cluster.secret",
-            "at least 32 characters (e.g. `openssl rand -hex 32`)",
+            "at least 32 random characters (e.g. `openssl rand -hex 32`)",
         );
     }
     Ok(())
+}
+
+/// A secret whose characters hold under 100 bits by their frequencies (`aaaa...`, `abab...`):
+/// it signs and seals everything the instances share, so it must not be guessable.
+fn guessable(s: &str) -> bool {
+    let mut counts = std::collections::HashMap::new();
+    for c in s.chars() {
+        *counts.entry(c).or_insert(0u32) += 1;
+    }
+    let n = s.chars().count() as f64;
+    let bits: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = f64::from(k) / n;
+            -p * p.log2() * n
+        })
+        .sum();
+    bits < 100.0
 }
 
 fn live(c: &Config) -> Result<(), Bad> {

@@ -87,6 +87,19 @@ pub fn pin_subject(resource: &str) -> String {
 
 pub type PoolPublisher = Box<dyn Fn(PoolEvent) + Send + Sync>;
 
+/// The longest rest another instance may put on a key or project: past any daily reset.
+const MAX_REMOTE_REST_S: u64 = 2 * 86_400;
+/// The longest an open breaker rests a key (its backoff stops at 10 minutes).
+const MAX_REMOTE_BREAKER_MS: u64 = 10 * 60_000;
+
+/// A cooldown from another instance, cut to [`MAX_REMOTE_REST_S`]: a finding read from Redis
+/// may say anything, and must not bench a key for a year.
+fn bounded(cooldown: &Cooldown, now: u64) -> Cooldown {
+    let mut c = cooldown.clone();
+    c.until = c.until.min(now + MAX_REMOTE_REST_S);
+    c
+}
+
 impl KeyPool {
     /// Where new findings go (once, at startup, when running as a cluster).
     pub fn set_publisher(&self, publish: PoolPublisher) {
@@ -126,7 +139,7 @@ impl KeyPool {
                 cooldown,
             } => st.rest_project(
                 (Arc::from(project.as_str()), model.clone()),
-                cooldown.clone(),
+                bounded(cooldown, now),
                 now,
             ),
             PoolEvent::KeyRest {
@@ -136,7 +149,7 @@ impl KeyPool {
                 cooldown,
             } if same_key(key_id, fingerprint) => st.rest_key(
                 (Arc::from(key_id.as_str()), model.clone()),
-                cooldown.until,
+                bounded(cooldown, now).until,
                 &cooldown.reason,
                 now,
             ),
@@ -154,7 +167,9 @@ impl KeyPool {
                 fingerprint,
                 until_ms,
             } if same_key(key_id, fingerprint) => {
-                let left = until_ms.saturating_sub(crate::util::clock::unix_millis());
+                let left = until_ms
+                    .saturating_sub(crate::util::clock::unix_millis())
+                    .min(MAX_REMOTE_BREAKER_MS);
                 let id: Arc<str> = Arc::from(key_id.as_str());
                 match st.keys.get_mut(key_id.as_str()) {
                     Some(h) if h.breaker == Breaker::Closed && left > 0 => {

@@ -254,3 +254,40 @@ fn fingerprints_do_not_reveal_the_key() {
     assert!(f.starts_with("sha256:") && f.len() == 19);
     assert!(!f.contains("AIza"));
 }
+
+#[test]
+fn findings_from_other_instances_rest_a_key_no_longer_than_any_real_finding() {
+    let (p, _) = pool(&[("a", "p1")]);
+    let year = now_unix() + 365 * 86_400;
+    let fingerprint = fingerprint("secret-a");
+    let cooldown = Cooldown {
+        until: year,
+        reason: "remote".into(),
+        quota_id: None,
+    };
+    assert!(p.apply_remote(&PoolEvent::ProjectRest {
+        project: "p1".into(),
+        model: "flash".into(),
+        cooldown: cooldown.clone(),
+    }));
+    assert!(p.apply_remote(&PoolEvent::KeyRest {
+        key_id: "a".into(),
+        fingerprint: fingerprint.clone(),
+        model: "pro".into(),
+        cooldown,
+    }));
+    assert!(p.apply_remote(&PoolEvent::BreakerOpen {
+        key_id: "a".into(),
+        fingerprint,
+        until_ms: year * 1000,
+    }));
+    let report = &p.report()[0];
+    assert_eq!(report.cooldowns.len(), 2, "{report:?}");
+    for c in &report.cooldowns {
+        assert!(c.remaining_s <= 2 * 86_400, "{c:?}");
+    }
+    assert!(
+        report.breaker_open_remaining_s.unwrap() <= 600.0,
+        "{report:?}"
+    );
+}

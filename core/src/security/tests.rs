@@ -196,7 +196,9 @@ fn a_remote_redis_without_password_or_tls_is_flagged() {
     let f = |id: &str| r.findings.iter().find(|f| f.id == id).map(|f| f.cwe);
     assert_eq!(f("cluster-redis-without-password"), Some("CWE-306"));
     assert_eq!(f("cluster-redis-cleartext"), Some("CWE-319"));
-    let r = with("rediss://:S3cret-pass@10.0.0.5:6380/0");
+    assert_eq!(f("cluster-events-unsigned"), Some("CWE-345"));
+    let r =
+        with("rediss://:S3cret-pass@10.0.0.5:6380/0\", secret: \"9f2c4e81b07a5d36e8f1c2b49a7d0e53");
     assert!(
         !ids(&r).iter().any(|i| i.starts_with("cluster-")),
         "{:?}",
@@ -206,7 +208,7 @@ fn a_remote_redis_without_password_or_tls_is_flagged() {
     let r = with("redis://:S3cret-pass@10.0.0.5:6379/0");
     assert_eq!(
         ids(&r).iter().filter(|i| i.starts_with("cluster-")).count(),
-        1
+        2
     );
     assert!(!serde_json::to_string(&r).unwrap().contains("S3cret-pass"));
     // Loopback Redis (one machine) is not flagged.
