@@ -81,10 +81,8 @@ fn apply(shared: &Weak<Shared>, v: Value) {
         ClusterEvent::Pool(mut h) => {
             // Without the cluster's secret an event is unsigned: it may say where a resource
             // lives, never who its maker is (the caller a credential's sessions run as).
-            if let crate::pool::PoolEvent::Pinned { claims, .. } = &mut h
-                && shared.cluster.as_ref().is_some_and(|c| c.sealer.is_none())
-            {
-                *claims = None;
+            if shared.cluster.as_ref().is_some_and(|c| c.sealer.is_none()) {
+                h = h.without_claims();
             }
             shared.pool.apply_remote(&h);
         }

@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+use gemini_proxy_core::cluster::envelope;
+use gemini_proxy_core::cluster::events::ClusterEvent;
+use gemini_proxy_core::cluster::seal::Sealer;
+use gemini_proxy_core::pool::PoolEvent;
 use gemini_proxy_tests::*;
 
 const SEAL: &str = "forgery-test-cluster-secret-5f0c9a1e7b3d2846";
@@ -110,4 +114,61 @@ async fn forged_and_replayed_events_change_nothing() {
     let newcomer = member(&redis, "f-4");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     untouched(&newcomer).await;
+}
+
+/// The state entry of a pin of `resource` to key `b`, as an instance would keep it.
+fn pin_entry(resource: &str, signer: Option<&Sealer>) -> (String, String) {
+    use sha2::Digest;
+    let hash = hex::encode(&sha2::Sha256::digest(resource.as_bytes())[..16]);
+    let subject = format!("pool:pin:{hash}");
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let event = ClusterEvent::Pool(PoolEvent::Pinned {
+        resource: resource.into(),
+        key_id: "b".into(),
+        owner: None,
+        until,
+        claims: None,
+    });
+    let event = serde_json::to_value(event).unwrap();
+    let text = envelope::seal("f-0", signer, Some(&subject), &event);
+    (format!("forge:state:{subject}"), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_signed_pins_send_a_resource_to_a_key() {
+    let redis = RedisServer::start();
+    let signer = Sealer::new(SEAL);
+    let (good, signed) = pin_entry("files/good", Some(&signer));
+    let (bad, unsigned) = pin_entry("files/bad", None);
+    redis.cli(&["SET", &good, &signed]);
+    redis.cli(&["SET", &bad, &unsigned]);
+    let extra = format!(
+        "pool: {{ state_file: \"\", keys_file: \"\" }}\ncluster: {{ redis: \"{}\", instance_id: f-9, key_prefix: \"forge:\", secret: \"{SEAL}\" }}\n",
+        redis.url()
+    );
+    let g = Harness::start_with(
+        &[("a", "valid-a", 1_000_000), ("b", "valid-b", 1)],
+        &extra,
+        |_| {},
+    );
+    let get = |name: &str| {
+        g.client
+            .get(g.url(&format!("/v1beta/{name}")))
+            .header(CLIENT.0, CLIENT.1)
+            .send()
+    };
+    within(Duration::from_secs(3), "the signed pin taken", || async {
+        get("files/good").await.unwrap();
+        g.last_key() == "valid-b"
+    })
+    .await;
+    // The unsigned one is neither caught up nor looked up on the call's path.
+    for _ in 0..3 {
+        get("files/bad").await.unwrap();
+        assert_eq!(g.last_key(), "valid-a");
+    }
 }

@@ -33,6 +33,46 @@ fn signed_text(from: &str, at: u64, subject: &str, body: &str) -> String {
     format!("{from}\n{at}\n{subject}\n{body}")
 }
 
+/// The event of a kept state entry of `subject` (read outside the listener, e.g. a pin looked
+/// up on a call's path), on the same terms as [`Opener::open`].
+pub fn open_state(me: &str, signer: Option<&Sealer>, text: &str, subject: &str) -> Option<Value> {
+    read(text, me, signer, Some(subject)).map(|(event, _)| event)
+}
+
+/// The event in an envelope not from `me`, and its time and signature when signed; `None`
+/// when it is malformed, or (with a signer) unsigned, forged, or read as state of a subject
+/// other than the one it was signed for.
+fn read(
+    text: &str,
+    me: &str,
+    signer: Option<&Sealer>,
+    subject: Option<&str>,
+) -> Option<(Value, Option<(u64, String)>)> {
+    let mut v: Value = serde_json::from_str(text).ok()?;
+    if v["from"].as_str() == Some(me) {
+        return None;
+    }
+    let Some(signer) = signer else {
+        return v["event"].is_object().then(|| (v["event"].take(), None));
+    };
+    let (from, at, signed_subject, body, mac) = (
+        v["from"].as_str()?,
+        v["at"].as_u64()?,
+        v["subject"].as_str()?,
+        v["body"].as_str()?,
+        v["mac"].as_str()?,
+    );
+    if !signer.verify(&signed_text(from, at, signed_subject, body), mac)
+        || subject.is_some_and(|s| s != signed_subject)
+    {
+        return None;
+    }
+    let event = serde_json::from_str::<Value>(body)
+        .ok()
+        .filter(Value::is_object)?;
+    Some((event, Some((at, mac.to_string()))))
+}
+
 /// Where an envelope was read: the channel, or the state entry of a subject.
 #[derive(Clone, Copy)]
 pub enum Source<'a> {
@@ -59,35 +99,17 @@ impl Opener {
     /// The event in `text`, unless this instance sent it, or it is malformed, unsigned, forged,
     /// stale or a replay (when the cluster has a secret).
     pub fn open(&mut self, text: &str, source: Source) -> Option<Value> {
-        let mut v: Value = serde_json::from_str(text).ok()?;
-        if v["from"].as_str() == Some(self.me.as_str()) {
-            return None;
-        }
-        let Some(signer) = self.signer.clone() else {
-            return v["event"].is_object().then(|| v["event"].take());
+        let subject = match source {
+            Source::State(subject) => Some(subject),
+            Source::Channel => None,
         };
-        let (from, at, subject, body, mac) = (
-            v["from"].as_str()?,
-            v["at"].as_u64()?,
-            v["subject"].as_str()?,
-            v["body"].as_str()?,
-            v["mac"].as_str()?,
-        );
-        if !signer.verify(&signed_text(from, at, subject, body), mac) {
+        let (event, signed) = read(text, &self.me, self.signer.as_deref(), subject)?;
+        if let (Source::Channel, Some((at, mac))) = (source, signed)
+            && (unix_millis().abs_diff(at) > FRESH_FOR || !self.first_time(&mac, at))
+        {
             return None;
         }
-        match source {
-            Source::State(expected) if subject != expected => return None,
-            Source::State(_) => {}
-            Source::Channel => {
-                if unix_millis().abs_diff(at) > FRESH_FOR || !self.first_time(mac, at) {
-                    return None;
-                }
-            }
-        }
-        serde_json::from_str::<Value>(body)
-            .ok()
-            .filter(Value::is_object)
+        Some(event)
     }
 
     fn first_time(&mut self, mac: &str, at: u64) -> bool {

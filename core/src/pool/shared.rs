@@ -64,6 +64,14 @@ impl PoolEvent {
         }
     }
 
+    /// The finding without the claims of a pin's maker: what an unsigned event may not say.
+    pub fn without_claims(mut self) -> PoolEvent {
+        if let PoolEvent::Pinned { claims, .. } = &mut self {
+            *claims = None;
+        }
+        self
+    }
+
     /// A name per subject: a newer finding about the same thing replaces the older.
     pub fn subject(&self) -> String {
         match self {

@@ -36,7 +36,7 @@ impl GatewayProxy {
             let mut names = refs.clone();
             names.extend(refs.iter().filter_map(|r| tenancy::resource_key(r)));
             names.dedup();
-            crate::cluster::pins::fetch(&c.link, &self.shared.pool, &names).await;
+            crate::cluster::pins::fetch(c, &self.shared.pool, &names).await;
         }
         if isolated {
             self.own_resources_only(ctx, inbound, &refs)?;

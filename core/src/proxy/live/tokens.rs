@@ -74,8 +74,7 @@ impl GatewayProxy {
         }
         let pin = token_pin(cred.value());
         if let Some(c) = &self.shared.cluster {
-            crate::cluster::pins::fetch(&c.link, &self.shared.pool, std::slice::from_ref(&pin))
-                .await;
+            crate::cluster::pins::fetch(c, &self.shared.pool, std::slice::from_ref(&pin)).await;
         }
         let rt = ctx.runtime.clone();
         let unknown = || {
