@@ -245,7 +245,7 @@ fn serve_refuses_an_upgrade_socket_other_users_could_take() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(out.status.code(), Some(2), "{:?} {err}", out.status);
     assert!(err.contains("can be written by other users"), "{err}");
     assert!(!err.contains("AIzaTestKey"), "{err}");
 }

@@ -103,6 +103,7 @@ mod select;
 mod shared;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod time;
 
 pub use error::{FailureMode, PluginError, Rejection};
 pub use extensions::Extensions;

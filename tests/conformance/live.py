@@ -65,7 +65,7 @@ async def main():
 
     v1alpha = types.HttpOptions(base_url=base, api_version="v1alpha")
     maker = genai.Client(api_key=token, http_options=v1alpha)
-    expires = datetime.datetime.now(tz=datetime.timezone.utc) + datetime.timedelta(minutes=10)
+    expires = datetime.datetime.now(tz=datetime.timezone.utc) + datetime.timedelta(minutes=5)
     made = maker.auth_tokens.create(config={"uses": 1, "expire_time": expires})
     check("ephemeral token made", (made.name or "").startswith("auth_tokens/"), made)
     eph = genai.Client(api_key=made.name, http_options=v1alpha)

@@ -155,7 +155,12 @@ async fn tokens_not_made_here_or_of_a_revoked_maker_never_reach_the_upstream() {
     assert_eq!(create(&h, &alice, snake).await.0, 403);
     // A gateway credential is needed to make one.
     assert_eq!(create(&h, "not-a-token", json!({})).await.0, 401);
-    let (status, made) = create(&h, &alice, json!({"uses": 1})).await;
+    // Alice may use only some models: her token is locked to one, and ends before hers.
+    let in_five_minutes = gemini_proxy_core::util::clock::format_rfc3339(
+        SystemTime::now() + Duration::from_secs(300),
+    );
+    let body = json!({"uses": 1, "expireTime": in_five_minutes, "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
+    let (status, made) = create(&h, &alice, body).await;
     assert_eq!(status, 200, "{made}");
     let name = made["name"].as_str().unwrap().to_string();
     // Made upstream but not through the gateway, a guess, and a gateway token in its place.

@@ -72,6 +72,9 @@ impl AdminApp {
                 ),
             );
         }
+        if let Some(Err(e)) = req.limits.as_ref().map(|l| l.check()) {
+            return error(400, e);
+        }
         let mut claims = gemini_proxy_plugins::auth::new_claims(&req.sub, role, ttl, req.models);
         claims.limits = req.limits;
         claims.tenant = req.tenant;

@@ -75,7 +75,15 @@ pub fn resource_refs(path: &str, query: Option<&str>, body: Option<&[u8]>) -> Ve
         }
     }
     for pair in query.unwrap_or("").split('&') {
-        if let Some(id) = pair.strip_prefix("upload_id=").filter(|id| !id.is_empty()) {
+        // Names and values as Google reads them: `upload%5Fid` is `upload_id`.
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let id = decode(value);
+        if decode(name) == "upload_id" && !id.is_empty() {
             push_ref(&mut out, format!("upload:{id}"));
         }
     }
@@ -269,6 +277,27 @@ mod tests {
                 None
             ),
             vec!["upload:u9"]
+        );
+        // However the name or the value is escaped, and every one of several.
+        for q in [
+            "upload%5Fid=u9",
+            "upload%5fid=u9",
+            "%75pload_id=u9",
+            "upload_id=%75%39",
+        ] {
+            assert_eq!(
+                resource_refs("/upload/v1beta/files", Some(q), None),
+                vec!["upload:u9"],
+                "{q}"
+            );
+        }
+        assert_eq!(
+            resource_refs(
+                "/upload/v1beta/files",
+                Some("upload_id=a&upload%5Fid=b"),
+                None
+            ),
+            vec!["upload:a", "upload:b"]
         );
         let body = br#"{"cachedContent":"cachedContents/cc1","contents":[{"parts":[{"fileData":{"fileUri":"https://generativelanguage.googleapis.com/v1beta/files/f2"}}]}]}"#;
         assert_eq!(

@@ -23,6 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
+mod ephemeral;
 mod revocations;
 pub use revocations::Revocations;
 
@@ -76,6 +77,23 @@ pub struct TokenLimits {
     pub tpm: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrent_streams: Option<u64>,
+}
+
+impl TokenLimits {
+    /// Limits a token may carry: each at least 1 (a limit of 0 would mean no call at all, which
+    /// is what revoking the token is for).
+    pub fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("concurrent_streams", self.concurrent_streams),
+        ] {
+            if v == Some(0) {
+                return Err(format!("limits.{name} must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The claims the gateway reads and writes.
@@ -457,11 +475,24 @@ fn model_allowed(models: &[String], cx: &RequestContext, body_read: bool) -> Res
             Rejection::new(403, format!("model `{m}` is not allowed for this token"))
                 .reason("model_not_allowed"),
         ),
-        None if !action.model_bound() => Ok(()),
+        // An ephemeral token is a Google credential of its own: unlocked, it could reach any
+        // model, so a restricted token makes only tokens locked to one of its models.
+        None if action == gemini_proxy_sdk::Action::CreateAuthToken && body_read => Err(
+            Rejection::new(
+                403,
+                "this token may use only some models: an ephemeral token made with it must be locked to one of them (bidiGenerateContentSetup.model)",
+            )
+            .reason("model_unknown"),
+        ),
+        None if !action.model_bound() && action != gemini_proxy_sdk::Action::CreateAuthToken => {
+            Ok(())
+        }
         None if !body_read
             && matches!(
                 action,
-                gemini_proxy_sdk::Action::ChatCompletions | gemini_proxy_sdk::Action::Embeddings
+                gemini_proxy_sdk::Action::ChatCompletions
+                    | gemini_proxy_sdk::Action::Embeddings
+                    | gemini_proxy_sdk::Action::CreateAuthToken
             ) =>
         {
             Ok(())
@@ -508,33 +539,6 @@ impl Auth {
     }
 }
 
-impl Auth {
-    /// An ephemeral token speaks for the caller that created it through the gateway: its
-    /// claims, as the gateway vouches for them, while that caller's token is not revoked. It
-    /// never acts as an admin. One the gateway did not see created is refused.
-    fn vouched(&self, c: &gemini_proxy_sdk::ClientCredential) -> Result<Claims, Rejection> {
-        let unknown = || {
-            Rejection::new(
-                401,
-                "the ephemeral token was not created through this gateway (or has expired)",
-            )
-            .reason("ephemeral_unknown")
-        };
-        let mut claims: Claims = c
-            .vouched_claims()
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .ok_or_else(unknown)?;
-        if let Some(jti) = &claims.jti
-            && self.verifier.revocations().contains(jti)
-        {
-            let e = AuthError::Revoked;
-            return Err(Rejection::new(401, e.message()).reason(e.reason()));
-        }
-        claims.role = None;
-        Ok(claims)
-    }
-}
-
 #[gemini_proxy_sdk::async_trait]
 impl Plugin for Auth {
     fn name(&self) -> &str {
@@ -556,7 +560,7 @@ impl Plugin for Auth {
     async fn on_body(
         &self,
         cx: &mut RequestContext,
-        _body: &[u8],
+        body: &[u8],
     ) -> Result<Admission, PluginError> {
         let models: Vec<String> = cx
             .identity
@@ -564,7 +568,11 @@ impl Plugin for Auth {
             .and_then(|i| i.claims.get("models"))
             .and_then(|m| serde_json::from_value(m.clone()).ok())
             .unwrap_or_default();
-        Ok(match model_allowed(&models, cx, true) {
+        let mut verdict = model_allowed(&models, cx, true);
+        if verdict.is_ok() && cx.request.action == gemini_proxy_sdk::Action::CreateAuthToken {
+            verdict = Self::token_request_allowed(cx, body);
+        }
+        Ok(match verdict {
             Ok(()) => Admission::Continue,
             Err(r) => Admission::Reject(r),
         })

@@ -52,6 +52,10 @@ impl Limits {
     fn is_unlimited(&self) -> bool {
         *self == Limits::default()
     }
+
+    fn has_zero(&self) -> bool {
+        [self.rpm, self.tpm, self.concurrent_streams].contains(&Some(0))
+    }
 }
 
 /// Config of the `rate_limit` stage.
@@ -435,6 +439,13 @@ impl Plugin for RateLimit {
     }
 
     async fn on_admit(&self, cx: &mut RequestContext) -> Result<Admission, PluginError> {
+        // A token whose limits claim holds a 0 allows no call, the same with Redis or without.
+        if limits_from_claims(cx).is_some_and(|l| l.has_zero()) {
+            return Ok(Admission::Reject(
+                Rejection::new(403, "this token's limits allow no calls (a limit of 0)")
+                    .reason("zero_limit"),
+            ));
+        }
         let decided = match &self.shared {
             Some(shared) => self.check_shared(shared, cx).await,
             None => None,

@@ -8,6 +8,7 @@
 
 mod capped;
 mod close;
+mod owned;
 mod relay;
 mod setup;
 mod tokens;
@@ -43,7 +44,7 @@ impl GatewayProxy {
         ctx: &mut CallState,
         inbound: Inbound,
     ) -> Result<(), Failure> {
-        let accept = handshake_key(session)?;
+        let accept = handshake_key(session, ctx.runtime.config.server.cors.as_ref())?;
         let limits = ctx.runtime.config.live.clone();
         let (stream, preread) = take_connection(session).await?;
         let mut ws = match upgrade(stream, preread, &accept, &limits).await {
@@ -81,6 +82,12 @@ impl GatewayProxy {
             return relay::Ended::refused(close);
         }
         ctx.owner = super::tenancy::owner(ctx.cx());
+        let owned = owned::OwnedOnly::for_call(&self.shared, ctx);
+        if let Some(o) = &owned
+            && let Err(close) = o.check(setup.text().as_bytes()).await
+        {
+            return relay::Ended::refused(close);
+        }
         let opened = self
             .open_upstream(ctx, inbound, &setup, limits, ephemeral.as_ref())
             .await;
@@ -97,7 +104,11 @@ impl GatewayProxy {
         let pin = move |handle: &str| {
             pool.pin(handle, &key_id, RESUMPTION_TTL, owner.as_deref());
         };
-        relay::run(ws, up, first, ctx, limits, closing, &pin).await
+        let hooks = relay::Hooks {
+            pin: &pin,
+            owned: owned.as_ref(),
+        };
+        relay::run(ws, up, first, ctx, limits, closing, &hooks).await
     }
 
     /// The pipeline's admission with the model the setup names; a routing stage's model goes
@@ -130,8 +141,10 @@ impl GatewayProxy {
         Ok(())
     }
 
-    /// The key of the session a setup resumes: only its own user may resume it.
-    fn resumed_key(
+    /// The key of the session a setup resumes: only its own user may resume it (as every
+    /// instance of a cluster knows), and a caller with an identity only a session the gateway
+    /// saw started.
+    async fn resumed_key(
         &self,
         ctx: &CallState,
         rt: &crate::runtime::Runtime,
@@ -140,10 +153,17 @@ impl GatewayProxy {
         let Some(pin) = setup.resumes() else {
             return Ok(None);
         };
+        if let Some(c) = &self.shared.cluster {
+            crate::cluster::pins::fetch(c, &self.shared.pool, std::slice::from_ref(&pin)).await;
+        }
         match self.shared.pool.owner_of(&pin) {
             Some(owner) if owner != ctx.owner => Err(Close::new(
                 1008,
                 "PERMISSION_DENIED: the session to resume belongs to another caller",
+            )),
+            None if ctx.owner.is_some() => Err(Close::new(
+                1008,
+                "PERMISSION_DENIED: the session to resume was not started through this gateway, or too long ago",
             )),
             _ => Ok(super::key_choice::creating_key(
                 &self.shared.pool,
@@ -172,7 +192,7 @@ impl GatewayProxy {
     > {
         let rt = ctx.runtime.clone();
         let cfg = &rt.config.pool;
-        let resumed = self.resumed_key(ctx, &rt, setup)?;
+        let resumed = self.resumed_key(ctx, &rt, setup).await?;
         let pinned = ephemeral.map(|e| e.key_index).or(resumed);
         let token = ephemeral.map(|e| e.token.as_str());
         let (mut rotations, mut retries, mut after_transient) = (0u32, 0u32, false);
@@ -253,10 +273,12 @@ impl GatewayProxy {
 
     /// Closes the client's side as the session ended and fills the call's outcome for its audit row.
     async fn end_live(&self, ws: &mut ClientWs, ctx: &mut CallState, ended: relay::Ended) {
+        // A client that does not read gets no more than a moment to take the close.
+        let wait = relay::CLOSE_WAIT;
         if let Some(close) = &ended.close_client {
-            let _ = ws.close(Some(close.frame())).await;
+            let _ = tokio::time::timeout(wait, ws.close(Some(close.frame()))).await;
         }
-        let _ = ws.flush().await;
+        let _ = tokio::time::timeout(wait, ws.flush()).await;
         if let Some(i) = ctx.key_index {
             let rt = ctx.runtime.clone();
             self.shared.pool.end(&rt.keys[i].id, &rt.live[i]);
@@ -340,13 +362,28 @@ fn record(done: &mut CompletedRequest, ended: &relay::Ended) {
 }
 
 /// `Sec-WebSocket-Accept` for a valid upgrade request; anything else is a 400.
-fn handshake_key(session: &Session) -> Result<String, Failure> {
+fn handshake_key(
+    session: &Session,
+    cors: Option<&crate::config::CorsConfig>,
+) -> Result<String, Failure> {
     let req = session.req_header();
     let h = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
     let has = |n: &str, want: &str| {
         h(n).is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(want)))
     };
     let bad = |m: &str| Err(Failure::new(400, ErrorClass::BadRequest, m.to_string()).unread());
+    // Browsers send every WebSocket their page opens with its Origin, and no CORS rule stops
+    // one: only origins allowed for browser clients (`server.cors`) may open a session.
+    if let Some(origin) = h("origin")
+        && cors.is_none_or(|c| c.allow(origin).is_none())
+    {
+        return Err(Failure::new(
+            403,
+            ErrorClass::CorsOrigin,
+            "this origin may not open Live sessions (server.cors.allowed_origins)".to_string(),
+        )
+        .unread());
+    }
     if session.as_http1().is_none() {
         return bad("Live sessions need an HTTP/1.1 WebSocket upgrade");
     }

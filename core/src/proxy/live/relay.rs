@@ -2,6 +2,9 @@
 //! unchanged (text and binary, ping and pong, close codes and reasons), until a side closes,
 //! nothing moves for `live.idle_timeout`, or the session reaches `live.max_session`. The
 //! server's `usageMetadata` is summed as it passes.
+//!
+//! A side that stops reading cannot hold the session: every send must end within
+//! `server.clients.write_timeout` and before the session's end, else the gateway ends it.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -140,6 +143,13 @@ impl Meter {
     }
 }
 
+/// What the relay does besides relaying: pin the resumption handles the server issues, and
+/// keep a tenant's messages to its own resources.
+pub struct Hooks<'a> {
+    pub pin: &'a (dyn Fn(&str) + Sync),
+    pub owned: Option<&'a super::owned::OwnedOnly>,
+}
+
 /// Relays until the session ends; `first` is the upstream's first message (`setupComplete`).
 pub async fn run(
     client: &mut ClientWs,
@@ -148,8 +158,9 @@ pub async fn run(
     ctx: &mut CallState,
     limits: &crate::config::LiveConfig,
     mut closing: tokio::sync::watch::Receiver<bool>,
-    pin: &(dyn Fn(&str) + Sync),
+    hooks: &Hooks<'_>,
 ) -> Ended {
+    let pin = hooks.pin;
     let mut ended = Ended {
         upstream_opened: true,
         ..Default::default()
@@ -160,12 +171,17 @@ pub async fn run(
     if let Some(handle) = ended.meter.server(&first) {
         pin(&handle);
     }
-    if client.send(masked(&scrubber, first)).await.is_err() {
+    let session_end = tokio::time::Instant::now() + limits.max_session.0;
+    let write_timeout = ctx.runtime.config.server.clients.write_timeout.0;
+    let sends = Sends {
+        until: move || (tokio::time::Instant::now() + write_timeout).min(session_end),
+    };
+    if sends.send(client, masked(&scrubber, first)).await.is_err() {
         ended.closed_by = "client";
-        let _ = up.close(None).await;
+        let _ = sends.send(&mut up, Message::Close(None)).await;
         return ended;
     }
-    let end_of_session = tokio::time::sleep(limits.max_session.0);
+    let end_of_session = tokio::time::sleep_until(session_end);
     tokio::pin!(end_of_session);
     let mut last = Instant::now();
     loop {
@@ -173,11 +189,11 @@ pub async fn run(
         let go_on = tokio::select! {
             m = client.next() => {
                 last = Instant::now();
-                from_client(m, &mut up, &mut ended, limits).await
+                from_client(m, &mut up, &mut ended, limits, &sends, hooks).await
             }
             m = up.next() => {
                 last = Instant::now();
-                from_server(m, client, &mut ended, &scrubber, pin).await
+                from_server(m, client, &mut ended, &scrubber, pin, &sends).await
             }
             _ = idle => {
                 ended.gateway_closes(Close::new(1000, format!("idle for {:?}", limits.idle_timeout.0)));
@@ -198,10 +214,31 @@ pub async fn run(
         }
     }
     if ended.closed_by != "server" {
-        let _ = up.close(None).await;
+        let _ = tokio::time::timeout(CLOSE_WAIT, up.close(None)).await;
     }
     ctx.done.upstream_latency = Some(started.elapsed());
     ended
+}
+
+/// Longest wait for a close frame to go out to a side that may not read.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sends bounded in time: `until` gives the latest instant the send may end at.
+struct Sends<F: Fn() -> tokio::time::Instant> {
+    until: F,
+}
+
+impl<F: Fn() -> tokio::time::Instant> Sends<F> {
+    /// `Err` when the peer did not take the message in time, or is gone.
+    async fn send<S>(&self, sink: &mut S, msg: Message) -> Result<(), ()>
+    where
+        S: futures_util::Sink<Message, Error = WsError> + Unpin,
+    {
+        match tokio::time::timeout_at((self.until)(), sink.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
 }
 
 /// Resolves once the gateway closes its sessions for a shutdown (never, if it cannot tell).
@@ -214,22 +251,28 @@ async fn shutting_down(closing: &mut tokio::sync::watch::Receiver<bool>) {
 type Received = Option<Result<Message, WsError>>;
 
 /// One client message relayed; `false` when the session ends with it.
-async fn from_client(
+async fn from_client<F: Fn() -> tokio::time::Instant>(
     m: Received,
     up: &mut UpstreamWs,
     ended: &mut Ended,
     limits: &crate::config::LiveConfig,
+    sends: &Sends<F>,
+    hooks: &Hooks<'_>,
 ) -> bool {
     match m {
         Some(Ok(Message::Close(frame))) => {
             ended.closed_by = "client";
             ended.close_code = frame.as_ref().map(|f| u16::from(f.code));
-            let _ = up.send(Message::Close(frame)).await;
+            let _ = sends.send(up, Message::Close(frame)).await;
             false
         }
         Some(Ok(msg)) => {
             ended.meter.client(&msg);
-            if up.send(msg).await.is_err() {
+            if let Err(close) = allowed(&msg, hooks).await {
+                ended.gateway_closes(close);
+                return false;
+            }
+            if sends.send(up, msg).await.is_err() {
                 ended.closed_by = "server";
                 ended.close_code = Some(1011);
                 ended.close_client = Some(Close::new(1011, "UNAVAILABLE: the upstream went away"));
@@ -250,13 +293,33 @@ async fn from_client(
     }
 }
 
+/// A client message the session may carry: not a second setup, no other tenant's resource.
+async fn allowed(msg: &Message, hooks: &Hooks<'_>) -> Result<(), super::Close> {
+    let bytes: &[u8] = match msg {
+        Message::Text(t) => t.as_bytes(),
+        Message::Binary(b) => b,
+        _ => return Ok(()),
+    };
+    if super::owned::is_setup(bytes) {
+        return Err(super::Close::new(
+            1008,
+            "INVALID_ARGUMENT: a session takes one setup, as its first message",
+        ));
+    }
+    match hooks.owned {
+        Some(o) => o.check(bytes).await,
+        None => Ok(()),
+    }
+}
+
 /// One server message relayed (masked of any pooled key); `false` when the session ends with it.
-async fn from_server(
+async fn from_server<F: Fn() -> tokio::time::Instant>(
     m: Received,
     client: &mut ClientWs,
     ended: &mut Ended,
     scrubber: &crate::scrub::Scrubber,
     pin: &(dyn Fn(&str) + Sync),
+    sends: &Sends<F>,
 ) -> bool {
     match m {
         Some(Ok(Message::Close(frame))) => {
@@ -269,14 +332,15 @@ async fn from_server(
                 f
             });
             ended.close_code = frame.as_ref().map(|f| u16::from(f.code));
-            let _ = client.send(Message::Close(frame)).await;
+            let _ = sends.send(client, Message::Close(frame)).await;
             false
         }
         Some(Ok(msg)) => {
             if let Some(handle) = ended.meter.server(&msg) {
                 pin(&handle);
             }
-            if client.send(masked(scrubber, msg)).await.is_err() {
+            if sends.send(client, masked(scrubber, msg)).await.is_err() {
+                // Gone, or not reading: the session ends here (no close frame could reach it).
                 ended.closed_by = "client";
                 ended.close_code = Some(1006);
                 return false;
@@ -307,6 +371,16 @@ fn masked(scrubber: &crate::scrub::Scrubber, msg: Message) -> Message {
             let mut v = b.to_vec();
             scrubber.mask(&mut v);
             Message::binary(v)
+        }
+        Message::Ping(b) if scrubber.finds(&b) => {
+            let mut v = b.to_vec();
+            scrubber.mask(&mut v);
+            Message::Ping(v.into())
+        }
+        Message::Pong(b) if scrubber.finds(&b) => {
+            let mut v = b.to_vec();
+            scrubber.mask(&mut v);
+            Message::Pong(v.into())
         }
         other => other,
     }
