@@ -236,6 +236,10 @@ metrics_table! {
     cluster_instances: IntGauge = gauge("cluster_instances", "Live instances last seen");
     cluster_dropped: IntGauge = gauge("cluster_adjustments_dropped_total",
         "Limit corrections dropped while Redis stayed away");
+    /// Counters, set from the limits at scrape time.
+    cluster_admissions: IntGaugeVec = gauges("cluster_limit_admissions_total",
+        "Calls admitted through the shared limits: by a script on Redis, or from a grant made ahead",
+        ["by"]);
     live_active: IntGauge = gauge("live_sessions_active", "Live API sessions open");
     /// `result`: `ok` (the upstream took it and a side closed it), `refused` (never opened
     /// upstream), `error` (the upstream failed it, or a limit ended it).

@@ -86,6 +86,13 @@ impl AdminApp {
             m.cluster_redis_errors.set(c.link.errors() as i64);
             m.cluster_instances.set(i64::from(c.link.instances()));
             m.cluster_dropped.set(c.limits.dropped() as i64);
+            let (redis, grant) = c.limits.admissions();
+            m.cluster_admissions
+                .with_label_values(&["redis"])
+                .set(redis as i64);
+            m.cluster_admissions
+                .with_label_values(&["grant"])
+                .set(grant as i64);
         }
         self.shared.metrics.publish_pool(&self.shared.pool.report());
         self.shared.metrics.publish_scripts();

@@ -17,176 +17,13 @@ use gemini_proxy_sdk::{
 };
 
 use super::Link;
+use super::grants::{GRANT_SHARE, GRANT_TTL, Grant, Grants, Took};
+use super::limit_scripts::{ADJUST_SCRIPT, DECIDE_SCRIPT, RENEW_SCRIPT};
 
 /// How long an open stream counts without its instance renewing it.
 pub const LEASE: Duration = Duration::from_secs(60);
 /// Adjustments waiting for Redis at most; past it the oldest are dropped (and counted).
 const QUEUE: usize = 100_000;
-
-/// The window of one scope, in O(1) per call: a hash of per-second buckets (`r:{s}`, `t:{s}`)
-/// with their sums (`R`, `T`) and the oldest second the sums still hold (`h`). `window` drops
-/// the buckets that left the last 60 seconds from the sums; `add` changes one bucket and its
-/// sum (never below zero); `oldest` finds the second the first counted call leaves.
-const WINDOW: &str = r"
-local function window(key, now_s)
-  local v = redis.call('HMGET', key, 'R', 'T', 'h')
-  local R, T, h = tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3])
-  local start = now_s - 59
-  if h == nil or start - h > 60 then
-    if h == nil and redis.call('EXISTS', key) == 1 then redis.call('DEL', key) end
-    if h ~= nil then redis.call('DEL', key) end
-    R, T = 0, 0
-  elseif h < start then
-    for s = h, start - 1 do
-      local b = redis.call('HMGET', key, 'r:' .. s, 't:' .. s)
-      R = R - (tonumber(b[1]) or 0)
-      T = T - (tonumber(b[2]) or 0)
-      redis.call('HDEL', key, 'r:' .. s, 't:' .. s)
-    end
-  else
-    return math.max(R, 0), math.max(T, 0)
-  end
-  R, T = math.max(R, 0), math.max(T, 0)
-  redis.call('HSET', key, 'R', R, 'T', T, 'h', start)
-  -- A scope whose every call is refused leaves nothing behind for long.
-  redis.call('PEXPIRE', key, 120000)
-  return R, T
-end
-local function add(key, kind, s, d)
-  if d == 0 then return end
-  local left = redis.call('HINCRBY', key, kind .. ':' .. s, d)
-  if left < 0 then
-    redis.call('HSET', key, kind .. ':' .. s, 0)
-    d = d - left
-  end
-  local sum = string.upper(kind)
-  if redis.call('HINCRBY', key, sum, d) < 0 then redis.call('HSET', key, sum, 0) end
-  redis.call('PEXPIRE', key, 120000)
-end
-local function oldest(key, now_s)
-  -- Seconds before the last answer were empty then, and calls only land at later seconds:
-  -- a caller refused again and again costs one scan, not one per refusal.
-  local from = math.max(now_s - 59, tonumber(redis.call('HGET', key, 'o')) or 0)
-  for s = from, now_s do
-    local b = redis.call('HMGET', key, 'r:' .. s, 't:' .. s)
-    if (tonumber(b[1]) or 0) > 0 or (tonumber(b[2]) or 0) > 0 then
-      redis.call('HSET', key, 'o', s)
-      return s
-    end
-  end
-  return now_s
-end
-";
-
-/// Decides a call over all its scopes at once. ARGV: scopes, tokens, opens a stream (0/1),
-/// lease, lease ms, mode second (0: admit now; else: charge the body of the call admitted in
-/// that second), tokens to take back when a charge is refused, then rpm, tpm, streams per scope
-/// (0: no limit). KEYS: counter and stream set per scope, then the call's once-only marker.
-/// Admitting counts one request and `tokens`; charging adds `tokens` (the body's real size
-/// minus the estimate) and takes the whole call back when a limit refuses it.
-const DECIDE: &str = r"
-local t = redis.call('TIME')
-local now_s = tonumber(t[1])
-local now = now_s * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n, tokens, stream = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
-local lease, lease_ms = ARGV[4], tonumber(ARGV[5])
-local charged = tonumber(ARGV[6])
-local admit = charged == 0
-local sec = now_s
-if not admit then sec = charged end
-local counted = sec + 60 > now_s
-local function take_back()
-  for i = 1, n do
-    local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
-    if counted then
-      add(rl, 'r', sec, -1)
-      add(rl, 't', sec, -tonumber(ARGV[7]))
-    end
-    redis.call('ZREM', rs, lease)
-  end
-end
-local used = {}
-for i = 1, n do
-  local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
-  local rpm, tpm, maxs = tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i]), tonumber(ARGV[7 + 3 * i])
-  local req, tok = window(rl, now_s)
-  local function retry_after() return math.max(1, oldest(rl, now_s) + 60 - now_s) end
-  local refused = nil
-  if admit and rpm > 0 and req >= rpm then refused = {0, i, 1, retry_after()} end
-  if not refused and tpm > 0 and tokens > 0 and tok + tokens > tpm then refused = {0, i, 2, retry_after()} end
-  if not refused and stream and maxs > 0 then
-    redis.call('ZREMRANGEBYSCORE', rs, '-inf', now)
-    if redis.call('ZCARD', rs) >= maxs then refused = {0, i, 3, 1} end
-  end
-  if refused then
-    if not admit then take_back() end
-    return refused
-  end
-  used[i] = {req, tok}
-end
-if admit then redis.call('SET', KEYS[2 * n + 1], '1', 'PX', 120000) end
-local out = {1, sec}
-for i = 1, n do
-  local rl, rs = KEYS[2 * i - 1], KEYS[2 * i]
-  if admit then
-    add(rl, 'r', sec, 1)
-    add(rl, 't', sec, tokens)
-  elseif counted then
-    add(rl, 't', sec, tokens)
-  elseif tokens > 0 then
-    add(rl, 't', now_s, tokens)
-  end
-  if stream and tonumber(ARGV[7 + 3 * i]) > 0 then
-    redis.call('ZADD', rs, now + lease_ms, lease)
-    redis.call('PEXPIRE', rs, lease_ms * 2)
-  end
-  local r = used[i][1]
-  if admit then r = r + 1 end
-  out[#out + 1] = r
-  out[#out + 1] = math.max(0, used[i][2] + tokens)
-end
-return out
-";
-
-/// ARGV: second (0: `at`), at (unix seconds when the adjustment was made), requests, tokens,
-/// lease, scopes. KEYS: the adjustment's once-only marker, the scopes' counters, then the stream
-/// sets to close the lease in. A marker already there (a retry of an adjustment that went
-/// through, a replay of an admission Redis counted after all) makes it a no-op.
-const ADJUST: &str = r"
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', 120000) then return 0 end
-local now = tonumber(redis.call('TIME')[1])
-local sec = tonumber(ARGV[1])
-if sec == 0 then sec = math.min(now, tonumber(ARGV[2])) end
-local dr, dt, lease, n = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6])
-for i = 2, n + 1 do
-  window(KEYS[i], now)
-  if sec + 60 > now then
-    add(KEYS[i], 'r', sec, dr)
-    add(KEYS[i], 't', sec, dt)
-  elseif dt > 0 then
-    add(KEYS[i], 't', now, dt)
-  end
-end
-for i = n + 2, #KEYS do redis.call('ZREM', KEYS[i], lease) end
-return 1
-";
-
-const RENEW: &str = r"
-local t = redis.call('TIME')
-local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', until_ms, ARGV[2])
-  -- The set outlives its longest lease (it expires 2 leases after its last change).
-  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1]) * 2)
-end
-return 1
-";
-
-static DECIDE_SCRIPT: super::StaticScript =
-    super::StaticScript::new(|| redis::Script::new(&format!("{WINDOW}{DECIDE}")));
-static ADJUST_SCRIPT: super::StaticScript =
-    super::StaticScript::new(|| redis::Script::new(&format!("{WINDOW}{ADJUST}")));
-static RENEW_SCRIPT: super::StaticScript = super::StaticScript::new(|| redis::Script::new(RENEW));
 
 /// The cluster's limits on Redis.
 pub struct RedisLimits {
@@ -195,6 +32,10 @@ pub struct RedisLimits {
     /// Open stream leases of this instance: lease → stream sets.
     open: Arc<parking_lot::Mutex<HashMap<String, Vec<String>>>>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    grants: Grants,
+    /// Calls admitted by a script on Redis, and from a grant.
+    by_redis: std::sync::atomic::AtomicU64,
+    by_grant: std::sync::atomic::AtomicU64,
 }
 
 impl RedisLimits {
@@ -205,10 +46,25 @@ impl RedisLimits {
             queue: tx,
             open: Arc::default(),
             dropped: Arc::default(),
+            grants: Grants::default(),
+            by_redis: Default::default(),
+            by_grant: Default::default(),
         });
         link.spawn(apply_adjustments(link.clone(), rx, limits.dropped.clone()));
         link.spawn(renew_leases(Arc::downgrade(&link), limits.open.clone()));
+        link.spawn(give_back_grants(Arc::downgrade(&limits)));
         limits
+    }
+
+    /// Grants held now (distinct scope sets).
+    pub fn grants_held(&self) -> usize {
+        self.grants.len()
+    }
+
+    /// Calls admitted so far: (by a script on Redis, from a grant).
+    pub fn admissions(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.by_redis.load(Relaxed), self.by_grant.load(Relaxed))
     }
 
     /// Adjustments dropped because Redis stayed away while the queue filled.
@@ -220,12 +76,14 @@ impl RedisLimits {
         self.link.key(&format!("{kind}:{scope}"))
     }
 
-    /// Admits (`charged` 0) or charges the body of a call admitted in second `charged`.
+    /// Admits (`charged` 0) or charges the body of a call admitted in second `charged`; `back`
+    /// is a grant of the same scopes to give back in the same script.
     async fn decide(
         &self,
         call: &LimitCall,
         charged: u64,
         take_back: u64,
+        back: Option<Grant>,
     ) -> Result<LimitVerdict, SharedUnavailable> {
         let mut keys = Vec::with_capacity(call.scopes.len() * 2 + 1);
         for s in &call.scopes {
@@ -233,6 +91,20 @@ impl RedisLimits {
             keys.push(self.keys("rs", &s.key));
         }
         keys.push(self.keys("op", &call.call_id));
+        let back_adjust = back.as_ref().and_then(Grant::give_back);
+        keys.push(
+            self.keys(
+                "op",
+                back_adjust
+                    .as_ref()
+                    .map_or("grant-back:-", |b| b.id.as_str()),
+            ),
+        );
+        let asking = (charged == 0).then(|| self.grants.ask(call)).flatten();
+        let divisor = match asking {
+            Some(_) => u64::from(self.link.instances().max(1)) * GRANT_SHARE,
+            None => 0,
+        };
         let mut args = vec![
             call.scopes.len().to_string(),
             call.tokens.to_string(),
@@ -241,21 +113,46 @@ impl RedisLimits {
             LEASE.as_millis().to_string(),
             charged.to_string(),
             take_back.to_string(),
+            divisor.to_string(),
         ];
+        let (bs, br, bt) = back_adjust
+            .as_ref()
+            .map_or((0, 0, 0), |b| (b.second, -b.requests, -b.tokens));
+        args.extend([bs.to_string(), br.to_string(), bt.to_string()]);
         for s in &call.scopes {
             for l in [s.rpm, s.tpm, s.concurrent_streams] {
                 args.push(l.unwrap_or(0).to_string());
             }
         }
-        let raw: Vec<i64> = self
+        let raw: Result<Vec<i64>, _> = self
             .link
             .run(None, move |c| super::eval(c, &DECIDE_SCRIPT, keys, args))
-            .await
-            .map_err(|_| SharedUnavailable)?;
-        let v = verdict(&raw, call.scopes.len()).ok_or_else(|| {
+            .await;
+        let Ok(raw) = raw else {
+            // Given back in the background instead (at most once, by its marker).
+            if let Some(b) = back_adjust {
+                self.adjust(b);
+            }
+            return Err(SharedUnavailable);
+        };
+        let (v, granted) = verdict(&raw, call.scopes.len()).ok_or_else(|| {
             tracing::warn!(target: "gemini_proxy::cluster", "Redis answered the limit script unexpectedly; going on with local limits");
             SharedUnavailable
         })?;
+        if let (Some((requests, tokens)), LimitVerdict::Admitted { second, used }) = (granted, &v) {
+            let grant = Grant {
+                id: call.call_id.clone(),
+                scopes: call.scopes.iter().map(|s| s.key.clone()).collect(),
+                second: *second,
+                requests,
+                tokens,
+                used: used.clone(),
+                until: Instant::now() + GRANT_TTL,
+            };
+            if let Some(back) = self.grants.put(call, grant).and_then(|g| g.give_back()) {
+                self.adjust(back);
+            }
+        }
         if call.stream && matches!(v, LimitVerdict::Admitted { .. }) {
             let sets = call
                 .scopes
@@ -269,24 +166,34 @@ impl RedisLimits {
     }
 }
 
-fn verdict(raw: &[i64], n: usize) -> Option<LimitVerdict> {
+/// The script's answer, and the grant that came with an admission: (requests, tokens; `None`
+/// for no token limit).
+type Granted = Option<(u64, Option<u64>)>;
+
+fn verdict(raw: &[i64], n: usize) -> Option<(LimitVerdict, Granted)> {
     match raw {
-        [1, second, rest @ ..] if rest.len() == 2 * n => Some(LimitVerdict::Admitted {
-            second: u64::try_from(*second).ok()?,
-            used: rest
-                .chunks(2)
-                .map(|c| (c[0].max(0) as u64, c[1].max(0) as u64))
-                .collect(),
-        }),
-        [0, scope, kind, retry] if (1..=n as i64).contains(scope) => Some(LimitVerdict::Refused {
-            scope: (*scope - 1) as usize,
-            kind: match kind {
-                1 => LimitKind::Rpm,
-                2 => LimitKind::Tpm,
-                _ => LimitKind::Streams,
+        [1, second, rest @ .., g, tg] if rest.len() == 2 * n => Some((
+            LimitVerdict::Admitted {
+                second: u64::try_from(*second).ok()?,
+                used: rest
+                    .chunks(2)
+                    .map(|c| (c[0].max(0) as u64, c[1].max(0) as u64))
+                    .collect(),
             },
-            retry_after: Duration::from_secs((*retry).clamp(1, 61) as u64),
-        }),
+            (*g > 0).then(|| (*g as u64, u64::try_from(*tg).ok())),
+        )),
+        [0, scope, kind, retry] if (1..=n as i64).contains(scope) => Some((
+            LimitVerdict::Refused {
+                scope: (*scope - 1) as usize,
+                kind: match kind {
+                    1 => LimitKind::Rpm,
+                    2 => LimitKind::Tpm,
+                    _ => LimitKind::Streams,
+                },
+                retry_after: Duration::from_secs((*retry).clamp(1, 61) as u64),
+            },
+            None,
+        )),
         _ => None,
     }
 }
@@ -294,7 +201,20 @@ fn verdict(raw: &[i64], n: usize) -> Option<LimitVerdict> {
 #[gemini_proxy_sdk::async_trait]
 impl SharedLimits for RedisLimits {
     async fn admit(&self, call: &LimitCall) -> Result<LimitVerdict, SharedUnavailable> {
-        self.decide(call, 0, 0).await
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.grants.take(call) {
+            Took::Admitted(v) => {
+                self.by_grant.fetch_add(1, Relaxed);
+                Ok(v)
+            }
+            Took::Missed(back) => {
+                let v = self.decide(call, 0, 0, back).await;
+                if matches!(v, Ok(LimitVerdict::Admitted { .. })) {
+                    self.by_redis.fetch_add(1, Relaxed);
+                }
+                v
+            }
+        }
     }
 
     async fn charge(
@@ -303,7 +223,7 @@ impl SharedLimits for RedisLimits {
         second: u64,
         estimate: u64,
     ) -> Result<LimitVerdict, SharedUnavailable> {
-        self.decide(call, second.max(1), estimate).await
+        self.decide(call, second.max(1), estimate, None).await
     }
 
     fn adjust(&self, mut adjust: LimitAdjust) {
@@ -433,6 +353,22 @@ async fn apply_one(link: &Link, at: Instant, adj: &LimitAdjust) -> Result<(), su
     .map(|_| ())
 }
 
+/// Gives back what expired grants still hold, a few times per [`GRANT_TTL`].
+async fn give_back_grants(limits: std::sync::Weak<RedisLimits>) {
+    let mut tick = tokio::time::interval(GRANT_TTL / 4);
+    loop {
+        tick.tick().await;
+        let Some(limits) = limits.upgrade() else {
+            return;
+        };
+        for g in limits.grants.expired(Instant::now()) {
+            if let Some(back) = g.give_back() {
+                limits.adjust(back);
+            }
+        }
+    }
+}
+
 /// Keeps this instance's open streams counted: renews their leases a few times per lease.
 async fn renew_leases(
     link: std::sync::Weak<Link>,
@@ -461,6 +397,7 @@ async fn renew_leases(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::limit_scripts::WINDOW;
 
     #[test]
     fn corrections_of_one_scope_and_second_are_summed_and_the_rest_kept_apart() {
@@ -525,20 +462,33 @@ mod tests {
         assert!(verdict(&[1, 5], 1).is_none());
         assert!(verdict(&[0, 3, 1, 5], 2).is_none());
         assert!(verdict(&[7, 1, 1, 1], 1).is_none());
+        assert!(verdict(&[1, 100, 3, 40], 1).is_none(), "no grant fields");
+        let admitted = LimitVerdict::Admitted {
+            second: 100,
+            used: vec![(3, 40)],
+        };
         assert_eq!(
-            verdict(&[1, 100, 3, 40], 1),
-            Some(LimitVerdict::Admitted {
-                second: 100,
-                used: vec![(3, 40)]
-            })
+            verdict(&[1, 100, 3, 40, 0, -1], 1),
+            Some((admitted.clone(), None))
+        );
+        assert_eq!(
+            verdict(&[1, 100, 3, 40, 4, -1], 1),
+            Some((admitted.clone(), Some((4, None))))
+        );
+        assert_eq!(
+            verdict(&[1, 100, 3, 40, 4, 90], 1),
+            Some((admitted, Some((4, Some(90)))))
         );
         assert_eq!(
             verdict(&[0, 2, 2, 999], 2),
-            Some(LimitVerdict::Refused {
-                scope: 1,
-                kind: LimitKind::Tpm,
-                retry_after: Duration::from_secs(61)
-            })
+            Some((
+                LimitVerdict::Refused {
+                    scope: 1,
+                    kind: LimitKind::Tpm,
+                    retry_after: Duration::from_secs(61)
+                },
+                None
+            ))
         );
     }
 }

@@ -18,7 +18,9 @@ use crate::config::ClusterConfig;
 
 pub mod envelope;
 pub mod events;
+pub mod grants;
 pub mod heartbeat;
+mod limit_scripts;
 pub mod limits;
 pub mod pins;
 pub mod seal;
