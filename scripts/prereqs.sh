@@ -1,6 +1,6 @@
 # Sourced by scripts/demo and scripts/test: installs the system packages the build needs
 # (cmake for Pingora's zlib-ng; g++ for the bundled DuckDB; for the tests: python3-venv for the
-# conformance clients, pebble, the ACME test server, redis-server and nginx for the cluster tests, openssl for the Live conformance's certificate), or stops with the exact command to run.
+# conformance clients, pebble, the ACME test server, redis-server and nginx for the cluster tests, openssl for the Live conformance's certificate, chromium and chromium-driver for the console's browser test), or stops with the exact command to run.
 # Usage: need_packages [python]
 need_packages() {
   local missing=()
@@ -15,6 +15,8 @@ need_packages() {
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
     command -v openssl >/dev/null || missing+=(openssl)
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
   fi
   ((${#missing[@]})) || return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

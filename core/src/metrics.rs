@@ -188,6 +188,8 @@ metrics_table! {
     truncated: IntCounter = counter("streams_truncated_total",
         "Streams that ended without a finish reason");
     in_flight: IntGauge = gauge("requests_in_flight", "Proxy calls in progress");
+    streams_active: IntGauge = gauge("streams_active",
+        "Streamed calls (SSE, JSON-array streams) being relayed");
     config_generation: IntGauge = gauge("config_generation", "Generation of the active config");
     key_enabled: IntGaugeVec = gauges("api_key_enabled",
         "1 if the key is enabled in the active config", ["key_id"]);

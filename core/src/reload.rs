@@ -176,6 +176,12 @@ impl BackgroundService for ReloadService {
                     }
                     follow_schedule(&self.shared).await;
                     self.shared.report_anomalies(self.shared.anomalies.tick(crate::anomaly::now_ms()));
+                    let m = &self.shared.metrics;
+                    self.shared.stats.sample(crate::stats::Gauges {
+                        in_flight: m.in_flight.get(),
+                        streams: m.streams_active.get(),
+                        live_sessions: m.live_active.get(),
+                    });
                     let every = self.shared.runtime.load().config.pool.probe_interval.0;
                     if !every.is_zero() && last_probe.elapsed() >= every {
                         last_probe = tokio::time::Instant::now();

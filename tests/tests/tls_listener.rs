@@ -174,6 +174,20 @@ async fn the_admin_listener_can_speak_tls_with_the_same_certificate() {
     s.read_to_string(&mut resp).await.ok();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("\"tls\""), "{resp}");
+    // The operator console is served there too, over the same TLS.
+    let mut s = connect(admin, &[&pem], &[b"http/1.1"]).await.unwrap();
+    s.write_all(b"GET /ui/ HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).await.ok();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase()
+            .contains("content-security-policy: default-src 'none'"),
+        "{resp}"
+    );
+    assert!(resp.contains("app.js"), "{resp}");
     // Plain HTTP is not answered there.
     assert!(h.client.get(h.admin("/health")).send().await.is_err());
 }

@@ -21,6 +21,11 @@ impl AdminApp {
                 "version": self.shared.history.versions().last().map(|v| v.version),
                 "file": self.shared.config_path.as_ref().map(|p| p.display().to_string()),
                 "config": crate::config_history::redacted(&rt.config),
+                // The file as written (secrets redacted), for editing; else the whole config.
+                "yaml": self.shared.config_path.as_ref()
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .and_then(|t| crate::config::redacted_yaml(&t))
+                    .unwrap_or_else(|| serde_yaml::to_string(&crate::config_history::redacted(&rt.config)).unwrap_or_default()),
             }),
         )
     }
@@ -54,6 +59,84 @@ impl AdminApp {
         self.apply_config_text(&text, "rollback", caller).await
     }
 
+    /// `POST /api/config/validate`: every check `PUT` makes, nothing applied; the field paths
+    /// that would change (secrets by name only).
+    pub(super) async fn validate_config(&self, body: Vec<u8>) -> Response<Vec<u8>> {
+        let Ok(text) = String::from_utf8(body) else {
+            return error(400, "the config must be UTF-8 YAML or JSON");
+        };
+        match self.checked_config(&text).await {
+            Ok((_, _, loaded)) => {
+                let rt = self.shared.runtime.load_full();
+                let changed = crate::config_history::diff_paths(
+                    &serde_json::to_value(&rt.config).unwrap_or_default(),
+                    &serde_json::to_value(&loaded.config).unwrap_or_default(),
+                );
+                json_response(200, &json!({"valid": true, "changed": changed}))
+            }
+            Err(r) => r,
+        }
+    }
+
+    /// `text` as a whole config that `PUT` would accept: placeholders restored, parsed with
+    /// field paths, nothing locked changed, production rules kept, every stage built with the
+    /// running registry. Returns the config file's path, the text to write and the config.
+    async fn checked_config(
+        &self,
+        text: &str,
+    ) -> Result<(std::path::PathBuf, String, crate::config::LoadedConfig), Response<Vec<u8>>> {
+        let Some(path) = self.shared.config_path.clone() else {
+            return Err(error(409, "the gateway was started without a config file"));
+        };
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = match restore_redacted(text, &current) {
+            Ok(Some(t)) => t,
+            Ok(None) => text.to_string(),
+            Err(e) => return Err(error(400, e)),
+        };
+        let file = path.display().to_string();
+        let loaded = match crate::config::load_str(&text, &file, &crate::config::process_env) {
+            Ok(mut l) => {
+                l.path = Some(path.clone());
+                l
+            }
+            Err(e) => return Err(error(400, e)),
+        };
+        let locked =
+            super::config_guard::locked_change(&self.shared.runtime.load().source, &loaded);
+        if let Some(why) = locked {
+            return Err(error(
+                400,
+                format!("a config sent to the admin API {why}: edit the config file for that"),
+            ));
+        }
+        if let Some(why) = crate::security::production_refusal(&loaded) {
+            return Err(error(
+                400,
+                format!("production mode refuses this config {why}"),
+            ));
+        }
+        let shared = self.shared.clone();
+        let to_build = loaded.clone();
+        let check = tokio::task::spawn_blocking(move || {
+            // The running registry: a stage an embedding binary registered is valid here.
+            crate::runtime::Runtime::build(
+                &to_build,
+                &shared.registry,
+                None,
+                &crate::pool::KeyPool::default(),
+                None,
+            )
+            .map(|_| ())
+        })
+        .await;
+        match check {
+            Ok(Ok(())) => Ok((path, text, loaded)),
+            Ok(Err(e)) => Err(error(400, e)),
+            Err(e) => Err(error(500, format!("validation task failed: {e}"))),
+        }
+    }
+
     /// Validates `text` as a whole config, writes it over the config file and reloads.
     async fn apply_config_text(
         &self,
@@ -61,55 +144,11 @@ impl AdminApp {
         source: &str,
         caller: Option<&str>,
     ) -> Response<Vec<u8>> {
-        let Some(path) = self.shared.config_path.clone() else {
-            return error(409, "the gateway was started without a config file");
-        };
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
-        let text = match restore_redacted(text, &current) {
-            Ok(Some(t)) => t,
-            Ok(None) => text.to_string(),
-            Err(e) => return error(400, e),
-        };
         // Validate and build before touching the file: a bad config changes nothing.
-        let file = path.display().to_string();
-        let loaded = match crate::config::load_str(&text, &file, &crate::config::process_env) {
-            Ok(mut l) => {
-                l.path = Some(path.clone());
-                l
-            }
-            Err(e) => return error(400, e),
+        let (path, text, _) = match self.checked_config(text).await {
+            Ok(c) => c,
+            Err(r) => return r,
         };
-        let locked =
-            super::config_guard::locked_change(&self.shared.runtime.load().source, &loaded);
-        if let Some(why) = locked {
-            return error(
-                400,
-                format!("a config sent to the admin API {why}: edit the config file for that"),
-            );
-        }
-        if let Some(why) = crate::security::production_refusal(&loaded) {
-            return error(400, format!("production mode refuses this config {why}"));
-        }
-        let check = {
-            let shared = self.shared.clone();
-            tokio::task::spawn_blocking(move || {
-                // The running registry: a stage an embedding binary registered is valid here.
-                crate::runtime::Runtime::build(
-                    &loaded,
-                    &shared.registry,
-                    None,
-                    &crate::pool::KeyPool::default(),
-                    None,
-                )
-                .map(|_| ())
-            })
-            .await
-        };
-        match check {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return error(400, e),
-            Err(e) => return error(500, format!("validation task failed: {e}")),
-        }
         if let Err(e) = crate::util::write_private(&path, text.as_bytes()) {
             return error(500, format!("cannot write {}: {e}", path.display()));
         }

@@ -80,7 +80,7 @@ pub fn body_type(session: &ServerSession, route: &Route) -> Result<(), Refusal> 
                 .to_ascii_lowercase()
         })
         .unwrap_or_default();
-    let yaml = route.path == "/api/config"
+    let yaml = matches!(route.path, "/api/config" | "/api/config/validate")
         && matches!(
             media.as_str(),
             "application/yaml" | "application/x-yaml" | "text/yaml"

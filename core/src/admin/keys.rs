@@ -204,13 +204,52 @@ impl AdminApp {
             .report()
             .into_iter()
             .map(|k| {
-                let weight = rt.index.index_of(&k.id).map(|i| rt.candidates[i].weight);
+                let index = rt.index.index_of(&k.id);
+                let weight = index.map(|i| rt.candidates[i].weight);
                 let mut v = serde_json::to_value(&k).unwrap_or_default();
                 v["weight"] = json!(weight);
+                v["usage"] = index.map_or(json!([]), |i| self.key_usage(&rt.keys[i]));
                 v
             })
             .collect();
         json!({ "keys": keys, "preset": rt.preset })
+    }
+
+    /// The key's project's usage in the current windows against the limits configured for the
+    /// key: every model with calls, and every model the limits name.
+    fn key_usage(&self, key: &crate::runtime::UpstreamKey) -> serde_json::Value {
+        let mut seen: std::collections::BTreeMap<String, (u64, u64, u64)> = self
+            .shared
+            .pool
+            .usage
+            .of_project(&key.project)
+            .into_iter()
+            .map(|(m, r, t, d)| (m, (r, t, d)))
+            .collect();
+        if let Some(l) = &key.limits {
+            for m in l.models.keys() {
+                seen.entry(m.clone()).or_default();
+            }
+            if l.rpm.is_some() || l.tpm.is_some() || l.rpd.is_some() {
+                seen.entry("*".into()).or_default();
+            }
+        }
+        let window = |used: u64, limit: Option<u64>| json!({"used": used, "limit": limit});
+        seen.into_iter()
+            .map(|(model, (rpm, tpm, rpd))| {
+                let limits = key
+                    .limits
+                    .as_ref()
+                    .map(|l| l.for_model((model != "*").then_some(model.as_str())))
+                    .unwrap_or_default();
+                json!({
+                    "model": model,
+                    "rpm": window(rpm, limits.rpm),
+                    "tpm": window(tpm, limits.tpm),
+                    "rpd": window(rpd, limits.rpd),
+                })
+            })
+            .collect()
     }
 
     pub(super) fn presets(&self) -> serde_json::Value {

@@ -4,9 +4,11 @@
 //! see [`routes`]), the route's access (admin token, or a loopback listener without auth), the
 //! body type for changes, then the route's handler.
 
+mod actions;
 mod analytics;
 mod config_api;
 mod config_guard;
+mod console;
 mod gate;
 mod keys;
 mod login;
@@ -83,19 +85,50 @@ impl AdminApp {
                 Err(r) => return r,
             }
         };
+        let resp = self
+            .run(route, &id, &body, caller, ip.clone(), session)
+            .await;
+        if actions::audited_here(route.op) {
+            self.audit_action(route, &id, &body, &resp, caller, ip);
+        }
+        resp
+    }
+
+    /// The route's handler.
+    async fn run(
+        &self,
+        route: &routes::Route,
+        id: &str,
+        body: &[u8],
+        caller: Option<&str>,
+        ip: Option<String>,
+        session: &ServerSession,
+    ) -> Response<Vec<u8>> {
+        let body = body.to_vec();
         match route.op {
             Op::Health => self.health(),
+            Op::ConsoleRoot => console::redirect(),
+            Op::Console => console::serve(
+                id,
+                session
+                    .req_header()
+                    .headers
+                    .get("if-none-match")
+                    .and_then(|v| v.to_str().ok()),
+            ),
+            Op::Timeline => json_response(200, &self.shared.stats.timeline()),
+            Op::ValidateConfig => self.validate_config(body).await,
             Op::Metrics => self.metrics(),
             Op::Performance => self.performance(),
             Op::Errors => self.errors(),
             Op::Login => unreachable_login(),
             Op::Keys => json_response(200, &self.keys()),
             Op::AddKey => self.add_key(&body).await,
-            Op::RemoveKey => self.remove_key(&id).await,
-            Op::DisableKey => self.key_state(&id, "disable"),
-            Op::EnableKey => self.key_state(&id, "enable"),
-            Op::ResetKey => self.key_state(&id, "reset"),
-            Op::ProbeKey => match crate::probe::probe(&self.shared, &id).await {
+            Op::RemoveKey => self.remove_key(id).await,
+            Op::DisableKey => self.key_state(id, "disable"),
+            Op::EnableKey => self.key_state(id, "enable"),
+            Op::ResetKey => self.key_state(id, "reset"),
+            Op::ProbeKey => match crate::probe::probe(&self.shared, id).await {
                 Some(r) => json_response(200, &json!({ "probe": r })),
                 None => error(404, format!("no key `{id}`")),
             },
@@ -132,6 +165,11 @@ fn json_response(status: u16, v: &serde_json::Value) -> Response<Vec<u8>> {
         .header("content-length", body.len())
         .header("cache-control", "no-store")
         .header("x-content-type-options", "nosniff")
+        .header("x-frame-options", "DENY")
+        .header(
+            "content-security-policy",
+            "default-src 'none'; frame-ancestors 'none'",
+        )
         .body(body)
         .expect("valid response")
 }

@@ -40,11 +40,17 @@ pub enum Op {
     SqlSchema,
     Export,
     Cluster,
+    /// `GET /`: to the console.
+    ConsoleRoot,
+    /// The console's embedded files.
+    Console,
+    Timeline,
+    ValidateConfig,
 }
 
 pub struct Route {
     pub method: &'static str,
-    /// Exact segments; `{id}` matches one segment of key-id characters.
+    /// Exact segments; `{id}` (and `{asset}`) matches one segment of key-id characters.
     pub path: &'static str,
     pub access: Access,
     pub op: Op,
@@ -68,6 +74,10 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/performance", Public, Op::Performance),
     r("GET", "/errors", Public, Op::Errors),
     r("POST", "/auth/login", Public, Op::Login),
+    r("GET", "/", Public, Op::ConsoleRoot),
+    r("GET", "/ui/", Public, Op::Console),
+    r("GET", "/ui/{asset}", Public, Op::Console),
+    r("GET", "/api/timeline", Admin, Op::Timeline),
     r("GET", "/api/cluster", Admin, Op::Cluster),
     r("GET", "/api/keys", Admin, Op::Keys),
     r("POST", "/api/keys", Admin, Op::AddKey),
@@ -83,6 +93,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/api/security", Admin, Op::Security),
     r("GET", "/api/config", Admin, Op::Config),
     r("PUT", "/api/config", Admin, Op::PutConfig),
+    r("POST", "/api/config/validate", Admin, Op::ValidateConfig),
     r("GET", "/api/config/history", Admin, Op::ConfigHistory),
     r("POST", "/api/config/rollback", Admin, Op::Rollback),
     r("POST", "/api/sql", Admin, Op::Sql),
@@ -101,9 +112,9 @@ pub enum Miss {
 }
 
 /// A path shape the router accepts: `/`-separated segments of visible ASCII other than `%`,
-/// `;` and `\`, none empty, `.` or `..`.
+/// `;` and `\`, none empty, `.` or `..` (the console's own `/ui/` is the one trailing `/`).
 pub fn path_is_plain(path: &str) -> bool {
-    if path == "/" {
+    if path == "/" || path == "/ui/" {
         return true;
     }
     let Some(rest) = path.strip_prefix('/') else {
@@ -136,7 +147,7 @@ fn matches<'p>(pattern: &str, path: &'p str) -> Option<Option<&'p str>> {
     loop {
         match (want.next(), got.next()) {
             (None, None) => return Some(id),
-            (Some("{id}"), Some(seg)) if id_segment(seg) => id = Some(seg),
+            (Some("{id}" | "{asset}"), Some(seg)) if id_segment(seg) => id = Some(seg),
             (Some(w), Some(g)) if w == g => {}
             _ => return None,
         }
@@ -191,6 +202,20 @@ mod tests {
             assert_eq!(find("GET", bad).err(), Some(Miss::BadPath), "{bad:?}");
         }
         assert_eq!(find("GET", "/api/KEYS").err(), Some(Miss::NotFound));
+        let (r, asset) = find("GET", "/ui/").unwrap();
+        assert_eq!((r.path, r.op, asset), ("/ui/", Op::Console, None));
+        assert_eq!(find("GET", "/ui/app.js").unwrap().1, Some("app.js"));
+        for bad in [
+            "/ui//app.js",
+            "/ui/../api/keys",
+            "/ui/%61pp.js",
+            "/ui/a/",
+            "/ui/..",
+        ] {
+            assert_eq!(find("GET", bad).err(), Some(Miss::BadPath), "{bad:?}");
+        }
+        assert_eq!(find("GET", "/ui/a/b.js").err(), Some(Miss::NotFound));
+        assert_eq!(find("POST", "/ui/app.js").err(), Some(Miss::Method));
         assert_eq!(find("GET", "/api/keys/x/disable").err(), Some(Miss::Method));
         assert_eq!(find("DELETE", "/api/config").err(), Some(Miss::Method));
         assert_eq!(
@@ -215,7 +240,10 @@ mod tests {
                 "/metrics",
                 "/performance",
                 "/errors",
-                "/auth/login"
+                "/auth/login",
+                "/",
+                "/ui/",
+                "/ui/{asset}"
             ]
         );
         assert!(
@@ -237,6 +265,8 @@ mod tests {
             "/auth/login",
             "/api/config/rollback",
             "/%2e%2e/api/keys",
+            "/ui/app.js",
+            "/ui/",
         ];
         const ALPHABET: &[u8] = b"/.%;\\?#:@ aAkK09-_\x00\xff";
         let mut state: u64 = 0x2545_F491_4F6C_DD1D;
@@ -265,7 +295,7 @@ mod tests {
                 if let Ok((route, id)) = find(m, &path) {
                     assert!(path_is_plain(&path), "{path:?}");
                     let rebuilt = match id {
-                        Some(id) => route.path.replace("{id}", id),
+                        Some(id) => route.path.replace("{id}", id).replace("{asset}", id),
                         None => route.path.to_string(),
                     };
                     assert_eq!(rebuilt, path, "{m} {path:?} matched {}", route.path);

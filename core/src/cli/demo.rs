@@ -28,6 +28,7 @@ pub fn demo_banner(port: u16, admin_port: u16, mock: &str) -> String {
 gemini-proxy demo
   proxy:        http://127.0.0.1:{port}
   admin:        http://127.0.0.1:{admin_port}  (/health /metrics /performance /errors /api/keys)
+  console:      http://127.0.0.1:{admin_port}/ui/  (operator console; auth is off in the demo)
   mock Gemini:  {mock}  (embedded; keys demo-a x3, demo-b x1)
 
 Try it:

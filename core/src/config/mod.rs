@@ -13,7 +13,7 @@ pub use load::{
     process_env,
 };
 pub use model::*;
-pub use redaction::{REDACTED, SECRET_FIELDS, looks_redacted, redacted};
+pub use redaction::{REDACTED, SECRET_FIELDS, looks_redacted, redacted, redacted_yaml};
 pub use upstream::UpstreamTarget;
 pub use validate::{MIN_KEY_LEN, validate};
 

@@ -50,3 +50,44 @@ pub fn redacted(c: &super::Config) -> Value {
     scrub(&mut v);
     v
 }
+
+/// A config file's own YAML with every secret replaced by [`REDACTED`] (what the operator
+/// wrote, for editing; comments are not kept). `None` when it does not parse.
+pub fn redacted_yaml(text: &str) -> Option<String> {
+    use serde_yaml::Value as Y;
+    fn scrub(v: &mut Y) {
+        match v {
+            Y::Mapping(m) => {
+                for (k, x) in m.iter_mut() {
+                    let secret = k.as_str().is_some_and(|k| SECRET_FIELDS.contains(&k));
+                    if secret && !x.is_null() {
+                        *x = Y::String(REDACTED.into());
+                    } else {
+                        scrub(x);
+                    }
+                }
+            }
+            Y::Sequence(s) => s.iter_mut().for_each(scrub),
+            Y::Tagged(t) => scrub(&mut t.value),
+            _ => {}
+        }
+    }
+    let mut v: Y = serde_yaml::from_str(text).ok()?;
+    scrub(&mut v);
+    serde_yaml::to_string(&v).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_file_redacted_keeps_its_shape_and_loses_its_secrets() {
+        let text = "auth: { enabled: true, jwt_secret: \"${JWT_SECRET}\", admin_password: pw-1 }\ngemini:\n  api_keys:\n    - { id: a, key: AKEYSECRET, weight: 2 }\ncluster: { redis: \"redis://:pw@h:6379/0\" }\n";
+        let out = super::redacted_yaml(text).unwrap();
+        for secret in ["JWT_SECRET", "pw-1", "AKEYSECRET", ":pw@"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(out.contains("id: a") && out.contains("weight: 2"), "{out}");
+        assert_eq!(out.matches(super::REDACTED).count(), 4, "{out}");
+        assert_eq!(super::redacted_yaml("a: [unclosed"), None);
+    }
+}

@@ -113,6 +113,33 @@ impl UsageWindows {
         u
     }
 
+    /// (model, requests this minute, tokens this minute, requests this Pacific day) of every
+    /// model `project` has calls for in the current windows, by model name.
+    pub fn of_project(&self, project: &str) -> Vec<(String, u64, u64, u64)> {
+        let now = now_unix();
+        let st = self.inner.lock();
+        let mut out: Vec<(String, u64, u64, u64)> = st
+            .map
+            .iter()
+            .filter(|((p, _), _)| &**p == project)
+            .filter_map(|((_, m), u)| {
+                let mut u = *u;
+                u.roll(now);
+                (u.minute_requests > 0 || u.day_requests > 0).then(|| {
+                    (
+                        m.clone(),
+                        u.minute_requests,
+                        u.minute_tokens,
+                        u.day_requests,
+                    )
+                })
+            })
+            .collect();
+        drop(st);
+        out.sort();
+        out
+    }
+
     /// Unused share (0.0-1.0) of the tightest of `limits` for (project, model) now.
     pub fn headroom(
         &self,

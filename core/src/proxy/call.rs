@@ -34,6 +34,8 @@ pub struct CallState {
     /// A listing to cut down to the caller's own resources.
     pub(super) own_listing: bool,
     pub(super) counted_in_flight: bool,
+    /// Counted in `streams_active` (taken off when the call ends).
+    pub(super) counted_stream: bool,
     /// Index (in the runtime's keys) of the key of the last attempt.
     pub(super) key_index: Option<usize>,
     /// Retries, rotations and 429s for the audit row.
@@ -57,6 +59,7 @@ impl CallState {
             owner: None,
             own_listing: false,
             counted_in_flight: false,
+            counted_stream: false,
             key_index: None,
             extra: crate::audit::CallExtra::default(),
         }

@@ -16,6 +16,9 @@ impl GatewayProxy {
         if ctx.counted_in_flight {
             self.shared.metrics.in_flight.dec();
         }
+        if ctx.counted_stream {
+            self.shared.metrics.streams_active.dec();
+        }
         let status = session
             .response_written()
             .filter(|r| !r.status.is_informational())
@@ -156,6 +159,7 @@ impl GatewayProxy {
                 .done
                 .upstream_latency
                 .map(|u| ctx.done.total_latency.saturating_sub(u)),
+            tokens: ctx.done.usage.map_or(0, |u| u.total_tokens),
             error,
         });
     }

@@ -77,6 +77,10 @@ impl GatewayProxy {
         }
         let body = self.body(session, ctx, &inbound).await?;
         let refs = self.resources(ctx, &inbound, &body).await?;
+        if ctx.done.streamed {
+            self.shared.metrics.streams_active.inc();
+            ctx.counted_stream = true;
+        }
         self.attempts(session, ctx, &inbound, body, &refs).await
     }
 }

@@ -7,6 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+mod timeline;
+pub use timeline::Gauges;
+
 /// Upper bounds of the latency buckets, in milliseconds (the last is open-ended).
 const BOUNDS_MS: [f64; 17] = [
     1.0,
@@ -73,6 +76,22 @@ fn bucket_in(bounds: &[f64; 17], ms: f64) -> usize {
 }
 
 impl Slot {
+    fn count_call(&mut self, m: &Measures) {
+        self.count += 1;
+        if m.error {
+            self.errors += 1;
+        }
+        self.latency[bucket(m.latency_ms)] += 1;
+        if let Some(t) = m.ttfb_ms {
+            self.ttfb[bucket(t)] += 1;
+            self.ttfb_count += 1;
+        }
+        if let Some(o) = m.overhead_ms {
+            self.overhead[bucket_in(&OVERHEAD_BOUNDS_MS, o)] += 1;
+            self.overhead_count += 1;
+        }
+    }
+
     fn add(&mut self, other: &Slot) {
         self.count += other.count;
         self.errors += other.errors;
@@ -128,12 +147,6 @@ impl Series {
     }
 
     fn record(&mut self, now_s: u64, m: &Measures) {
-        let Measures {
-            latency_ms,
-            ttfb_ms,
-            overhead_ms,
-            error,
-        } = *m;
         for (slots, epoch) in [(&mut self.seconds, now_s), (&mut self.minutes, now_s / 60)] {
             let len = slots.len() as u64;
             let slot = &mut slots[(epoch % len) as usize];
@@ -143,19 +156,7 @@ impl Series {
                     ..Slot::default()
                 };
             }
-            slot.count += 1;
-            if error {
-                slot.errors += 1;
-            }
-            slot.latency[bucket(latency_ms)] += 1;
-            if let Some(t) = ttfb_ms {
-                slot.ttfb[bucket(t)] += 1;
-                slot.ttfb_count += 1;
-            }
-            if let Some(o) = overhead_ms {
-                slot.overhead[bucket_in(&OVERHEAD_BOUNDS_MS, o)] += 1;
-                slot.overhead_count += 1;
-            }
+            slot.count_call(m);
         }
     }
 
@@ -256,6 +257,8 @@ pub struct CallRecord<'a> {
     pub ttfb: Option<Duration>,
     /// Whole call minus the answering attempt's upstream time.
     pub overhead: Option<Duration>,
+    /// Tokens the upstream reported (all kinds).
+    pub tokens: u64,
     pub error: Option<ErrorSample>,
 }
 
@@ -266,6 +269,7 @@ struct Inner {
     by_key: HashMap<String, Series>,
     by_error: HashMap<(String, u16, String), Series>,
     samples: VecDeque<ErrorSample>,
+    timeline: Option<timeline::Timeline>,
 }
 
 /// Bounded: at most `MAX_SERIES` names per dimension (the rest fold into `other`).
@@ -308,6 +312,9 @@ impl Stats {
         };
         let mut g = self.inner.lock();
         g.global.get_or_insert_with(Series::new).record(t, &m);
+        g.timeline
+            .get_or_insert_with(|| timeline::Timeline::new(t))
+            .record(t, &m, rec.tokens);
         series_for(&mut g.by_model, rec.model.to_string(), "other".into()).record(t, &m);
         if let Some(k) = rec.key_id {
             series_for(&mut g.by_key, k.to_string(), "other".into()).record(t, &m);
@@ -325,6 +332,26 @@ impl Stats {
             }
             g.samples.push_back(sample);
         }
+    }
+
+    /// Once a second: the open calls, streams and Live sessions, for the timeline.
+    pub fn sample(&self, gauges: Gauges) {
+        let t = now_s();
+        self.inner
+            .lock()
+            .timeline
+            .get_or_insert_with(|| timeline::Timeline::new(t))
+            .sample(t, gauges);
+    }
+
+    /// The last hour in 10-second steps (`GET /api/timeline`).
+    pub fn timeline(&self) -> Value {
+        let t = now_s();
+        self.inner
+            .lock()
+            .timeline
+            .get_or_insert_with(|| timeline::Timeline::new(t))
+            .points(t)
     }
 
     pub fn performance(&self) -> Value {
@@ -391,6 +418,7 @@ mod tests {
                 latency: Duration::from_millis(10),
                 ttfb: Some(Duration::from_millis(5)),
                 overhead: Some(Duration::from_micros(300)),
+                tokens: 0,
                 error: (i % 10 == 0).then(|| ErrorSample {
                     at_unix_ms: 0,
                     request_id: Some(format!("r{i}")),
