@@ -78,6 +78,15 @@ function endSession(message) {
   showLogin(message);
 }
 
+/** Logging out revokes the session's token too: a copy of it is worth nothing after. */
+async function logOut() {
+  try {
+    const payload = JSON.parse(atob(session.token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+    if (payload.jti) await api('POST', '/api/tokens/revoke', { jti: payload.jti });
+  } catch { /* the token ends with the session here anyway */ }
+  endSession('Logged out.');
+}
+
 function stopPage() {
   if (!current) return;
   clearInterval(current.timer);
@@ -151,7 +160,7 @@ function renderShell() {
     h('a', { href: `#/${name}`, id: `nav-${name}` }, p.title)));
   const logout = session.mode === 'off'
     ? h('button', { type: 'button', class: 'link', onclick: () => location.reload() }, 'Reload')
-    : h('button', { type: 'button', class: 'link', onclick: () => endSession('Logged out.') }, 'Log out');
+    : h('button', { type: 'button', class: 'link', onclick: logOut }, 'Log out');
   const side = h('div', { class: 'session' },
     session.mode === 'off'
       ? h('span', { class: 'warn', title: 'auth.enabled is false: the admin API answers anyone on this loopback listener' }, 'auth off')

@@ -170,6 +170,9 @@ fn content_hash(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Longest a program watcher sleeps before it checks that its stage still exists.
+const NAP: Duration = Duration::from_millis(200);
+
 /// Watches `path` on a background thread and swaps in a recompiled program when the file
 /// changes. A program that fails to compile is logged and counted, and the old one stays. The
 /// thread ends when the stage is dropped (e.g. replaced by a config reload).
@@ -191,7 +194,15 @@ pub fn watch<P, F>(
         .name(format!("{engine}-watch"))
         .spawn(move || {
             loop {
-                std::thread::sleep(interval);
+                // In short naps, so a stage dropped (a reload, a config only validated) ends
+                // its watcher within one, whatever the interval.
+                let waking = Instant::now() + interval;
+                while Instant::now() < waking {
+                    if weak.strong_count() == 0 {
+                        return;
+                    }
+                    std::thread::sleep(NAP.min(waking - Instant::now()));
+                }
                 let Some(hot) = weak.upgrade() else { return };
                 let now = stamp(&path);
                 if now == last {

@@ -324,6 +324,17 @@ try:
     check("a revoked session ends on the login page with the reason", driver.find_elements(By.ID, "login-form"))
     shot("11-session-ended")
 
+    # Logging out revokes the session's token: a copy of it is worth nothing after.
+    css("#password").send_keys(password)
+    css("#login-form button[type=submit]").click()
+    visible("nav")
+    kept = driver.execute_script("return sessionStorage.getItem('gp.token')")
+    check("a new session after logging in again", http("GET", f"{A}/api/keys", token=kept)[0] == 200)
+    css("header.top .session button").click()
+    visible("#login-form")
+    WebDriverWait(driver, 10).until(lambda d: http("GET", f"{A}/api/keys", token=kept)[0] == 401)
+    check("logging out revokes the token", driver.execute_script("return sessionStorage.getItem('gp.token')") is None)
+
     logged = severe_logs()
     check("no errors in the browser console but the refused session", all("status of 401" in e["message"] for e in logged), logged)
 finally:

@@ -394,3 +394,114 @@ async fn operator_actions_are_audited_with_ids_not_secrets() {
     let log = std::fs::read_to_string(dir.path().join("a.jsonl")).unwrap();
     assert!(log.contains("token issued") && !log.contains(&jwt) && !log.contains("NEWKEYSECRET"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_editable_yaml_never_shows_a_key_however_the_file_spells_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "auth: {{ enabled: true, jwt_secret: \"{SECRET}\", admin_password: \"{PASSWORD}\" }}\npool: {{ state_file: \"\", keys_file: \"\" }}\naudit: {{ log_path: \"{0}/a.jsonl\", db_path: \"{0}/a.duckdb\" }}\n",
+        dir.path().display()
+    );
+    // The oldest spelling: one bare key.
+    let h = Harness::start_with(&[], &extra, |t| {
+        *t = t.replace("  api_keys:\n", "  api_key: valid-LEGACYSECRET-1\n");
+    });
+    let t = token(&h).await;
+    let cfg = h.admin_json_with("/api/config", &t).await;
+    let yaml = cfg["yaml"].as_str().unwrap().to_string();
+    assert!(!yaml.contains("LEGACYSECRET"), "{yaml}");
+    assert!(yaml.contains("<redacted>"), "{yaml}");
+    // Sent back as shown, it is valid and keeps the key.
+    let (s, v) = send(
+        &h,
+        reqwest::Method::POST,
+        "/api/config/validate",
+        &t,
+        "application/yaml",
+        &yaml,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["changed"], json!([]), "{v}");
+    let (s, v) = send(
+        &h,
+        reqwest::Method::PUT,
+        "/api/config",
+        &t,
+        "application/yaml",
+        &yaml,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let r = h.generate("still served").await;
+    assert_eq!(
+        r.status(),
+        401,
+        "auth is on; what matters is that the key survived"
+    );
+    assert!(
+        h.config_text().contains("valid-LEGACYSECRET-1"),
+        "the file keeps the key itself"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validation_refuses_aliases_and_leaves_no_watcher_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/latency_pick.rhai");
+    let extra = format!(
+        "auth: {{ enabled: true, jwt_secret: \"{SECRET}\", admin_password: \"{PASSWORD}\" }}\npool: {{ state_file: \"\", keys_file: \"\" }}\naudit: {{ log_path: \"{0}/a.jsonl\", db_path: \"{0}/a.duckdb\" }}\npipeline:\n  - rhai: {{ script: \"{1}\", watch_interval_ms: 3600000 }}\n  - key_select\n",
+        dir.path().display(),
+        script.display()
+    );
+    let h = Harness::start_with(&[("a", KEY, 1)], &extra, |_| {});
+    let t = token(&h).await;
+    let yaml = h.admin_json_with("/api/config", &t).await["yaml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A few aliases of a large anchor would expand into millions of nodes.
+    let bomb = format!("{yaml}x: &a [1, 2, 3]\ny: [*a, *a, *a]\n");
+    let (s, v) = send(
+        &h,
+        reqwest::Method::POST,
+        "/api/config/validate",
+        &t,
+        "application/yaml",
+        &bomb,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("aliases"),
+        "{v}"
+    );
+    // Every validation builds the stages, and lets them go again.
+    let watchers = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+            .filter(|c| c.trim() == "rhai-watch")
+            .count()
+    };
+    let before = watchers();
+    for _ in 0..5 {
+        let (s, v) = send(
+            &h,
+            reqwest::Method::POST,
+            "/api/config/validate",
+            &t,
+            "application/yaml",
+            &yaml,
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    within(
+        std::time::Duration::from_secs(3),
+        "the validations' watchers gone",
+        || async { watchers() <= before },
+    )
+    .await;
+}

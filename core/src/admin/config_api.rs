@@ -21,11 +21,8 @@ impl AdminApp {
                 "version": self.shared.history.versions().last().map(|v| v.version),
                 "file": self.shared.config_path.as_ref().map(|p| p.display().to_string()),
                 "config": crate::config_history::redacted(&rt.config),
-                // The file as written (secrets redacted), for editing; else the whole config.
-                "yaml": self.shared.config_path.as_ref()
-                    .and_then(|p| std::fs::read_to_string(p).ok())
-                    .and_then(|t| crate::config::redacted_yaml(&t))
-                    .unwrap_or_else(|| serde_yaml::to_string(&crate::config_history::redacted(&rt.config)).unwrap_or_default()),
+                // The file's settings (secrets redacted), for editing.
+                "yaml": editable_yaml(&rt),
             }),
         )
     }
@@ -88,19 +85,21 @@ impl AdminApp {
         let Some(path) = self.shared.config_path.clone() else {
             return Err(error(409, "the gateway was started without a config file"));
         };
-        let current = std::fs::read_to_string(&path).unwrap_or_default();
-        let text = match restore_redacted(text, &current) {
-            Ok(Some(t)) => t,
-            Ok(None) => text.to_string(),
-            Err(e) => return Err(error(400, e)),
-        };
-        let file = path.display().to_string();
-        let loaded = match crate::config::load_str(&text, &file, &crate::config::process_env) {
-            Ok(mut l) => {
-                l.path = Some(path.clone());
-                l
-            }
-            Err(e) => return Err(error(400, e)),
+        if let Some(line) = crate::config::first_alias(text) {
+            return Err(error(
+                400,
+                format!(
+                    "line {line}: YAML aliases (*name) are not accepted through the admin API; write the values out"
+                ),
+            ));
+        }
+        // Parsing is CPU work: off the listener's async workers.
+        let (sent, at) = (text.to_string(), path.clone());
+        let parsed = tokio::task::spawn_blocking(move || parse_sent(&sent, &at)).await;
+        let (text, loaded) = match parsed {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return Err(error(400, e)),
+            Err(e) => return Err(error(500, format!("validation task failed: {e}"))),
         };
         let locked =
             super::config_guard::locked_change(&self.shared.runtime.load().source, &loaded);
@@ -167,6 +166,33 @@ impl AdminApp {
             crate::reload::ReloadOutcome::Failed(m) => error(400, m),
         }
     }
+}
+
+/// A config sent to the API with its placeholders restored from the config file at `path`
+/// (matched in the migrated shape `GET` shows), and loaded with field paths.
+fn parse_sent(
+    sent: &str,
+    path: &std::path::Path,
+) -> Result<(String, crate::config::LoadedConfig), String> {
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let current = crate::config::migrated_text(&current).unwrap_or(current);
+    let text = restore_redacted(sent, &current)?.unwrap_or_else(|| sent.to_string());
+    let file = path.display().to_string();
+    let mut loaded = crate::config::load_str(&text, &file, &crate::config::process_env)
+        .map_err(|e| e.to_string())?;
+    loaded.path = Some(path.to_path_buf());
+    Ok((text, loaded))
+}
+
+/// The config file's settings as YAML with secrets redacted; `None` (never a secret) when a
+/// pooled key would still show in it.
+fn editable_yaml(rt: &crate::runtime::Runtime) -> Option<String> {
+    let text = crate::config::redacted_yaml(&rt.source.migrated)?;
+    if rt.scrubber.finds(text.as_bytes()) {
+        tracing::warn!("the config's YAML still held a pooled key after redaction; not shown");
+        return None;
+    }
+    Some(text)
 }
 
 /// `text` with every secret sent as [`REDACTED`] replaced by what `current` (the config file's

@@ -99,6 +99,36 @@ fn too_deep(text: &str) -> Option<usize> {
     None
 }
 
+/// The line of the first YAML alias (`*name` where a node starts) in `text`, outside quoted
+/// strings and comments. A few aliases of a large anchor make a small text expand into millions
+/// of nodes, so configs sent to the admin API may have none (a file may).
+pub fn first_alias(text: &str) -> Option<usize> {
+    for (n, line) in text.lines().enumerate() {
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (quote, c) {
+                (Some(q), c) if c == q => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') if prev.is_whitespace() => break,
+                (None, '*')
+                    if (prev.is_whitespace() || "[{,".contains(prev))
+                        && chars
+                            .peek()
+                            .is_some_and(|n| !n.is_whitespace() && !",]}".contains(*n)) =>
+                {
+                    return Some(n + 1);
+                }
+                _ => {}
+            }
+            prev = c;
+        }
+    }
+    None
+}
+
 /// A secret field (anywhere) that holds the redaction placeholder: never a real value.
 fn placeholder_secret(v: &Value, at: &str) -> Option<String> {
     use super::{SECRET_FIELDS, looks_redacted};

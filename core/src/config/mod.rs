@@ -9,11 +9,13 @@ mod validate;
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use load::{
-    ConfigError, EnvLookup, LoadedConfig, apply_env, load_file, load_str, migrate, migrated_yaml,
-    process_env,
+    ConfigError, EnvLookup, LoadedConfig, apply_env, first_alias, load_file, load_str, migrate,
+    migrated_yaml, process_env,
 };
 pub use model::*;
-pub use redaction::{REDACTED, SECRET_FIELDS, looks_redacted, redacted, redacted_yaml};
+pub use redaction::{
+    REDACTED, SECRET_FIELDS, looks_redacted, migrated_text, redacted, redacted_yaml,
+};
 pub use upstream::UpstreamTarget;
 pub use validate::{MIN_KEY_LEN, validate};
 

@@ -51,9 +51,10 @@ pub fn redacted(c: &super::Config) -> Value {
     v
 }
 
-/// A config file's own YAML with every secret replaced by [`REDACTED`] (what the operator
-/// wrote, for editing; comments are not kept). `None` when it does not parse.
-pub fn redacted_yaml(text: &str) -> Option<String> {
+/// A config file's own settings (its YAML after migration, so every key, however the file
+/// spells it, is under `gemini.api_keys[].key`) as YAML with every secret replaced by
+/// [`REDACTED`]: what the operator wrote, for editing; comments are not kept.
+pub fn redacted_yaml(migrated: &serde_yaml::Value) -> Option<String> {
     use serde_yaml::Value as Y;
     fn scrub(v: &mut Y) {
         match v {
@@ -72,8 +73,20 @@ pub fn redacted_yaml(text: &str) -> Option<String> {
             _ => {}
         }
     }
-    let mut v: Y = serde_yaml::from_str(text).ok()?;
+    let mut v = migrated.clone();
     scrub(&mut v);
+    serde_yaml::to_string(&v).ok()
+}
+
+/// `text` (a config file) migrated to the current shape, as YAML: what [`redacted_yaml`]
+/// shows, so a config sent back is matched against the same places. `None` when it does not
+/// parse.
+pub fn migrated_text(text: &str) -> Option<String> {
+    let mut v: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    if !v.is_mapping() {
+        return None;
+    }
+    super::migrate(&mut v, "(current)").ok()?;
     serde_yaml::to_string(&v).ok()
 }
 
@@ -81,13 +94,28 @@ pub fn redacted_yaml(text: &str) -> Option<String> {
 mod tests {
     #[test]
     fn the_file_redacted_keeps_its_shape_and_loses_its_secrets() {
+        let shown = |text: &str| {
+            let migrated = super::migrated_text(text).unwrap();
+            super::redacted_yaml(&serde_yaml::from_str(&migrated).unwrap()).unwrap()
+        };
         let text = "auth: { enabled: true, jwt_secret: \"${JWT_SECRET}\", admin_password: pw-1 }\ngemini:\n  api_keys:\n    - { id: a, key: AKEYSECRET, weight: 2 }\ncluster: { redis: \"redis://:pw@h:6379/0\" }\n";
-        let out = super::redacted_yaml(text).unwrap();
+        let out = shown(text);
         for secret in ["JWT_SECRET", "pw-1", "AKEYSECRET", ":pw@"] {
             assert!(!out.contains(secret), "{secret} in {out}");
         }
         assert!(out.contains("id: a") && out.contains("weight: 2"), "{out}");
         assert_eq!(out.matches(super::REDACTED).count(), 4, "{out}");
-        assert_eq!(super::redacted_yaml("a: [unclosed"), None);
+        // Every older spelling of the keys is migrated first, so none shows.
+        for legacy in [
+            "gemini: { api_key: LEGACYSECRET1 }\n",
+            "api_keys: [ LEGACYSECRET1, LEGACYSECRET2 ]\n",
+            "keys: [ LEGACYSECRET1 ]\n",
+            "gemini: { api_keys: [ LEGACYSECRET1, { id: b, key: LEGACYSECRET2 } ] }\n",
+        ] {
+            let out = shown(legacy);
+            assert!(!out.contains("LEGACYSECRET"), "{legacy}: {out}");
+            assert!(out.contains(super::REDACTED), "{out}");
+        }
+        assert_eq!(super::migrated_text("a: [unclosed"), None);
     }
 }

@@ -38,7 +38,11 @@ impl GatewayProxy {
         if inbound.route.api_kind == ApiKind::Upload {
             return Ok(RequestBody::Streamed { limit });
         }
-        let b = read_body(session, limit, server.clients.body_timeout.0).await?;
+        let mut b = read_body(session, limit, server.clients.body_timeout.0).await?;
+        if inbound.route.action == Action::CreateAuthToken && !b.is_empty() {
+            b = inbound::canonical_token_request(&b)
+                .map_err(|m| Failure::new(400, ErrorClass::BadRequestBody, m))?;
+        }
         ctx.done.request_bytes = b.len() as u64;
         self.admit_body(ctx, inbound, &b).await?;
         Ok(RequestBody::Buffered(b))

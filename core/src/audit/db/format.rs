@@ -15,12 +15,21 @@ pub fn to_csv(r: &QueryResult) -> String {
             out.push_str(s);
         }
     }
+    // A spreadsheet runs a text cell starting with = + - @ (or a tab or CR) as a formula: such
+    // text (a user id, a tag a client sent) gets a leading `'`. Numbers are written as they are.
+    fn text(out: &mut String, s: &str) {
+        if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            cell(out, &format!("'{s}"));
+        } else {
+            cell(out, s);
+        }
+    }
     let mut out = String::new();
     for (i, c) in r.columns.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        cell(&mut out, c);
+        text(&mut out, c);
     }
     out.push('\n');
     for row in &r.rows {
@@ -30,7 +39,7 @@ pub fn to_csv(r: &QueryResult) -> String {
             }
             match v {
                 Value::Null => {}
-                Value::String(s) => cell(&mut out, s),
+                Value::String(s) => text(&mut out, s),
                 other => cell(&mut out, &other.to_string()),
             }
         }

@@ -278,6 +278,23 @@ fn csv_quotes() {
         elapsed_ms: 0.0,
     };
     assert_eq!(to_csv(&r), "a,b\n\"x,y\",1\n,\"q\"\"\"\n");
+    // Text a spreadsheet would run as a formula is written as text; numbers as they are.
+    let r = QueryResult {
+        columns: vec!["user".into(), "n".into()],
+        rows: vec![
+            vec![json!("=HYPERLINK(\"http://x\",\"y\")"), json!(-5)],
+            vec![json!("+1"), json!(2)],
+            vec![json!("@sum"), json!(3)],
+            vec![json!("-x"), json!(4)],
+            vec![json!("ann"), json!(5)],
+        ],
+        truncated: false,
+        elapsed_ms: 0.0,
+    };
+    assert_eq!(
+        to_csv(&r),
+        "user,n\n\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",-5\n'+1,2\n'@sum,3\n'-x,4\nann,5\n"
+    );
 }
 
 /// The database and a write-ahead log left readable by others are made private on open.
