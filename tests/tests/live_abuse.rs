@@ -138,6 +138,17 @@ async fn a_second_setup_ends_the_session() {
     let close = next(&mut ws).await.unwrap_err().expect("a close frame");
     assert_eq!(u16::from(close.code), 1008);
     assert!(close.reason.contains("one setup"), "{}", close.reason);
+    // However the name is escaped.
+    let mut ws = connect(&h, Some(CLIENT.1)).await;
+    ws.send(setup("mock-live-echo")).await.unwrap();
+    assert_eq!(next(&mut ws).await.unwrap(), json!({"setupComplete": {}}));
+    ws.send(Message::text(
+        r#"{"\u0073etup":{"model":"models/gemini-2.5-pro"}}"#,
+    ))
+    .await
+    .unwrap();
+    let close = next(&mut ws).await.unwrap_err().expect("a close frame");
+    assert!(close.reason.contains("one setup"), "{}", close.reason);
 }
 
 /// A cached content made as `token`; its name.
@@ -259,6 +270,43 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
     );
     let (s, v) = create(&h, &brief, json!({"expireTime": at(Duration::from_secs(120)), "newSessionExpireTime": at(Duration::from_secs(60))})).await;
     assert_eq!(s, 200, "{v}");
+    // One spelling checked and the other sent upstream: refused, and what goes upstream is
+    // what was checked.
+    let both = json!({"expireTime": at(Duration::from_secs(120)), "expire_time": at(Duration::from_secs(86_000))});
+    assert_eq!(create(&h, &brief, both).await.0, 400);
+    h.mock.clear();
+    let escaped = format!(
+        r#"{{"\u0065xpireTime":"{}","newSessionExpireTime":"{}"}}"#,
+        at(Duration::from_secs(86_000)),
+        at(Duration::from_secs(60))
+    );
+    let r = h
+        .client
+        .post(h.url("/v1alpha/auth_tokens"))
+        .bearer_auth(&brief)
+        .body(escaped)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        400,
+        "an escaped name is read as Google reads it"
+    );
+    // A fieldMask that leaves the model unlocked is refused to a restricted maker.
+    let mask = |m: &str| json!({"uses": 1, "expireTime": at(Duration::from_secs(600)), "fieldMask": m, "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
+    assert_eq!(
+        create(&h, &narrow, mask("generationConfig.temperature"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        create(&h, &narrow, mask("model,generationConfig.temperature"))
+            .await
+            .0,
+        200
+    );
 
     // A token made by a caller whose own token then expired speaks for nobody.
     let short = user("fay", &[], Duration::from_secs(3));

@@ -301,13 +301,14 @@ async fn apply_adjustments(
 const GATHER: Duration = Duration::from_millis(20);
 
 /// Token and request corrections of the same scopes and second, summed into one (its once-only
-/// id is that of the first: each id is in one batch only). Replays and stream closes stay
-/// apart: their own ids matter.
+/// id is that of the first: each id is in one batch only). Replays, stream closes and grants
+/// given back stay apart: their own ids matter.
 fn merged(batch: Vec<(Instant, LimitAdjust)>) -> Vec<(Instant, LimitAdjust)> {
     let mut out: Vec<(Instant, LimitAdjust)> = Vec::with_capacity(batch.len());
     let mut index: HashMap<(Vec<String>, u64), usize> = HashMap::new();
     for (at, adj) in batch {
-        if adj.second == 0 || adj.close_stream.is_some() {
+        // A grant's give-back may also go back with a script: its own marker must decide.
+        if adj.second == 0 || adj.close_stream.is_some() || adj.id.contains(":grant-back:") {
             out.push((at, adj));
             continue;
         }
@@ -420,9 +421,19 @@ mod tests {
             adj("c", 101, 1, false),
             adj("d", 0, 9, false),
             adj("e", 100, 3, true),
+            adj("gp:op:grant-back:f", 100, -40, false),
         ]);
         let seen: Vec<(&str, i64)> = out.iter().map(|(_, a)| (a.id.as_str(), a.tokens)).collect();
-        assert_eq!(seen, [("a", 3), ("c", 1), ("d", 9), ("e", 3)]);
+        assert_eq!(
+            seen,
+            [
+                ("a", 3),
+                ("c", 1),
+                ("d", 9),
+                ("e", 3),
+                ("gp:op:grant-back:f", -40)
+            ]
+        );
     }
 
     /// The window's Lua on a real Redis, with the clock given instead of read.

@@ -275,6 +275,35 @@ pub fn token_model(body: &[u8]) -> Result<Option<String>, ()> {
     checked_model(t.setup.and_then(|s| s.model))
 }
 
+/// An ephemeral token's request as the gateway checked it, written out again: what Google
+/// reads is exactly what the checks read (no duplicate or escaped field name can say one thing
+/// to them and another to Google). A field given in both of Google's spellings is refused.
+pub fn canonical_token_request(body: &[u8]) -> Result<bytes::Bytes, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the token request is not JSON: {e}"))?;
+    let both = |o: &serde_json::Value, pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .find(|(c, s)| o.get(c).is_some() && o.get(s).is_some())
+            .map(|(c, s)| format!("the token request names both {c} and {s}"))
+    };
+    let top = [
+        ("expireTime", "expire_time"),
+        ("newSessionExpireTime", "new_session_expire_time"),
+        ("bidiGenerateContentSetup", "bidi_generate_content_setup"),
+        ("fieldMask", "field_mask"),
+    ];
+    if !v.is_object() {
+        return Err("the token request is not a JSON object".into());
+    }
+    if let Some(e) = both(&v, &top) {
+        return Err(e);
+    }
+    serde_json::to_vec(&v)
+        .map(bytes::Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
 impl Inbound {
     /// `None` when the path is not one the gateway serves. `path` is the
     /// [`normalized_path`].

@@ -62,6 +62,27 @@ impl Auth {
             return Ok(());
         };
         let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+        // Google locks only the fields a `fieldMask` names, when it names any: a restricted
+        // token's lock must include the model.
+        let restricted = claims
+            .get("models")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|m| !m.is_empty());
+        if restricted && let Some(mask) = v.get("fieldMask").or_else(|| v.get("field_mask")) {
+            let locks_model = mask.as_str().is_some_and(|m| {
+                m.split(',').any(|p| {
+                    let p = p.trim();
+                    p == "model" || p.ends_with(".model")
+                })
+            });
+            if !locks_model {
+                return Err(Rejection::new(
+                    403,
+                    "this token may use only some models: the fieldMask of an ephemeral token made with it must lock the model",
+                )
+                .reason("model_unknown"));
+            }
+        }
         let field = |camel: &str, snake: &str| {
             v.get(camel)
                 .or_else(|| v.get(snake))

@@ -57,11 +57,15 @@ impl OwnedOnly {
     }
 }
 
-/// A client message that is a second `setup` (top-level key), refused mid-session.
+/// A client message that is a second `setup` (a top-level key, however its name is escaped),
+/// refused mid-session. Only messages that spell `setup` or hold an escape are parsed.
 pub fn is_setup(message: &[u8]) -> bool {
-    memchr::memmem::find(message, b"setup").is_some()
-        && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(message)
-            .is_ok_and(|m| m.contains_key("setup"))
+    let may = memchr::memmem::find(message, b"setup").is_some()
+        || memchr::memchr(b'\\', message).is_some();
+    may && serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(
+        message,
+    )
+    .is_ok_and(|m| m.contains_key("setup"))
 }
 
 #[cfg(test)]
@@ -75,5 +79,10 @@ mod tests {
         ));
         assert!(!super::is_setup(b"setup"));
         assert!(!super::is_setup(br#"{"realtimeInput":{}}"#));
+        assert!(super::is_setup(br#"{"\u0073etup":{"model":"models/x"}}"#));
+        assert!(super::is_setup(br#"{"s\u0065tup":{}}"#));
+        assert!(!super::is_setup(
+            br#"{"clientContent":{"turns":[{"parts":[{"text":"a\nb"}]}]}}"#
+        ));
     }
 }
