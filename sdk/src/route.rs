@@ -79,6 +79,17 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
     if tail.is_empty() {
         return None;
     }
+    // Ephemeral tokens are made at one path, checked there; no other spelling (a trailing `/`,
+    // a verb, another case, a `-`, under `openai/`) goes upstream unchecked.
+    let creates_token = tail == "auth_tokens" && method.eq_ignore_ascii_case("POST");
+    if !creates_token
+        && tail
+            .to_ascii_lowercase()
+            .replace('-', "_")
+            .contains("auth_token")
+    {
+        return None;
+    }
     if let Some(oa) =
         tail.strip_prefix("openai/")
             .or(if tail == "openai" { Some("") } else { None })
@@ -126,9 +137,7 @@ pub fn classify(method: &str, path: &str) -> Option<CallRoute> {
         "files" => route.action = Action::Files,
         "cachedContents" => route.action = Action::CachedContents,
         "batches" | "operations" => route.action = Action::Batches,
-        "auth_tokens" if tail == "auth_tokens" && method.eq_ignore_ascii_case("POST") => {
-            route.action = Action::CreateAuthToken
-        }
+        "auth_tokens" if creates_token => route.action = Action::CreateAuthToken,
         "" => return None,
         _ => route.action = Action::Other,
     }
@@ -218,12 +227,19 @@ mod tests {
     fn ephemeral_tokens_are_created_by_a_post_only() {
         let r = classify("POST", "/v1alpha/auth_tokens").unwrap();
         assert_eq!(r.action, Action::CreateAuthToken);
+        // Every other spelling is no route: none goes upstream past the token checks.
         for (m, p) in [
             ("GET", "/v1alpha/auth_tokens"),
             ("POST", "/v1alpha/auth_tokens/x"),
+            ("POST", "/v1alpha/auth_tokens/"),
             ("POST", "/v1alpha/auth_tokens:create"),
+            ("POST", "/v1alpha/Auth_tokens"),
+            ("POST", "/v1alpha/auth-tokens"),
+            ("POST", "/v1alpha/auth_tokens;x"),
+            ("POST", "/v1beta/openai/auth_tokens"),
+            ("POST", "/v1beta/models/auth_tokens:generateContent"),
         ] {
-            assert_eq!(classify(m, p).unwrap().action, Action::Other, "{m} {p}");
+            assert!(classify(m, p).is_none(), "{m} {p}");
         }
     }
 

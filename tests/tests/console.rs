@@ -462,21 +462,29 @@ async fn validation_refuses_aliases_and_leaves_no_watcher_behind() {
         .unwrap()
         .to_string();
     // A few aliases of a large anchor would expand into millions of nodes.
-    let bomb = format!("{yaml}x: &a [1, 2, 3]\ny: [*a, *a, *a]\n");
-    let (s, v) = send(
-        &h,
-        reqwest::Method::POST,
-        "/api/config/validate",
-        &t,
-        "application/yaml",
-        &bomb,
-    )
-    .await;
-    assert_eq!(s, 400, "{v}");
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("aliases"),
-        "{v}"
-    );
+    // However they are spelled: a bare CR ending a comment, quotes, JSON-style keys.
+    for tail in [
+        "x: &a [1, 2, 3]\ny: [*a, *a, *a]\n",
+        "# c\rx: &a [1, 2, 3]\ry: [*a, *a]\r",
+        "x: &a [1]\ny: [it's, *a]\n",
+        "x: &a [1]\ny: {\"q\":*a}\n",
+    ] {
+        let bomb = format!("{yaml}{tail}");
+        let (s, v) = send(
+            &h,
+            reqwest::Method::POST,
+            "/api/config/validate",
+            &t,
+            "application/yaml",
+            &bomb,
+        )
+        .await;
+        assert_eq!(s, 400, "{tail:?}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("aliases"),
+            "{v}"
+        );
+    }
     // Every validation builds the stages, and lets them go again.
     let watchers = || {
         std::fs::read_dir("/proc/self/task")

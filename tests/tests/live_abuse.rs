@@ -293,6 +293,25 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
         400,
         "an escaped name is read as Google reads it"
     );
+    // No other spelling of the path goes upstream past these checks.
+    h.mock.clear();
+    for path in [
+        "/v1alpha/auth_tokens/",
+        "/v1alpha/auth_tokens:create",
+        "/v1alpha/Auth_tokens",
+        "/v1beta/openai/auth_tokens",
+    ] {
+        let r = h
+            .client
+            .post(h.url(path))
+            .bearer_auth(&brief)
+            .json(&json!({"expireTime": at(Duration::from_secs(86_000))}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    assert!(h.mock.requests().is_empty(), "{:?}", h.mock.requests());
     // A fieldMask that leaves the model unlocked is refused to a restricted maker.
     let mask = |m: &str| json!({"uses": 1, "expireTime": at(Duration::from_secs(600)), "fieldMask": m, "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
     assert_eq!(

@@ -99,34 +99,11 @@ fn too_deep(text: &str) -> Option<usize> {
     None
 }
 
-/// The line of the first YAML alias (`*name` where a node starts) in `text`, outside quoted
-/// strings and comments. A few aliases of a large anchor make a small text expand into millions
-/// of nodes, so configs sent to the admin API may have none (a file may).
+/// The line of the first YAML alias (`*name`) in `text`, as the parser reads it. A few aliases
+/// of a large anchor make a small text expand into millions of nodes, so configs sent to the
+/// admin API may have none (a file may).
 pub fn first_alias(text: &str) -> Option<usize> {
-    for (n, line) in text.lines().enumerate() {
-        let mut quote: Option<char> = None;
-        let mut prev = ' ';
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            match (quote, c) {
-                (Some(q), c) if c == q => quote = None,
-                (Some(_), _) => {}
-                (None, '\'' | '"') => quote = Some(c),
-                (None, '#') if prev.is_whitespace() => break,
-                (None, '*')
-                    if (prev.is_whitespace() || "[{,".contains(prev))
-                        && chars
-                            .peek()
-                            .is_some_and(|n| !n.is_whitespace() && !",]}".contains(*n)) =>
-                {
-                    return Some(n + 1);
-                }
-                _ => {}
-            }
-            prev = c;
-        }
-    }
-    None
+    super::yaml_shape::shape(text, MAX_NESTING).and_then(|s| s.first_alias)
 }
 
 /// A secret field (anywhere) that holds the redaction placeholder: never a real value.
@@ -157,6 +134,14 @@ fn placeholder_secret(v: &Value, at: &str) -> Option<String> {
 pub fn load_str(text: &str, file: &str, env: EnvLookup<'_>) -> Result<LoadedConfig, ConfigError> {
     let source_hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
     if let Some(line) = too_deep(text) {
+        return Err(ConfigError::new(
+            file,
+            format!("line {line}"),
+            format!("nested more than {MAX_NESTING} levels deep"),
+        ));
+    }
+    // The same limit on the parser's own events: no spelling hides nesting from them.
+    if let Some(line) = super::yaml_shape::shape(text, MAX_NESTING).and_then(|s| s.too_deep) {
         return Err(ConfigError::new(
             file,
             format!("line {line}"),

@@ -6,6 +6,7 @@ mod model;
 mod redaction;
 mod upstream;
 mod validate;
+mod yaml_shape;
 
 pub use duration::{ConfigDuration, parse_duration};
 pub use load::{

@@ -72,7 +72,12 @@ impl Auth {
             let locks_model = mask.as_str().is_some_and(|m| {
                 m.split(',').any(|p| {
                     let p = p.trim();
-                    p == "model" || p.ends_with(".model")
+                    matches!(
+                        p,
+                        "model"
+                            | "bidiGenerateContentSetup.model"
+                            | "bidi_generate_content_setup.model"
+                    )
                 })
             });
             if !locks_model {

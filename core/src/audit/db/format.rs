@@ -15,10 +15,16 @@ pub fn to_csv(r: &QueryResult) -> String {
             out.push_str(s);
         }
     }
-    // A spreadsheet runs a text cell starting with = + - @ (or a tab or CR) as a formula: such
-    // text (a user id, a tag a client sent) gets a leading `'`. Numbers are written as they are.
+    // A spreadsheet runs a text cell starting with = + - @ | % (full-width forms too, and after
+    // leading blanks) as a formula: such text (a user id, a tag a client sent) gets a leading
+    // `'`. Numbers are written as they are.
     fn text(out: &mut String, s: &str) {
-        if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        const RUNS: [char; 10] = ['=', '+', '-', '@', '|', '%', '＝', '＋', '－', '＠'];
+        let blank_led = s.starts_with(|c: char| c.is_whitespace() || c.is_control());
+        if s.trim_start_matches(|c: char| c.is_whitespace() || c.is_control())
+            .starts_with(RUNS)
+            || (blank_led && s.starts_with(['\t', '\r']))
+        {
             cell(out, &format!("'{s}"));
         } else {
             cell(out, s);

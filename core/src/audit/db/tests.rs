@@ -287,13 +287,15 @@ fn csv_quotes() {
             vec![json!("@sum"), json!(3)],
             vec![json!("-x"), json!(4)],
             vec![json!("ann"), json!(5)],
+            vec![json!(" =1+1"), json!(6)],
+            vec![json!("＝1"), json!(7)],
         ],
         truncated: false,
         elapsed_ms: 0.0,
     };
     assert_eq!(
         to_csv(&r),
-        "user,n\n\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",-5\n'+1,2\n'@sum,3\n'-x,4\nann,5\n"
+        "user,n\n\"'=HYPERLINK(\"\"http://x\"\",\"\"y\"\")\",-5\n'+1,2\n'@sum,3\n'-x,4\nann,5\n' =1+1,6\n'＝1,7\n"
     );
 }
 
