@@ -175,8 +175,10 @@ async fn redis_away_at_startup_means_degraded_not_down() {
 async fn redis_killed_under_load_fails_no_call_and_the_count_converges() {
     let mut redis = RedisServer::start();
     let port = redis.port;
+    // A limit under 128 per instance: every call is decided in Redis (none from a grant), so
+    // what was admitted while it was away is what the instances replay.
     let gws: Vec<Harness> = (1..=2)
-        .map(|i| member(&redis.url(), &format!("k-{i}"), "kill:", 100_000))
+        .map(|i| member(&redis.url(), &format!("k-{i}"), "kill:", 250))
         .collect();
     let refs: Vec<&Harness> = gws.iter().collect();
     let load = {
@@ -184,7 +186,7 @@ async fn redis_killed_under_load_fails_no_call_and_the_count_converges() {
         let client = gws[0].client.clone();
         tokio::spawn(async move {
             let mut statuses = Vec::new();
-            for i in 0..400 {
+            for i in 0..200 {
                 let r = client
                     .post(&refs[i % refs.len()])
                     .header(CLIENT.0, CLIENT.1)
@@ -194,7 +196,7 @@ async fn redis_killed_under_load_fails_no_call_and_the_count_converges() {
                     .map(|r| r.status().as_u16())
                     .unwrap_or(0);
                 statuses.push(r);
-                if i % 40 == 0 {
+                if i % 20 == 0 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -204,7 +206,7 @@ async fn redis_killed_under_load_fails_no_call_and_the_count_converges() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     redis.kill();
     let statuses = load.await.unwrap();
-    assert_eq!(count(&statuses, 200), 400, "no call fails: {statuses:?}");
+    assert_eq!(count(&statuses, 200), 200, "no call fails: {statuses:?}");
     assert_eq!(
         gws[0].admin_json("/health").await["cluster"]["degraded"],
         true
@@ -231,7 +233,7 @@ async fn redis_killed_under_load_fails_no_call_and_the_count_converges() {
                 .filter(|kv| kv[0].starts_with("r:"))
                 .map(|kv| kv[1].parse::<u64>().unwrap_or(0))
                 .sum();
-            assert!(replayed >= 100, "replayed {replayed}: {fields}");
+            assert!(replayed >= 50, "replayed {replayed}: {fields}");
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

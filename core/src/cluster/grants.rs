@@ -13,10 +13,12 @@
 //! decided in Redis, one by one. Streams are never granted (their leases are per call).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gemini_proxy_sdk::{LimitAdjust, LimitCall, LimitVerdict};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 /// How long a grant may be used; then what is left goes back.
 pub const GRANT_TTL: Duration = Duration::from_secs(1);
@@ -25,7 +27,7 @@ pub const GRANT_TTL: Duration = Duration::from_secs(1);
 /// [`GRANT_TTL`].
 pub const GRANT_SHARE: u64 = 32;
 /// Largest grant, in requests.
-pub const MAX_GRANT: u64 = 32;
+pub const MAX_GRANT: u64 = 256;
 /// Smallest grant: one worth fewer calls saves too few round trips to hold a share for.
 /// With [`GRANT_SHARE`], a limit under 128 per instance is never granted: decided call by call.
 pub const MIN_GRANT: u64 = 4;
@@ -70,8 +72,9 @@ impl Grant {
 pub struct Grants {
     held: Mutex<HashMap<String, Grant>>,
     /// Scope sets a grant is being asked for now: one at a time, so a burst of concurrent
-    /// calls does not stack grants that its own calls, already on their way, never use.
-    asking: Mutex<std::collections::HashSet<String>>,
+    /// calls does not stack grants that its own calls, already on their way, never use. Calls
+    /// that find none wait for the answer rather than each going to Redis.
+    asking: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 /// While held, this instance is asking for a grant for one scope set.
@@ -82,7 +85,9 @@ pub struct Asking<'a> {
 
 impl Drop for Asking<'_> {
     fn drop(&mut self) {
-        self.grants.asking.lock().remove(&self.sig);
+        if let Some(n) = self.grants.asking.lock().remove(&self.sig) {
+            n.notify_waiters();
+        }
     }
 }
 
@@ -142,10 +147,35 @@ impl Grants {
         }
         let sig = signature(call);
         let mut asking = self.asking.lock();
-        if asking.len() >= MAX_GRANTS || !asking.insert(sig.clone()) {
+        if asking.len() >= MAX_GRANTS || asking.contains_key(&sig) {
             return None;
         }
+        asking.insert(sig.clone(), Arc::new(Notify::new()));
         Some(Asking { grants: self, sig })
+    }
+
+    /// Waits (at most `budget`) for the grant another call is asking for these scopes, then
+    /// admits from it if it came. `None` when no call is asking, or none came with room.
+    pub async fn wait_for_grant(&self, call: &LimitCall, budget: Duration) -> Option<LimitVerdict> {
+        if call.stream {
+            return None;
+        }
+        let n = self.asking.lock().get(&signature(call))?.clone();
+        // Registered before looking again: an answer in between is not missed.
+        let answered = n.notified();
+        if let Took::Admitted(v) = self.take(call) {
+            return Some(v);
+        }
+        tokio::time::timeout(budget, answered).await.ok()?;
+        match self.take(call) {
+            Took::Admitted(v) => Some(v),
+            Took::Missed(Some(back)) => {
+                // Spent already: back in the held set for the next script of these scopes.
+                self.held.lock().entry(signature(call)).or_insert(back);
+                None
+            }
+            Took::Missed(None) => None,
+        }
     }
 
     /// Keeps a new grant; returns the one it replaces (to give back), or the new one itself

@@ -208,6 +208,12 @@ impl SharedLimits for RedisLimits {
                 Ok(v)
             }
             Took::Missed(back) => {
+                if back.is_none()
+                    && let Some(v) = self.grants.wait_for_grant(call, self.link.budget()).await
+                {
+                    self.by_grant.fetch_add(1, Relaxed);
+                    return Ok(v);
+                }
                 let v = self.decide(call, 0, 0, back).await;
                 if matches!(v, Ok(LimitVerdict::Admitted { .. })) {
                     self.by_redis.fetch_add(1, Relaxed);

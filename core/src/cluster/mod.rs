@@ -221,6 +221,11 @@ impl Link {
         self.last_error.lock().clone()
     }
 
+    /// The longest a call waits for Redis (`cluster.op_timeout`).
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
     /// Instances to share a limit with while Redis is away.
     pub fn instances(&self) -> u32 {
         match self.peers.load(Ordering::Relaxed) {
