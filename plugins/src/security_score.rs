@@ -86,6 +86,46 @@ pub struct SecurityScore {
     config: SecurityScoreConfig,
     ips: Mutex<HashMap<IpAddr, IpHistory>>,
     epoch: Instant,
+    lines: LogBudget,
+}
+
+/// Risky-request log lines written in the current second, and those left out since the last
+/// line: a flood of risky calls (a burst is one of the signals) must not become a flood of log
+/// lines. Every call's score is in its audit row either way.
+#[derive(Default)]
+struct LogBudget {
+    /// (second since `epoch`) << 32 | lines written in it.
+    second_and_count: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+/// Risky-request lines written per second at most.
+const LOG_LINES_PER_SECOND: u64 = 10;
+
+impl LogBudget {
+    /// `Some(lines left out before this one)` when this line may be written.
+    fn take(&self, sec: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let cur = self.second_and_count.load(Relaxed);
+        let next = if cur >> 32 == sec {
+            if cur & 0xffff_ffff >= LOG_LINES_PER_SECOND {
+                self.suppressed.fetch_add(1, Relaxed);
+                return None;
+            }
+            cur + 1
+        } else {
+            (sec << 32) | 1
+        };
+        if self
+            .second_and_count
+            .compare_exchange(cur, next, Relaxed, Relaxed)
+            .is_err()
+        {
+            self.suppressed.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Relaxed))
+    }
 }
 
 /// Path tricks that have no business in a Gemini API call.
@@ -201,8 +241,10 @@ impl Plugin for SecurityScore {
         let (score, reasons) = self.score(cx);
         cx.risk_score = Some(score);
         let names: Vec<&str> = reasons.iter().map(|(n, _)| *n).collect();
-        if score >= self.config.log_at {
-            tracing::warn!(target: "gemini_proxy::security", request_id = %cx.request.request_id, client_ip = ?cx.request.client_ip, score, signals = ?names, "risky request");
+        if score >= self.config.log_at
+            && let Some(suppressed) = self.lines.take(self.epoch.elapsed().as_secs())
+        {
+            tracing::warn!(target: "gemini_proxy::security", request_id = %cx.request.request_id, client_ip = ?cx.request.client_ip, score, signals = ?names, suppressed, "risky request");
         }
         if score >= self.config.block_at {
             return Ok(Admission::Reject(
@@ -261,6 +303,7 @@ impl PluginFactory for SecurityScore {
             config,
             ips: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+            lines: LogBudget::default(),
         }))
     }
 }
@@ -285,11 +328,28 @@ mod tests {
     }
 
     #[test]
+    fn risky_request_lines_are_bounded_per_second_and_say_what_was_left_out() {
+        let b = LogBudget::default();
+        for _ in 0..LOG_LINES_PER_SECOND {
+            assert_eq!(b.take(5), Some(0));
+        }
+        assert_eq!(b.take(5), None);
+        assert_eq!(b.take(5), None);
+        assert_eq!(
+            b.take(6),
+            Some(2),
+            "the next second's first line counts the two left out"
+        );
+        assert_eq!(b.take(6), Some(0));
+    }
+
+    #[test]
     fn callers_that_only_fail_auth_do_not_grow_the_map() {
         let p = SecurityScore {
             config: SecurityScoreConfig::default(),
             ips: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+            lines: LogBudget::default(),
         };
         let mut done = CompletedRequest::default();
         done.status = 401;
