@@ -262,16 +262,16 @@ async fn write_request(
     req: pingora::http::RequestHeader,
     body: &RequestBody,
 ) -> Result<(), StreamErr> {
-    up.write_request_header(Box::new(req))
-        .await
-        .map_err(StreamErr::Upstream)?;
     match body {
-        RequestBody::Buffered(b) if !b.is_empty() => up
-            .write_request_body(b.clone(), true)
+        // Head and body in one write (patched pingora-core, see vendor/pingora-core/PATCH.md).
+        RequestBody::Buffered(b) => up
+            .write_request_header_with_body(Box::new(req), b.clone())
             .await
             .map_err(StreamErr::Upstream),
-        RequestBody::Buffered(_) => Ok(()),
         RequestBody::Streamed { limit } => {
+            up.write_request_header(Box::new(req))
+                .await
+                .map_err(StreamErr::Upstream)?;
             let clients = &ctx.runtime.config.server.clients;
             stream_request_body(session, up, *limit, &mut ctx.done.request_bytes, clients).await
         }

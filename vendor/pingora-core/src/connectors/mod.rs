@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if reused_stream_matches(peer, &stream)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -470,6 +470,28 @@ impl PreferredHttpVersion {
 
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
+
+/// Whether a pooled stream still leads to `peer`. The stream owns its socket, so the peer it
+/// was connected to, as its socket digest read it (once per connection), is still its peer:
+/// no `getpeername` on every reuse. A stream without that address, and a peer reached through
+/// a proxy, are checked on the socket as before. (gemini-proxy patch: see PATCH.md.)
+#[cfg(unix)]
+fn reused_stream_matches<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    if peer.get_proxy().is_none() {
+        let digest = stream.get_socket_digest();
+        if let Some(addr) = digest.as_ref().and_then(|d| d.peer_addr()) {
+            return match (peer.address(), addr) {
+                (crate::protocols::l4::socket::SocketAddr::Inet(want), _)
+                    if want.ip().is_unspecified() =>
+                {
+                    true
+                }
+                (want, got) => want == got,
+            };
+        }
+    }
+    peer.matches_fd(stream.id())
+}
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {

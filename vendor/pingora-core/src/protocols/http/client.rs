@@ -75,6 +75,30 @@ impl<S: Session> HttpSession<S> {
         }
     }
 
+    /// Write the request header and the whole request body with it: on HTTP/1 in one write
+    /// (see `v1::client::HttpSession::write_request_header_with_body`). Call
+    /// [`Self::finish_request_body`] after it. (gemini-proxy patch: see PATCH.md.)
+    pub async fn write_request_header_with_body(
+        &mut self,
+        req: Box<RequestHeader>,
+        body: Bytes,
+    ) -> Result<()> {
+        match self {
+            HttpSession::H1(h1) => {
+                h1.write_request_header_with_body(req, &body).await?;
+                Ok(())
+            }
+            HttpSession::H2(h2) => {
+                h2.write_request_header(req, false)?;
+                h2.write_request_body(body, true).await
+            }
+            HttpSession::Custom(c) => {
+                c.write_request_header(req, false).await?;
+                c.write_request_body(body, true).await
+            }
+        }
+    }
+
     /// Write a chunk of the request body.
     pub async fn write_request_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         match self {
