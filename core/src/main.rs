@@ -34,13 +34,6 @@ fn serve(args: ServeArgs) -> i32 {
         eprintln!("error: production mode refuses to start {why}");
         return 2;
     }
-    let shared = match Shared::new(&loaded, gemini_proxy_core::builtin_registry()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return 2;
-        }
-    };
     let mut opts = ServeOptions {
         upgrade: args.upgrade,
         ..ServeOptions::default()
@@ -48,6 +41,19 @@ fn serve(args: ServeArgs) -> i32 {
     if let Some(p) = &args.upgrade_sock {
         opts.upgrade_sock = p.display().to_string();
     }
+    // Refused before any thread starts: exiting with the audit writer running can crash.
+    let sock = std::path::Path::new(&opts.upgrade_sock);
+    if let Err(e) = gemini_proxy_core::util::private_dir::ensure_private_parent(sock) {
+        eprintln!("error: {e}");
+        return 2;
+    }
+    let shared = match Shared::new(&loaded, gemini_proxy_core::builtin_registry()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
     let shared_for_exit = shared.clone();
     match build_server(shared, &opts) {
         Ok(server) => {
@@ -67,6 +73,9 @@ fn serve(args: ServeArgs) -> i32 {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(a) = &shared_for_exit.audit {
+                a.close();
+            }
             2
         }
     }
@@ -96,6 +105,9 @@ fn demo(args: cli::DemoArgs) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(a) = &signals.shared.audit {
+                a.close();
+            }
             return 2;
         }
     };
