@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::util::clock::StampMs;
+
 /// One line of the audit log: calls are typed (cheap to build on the hot path; serialized by
 /// the writer thread), the rarer config changes and security events carry free fields.
 #[derive(Debug, Clone)]
@@ -15,16 +17,23 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
-    pub(super) fn day(&self) -> String {
+    /// The UTC day of the line (`YYYY-MM-DD`), for rotation.
+    pub(super) fn day(&self) -> [u8; 10] {
         match self {
-            AuditEvent::Call(c) => rfc3339_ms(c.at)[..10].to_string(),
-            AuditEvent::Other(g) => g.timestamp[..10].to_string(),
+            AuditEvent::Call(c) => StampMs::of(c.at).day(),
+            AuditEvent::Other(g) => {
+                let mut d = *b"1970-01-01";
+                if let Some(p) = g.timestamp.as_bytes().get(..10) {
+                    d.copy_from_slice(p);
+                }
+                d
+            }
         }
     }
 }
 
 fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&rfc3339_ms(*t))
+    s.serialize_str(StampMs::of(*t).as_str())
 }
 
 fn skip_zero(n: &u16) -> bool {
@@ -174,17 +183,8 @@ pub struct GenericEvent {
     pub fields: serde_json::Map<String, Value>,
 }
 
-fn rfc3339_ms(t: SystemTime) -> String {
-    let ms = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_millis())
-        .unwrap_or(0);
-    let s = crate::util::clock::format_rfc3339(t);
-    format!("{}.{ms:03}Z", s.trim_end_matches('Z'))
-}
-
 pub(super) fn now_rfc3339_ms() -> String {
-    rfc3339_ms(SystemTime::now())
+    StampMs::of(SystemTime::now()).as_str().to_string()
 }
 
 impl GenericEvent {

@@ -10,7 +10,8 @@ pub(super) struct Writer {
     pub(super) rotate_bytes: u64,
     pub(super) file: Option<std::io::BufWriter<std::fs::File>>,
     pub(super) size: u64,
-    pub(super) day: String,
+    /// The UTC day (`YYYY-MM-DD`) the open file belongs to.
+    pub(super) day: [u8; 10],
     /// Rotations so far: keeps names unique when several happen within one millisecond.
     pub(super) rotations: u64,
     /// Reused line buffer.
@@ -35,12 +36,12 @@ impl Writer {
         crate::util::make_private(&self.path);
         self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
         self.file = Some(std::io::BufWriter::with_capacity(256 * 1024, f));
-        self.day = now_rfc3339_ms()[..10].to_string();
+        self.day = crate::util::clock::StampMs::of(std::time::SystemTime::now()).day();
         Ok(())
     }
 
-    fn rotate_if_due(&mut self, today: &str) -> std::io::Result<()> {
-        if self.size < self.rotate_bytes && today == self.day {
+    fn rotate_if_due(&mut self, today: &[u8; 10]) -> std::io::Result<()> {
+        if self.size < self.rotate_bytes && *today == self.day {
             return Ok(());
         }
         if let Some(mut f) = self.file.take() {
@@ -64,23 +65,27 @@ impl Writer {
         }
         self.rotate_if_due(&today)?;
         self.line.clear();
-        // `{"instance_id":"gw-1",` then the event's own fields.
-        let mut event = Vec::with_capacity(512);
-        match e {
-            AuditEvent::Call(c) => serde_json::to_writer(&mut event, c),
-            AuditEvent::Other(g) => serde_json::to_writer(&mut event, g),
-        }
-        .map_err(std::io::Error::other)?;
-        match self.instance.get() {
-            Some(id) if event.first() == Some(&b'{') => {
+        // `{"instance_id":"gw-1",` then the event's own fields, serialized in place.
+        let start = match self.instance.get() {
+            Some(id) => {
                 self.line.extend_from_slice(b"{\"instance_id\":");
                 serde_json::to_writer(&mut self.line, id).map_err(std::io::Error::other)?;
-                if event.len() > 2 {
-                    self.line.push(b',');
-                }
-                self.line.extend_from_slice(&event[1..]);
+                Some(self.line.len())
             }
-            _ => self.line.extend_from_slice(&event),
+            None => None,
+        };
+        match e {
+            AuditEvent::Call(c) => serde_json::to_writer(&mut self.line, c),
+            AuditEvent::Other(g) => serde_json::to_writer(&mut self.line, g),
+        }
+        .map_err(std::io::Error::other)?;
+        if let Some(at) = start {
+            // The event's own `{` becomes the separator, or goes when it has no fields.
+            if self.line.get(at + 1) == Some(&b'}') {
+                self.line.remove(at);
+            } else {
+                self.line[at] = b',';
+            }
         }
         self.line.push(b'\n');
         if let Some(f) = self.file.as_mut() {
@@ -96,5 +101,87 @@ impl Writer {
         {
             tracing::warn!(error = %e, "audit log flush failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{CallAudit, GenericEvent};
+    use std::time::{Duration, SystemTime};
+
+    fn writer(dir: &std::path::Path, instance: Option<&str>) -> Writer {
+        let name = crate::audit::InstanceName::default();
+        if let Some(n) = instance {
+            name.set(n.to_string()).unwrap();
+        }
+        Writer {
+            path: dir.join("audit.log"),
+            rotate_bytes: 1 << 30,
+            file: None,
+            size: 0,
+            day: [0; 10],
+            rotations: 0,
+            line: Vec::new(),
+            instance: name,
+        }
+    }
+
+    fn call_at(unix: u64) -> AuditEvent {
+        AuditEvent::Call(Box::new(CallAudit {
+            at: SystemTime::UNIX_EPOCH + Duration::from_millis(unix * 1000 + 42),
+            action: "POST /v1beta/models/m:generateContent".into(),
+            status: 200,
+            ..CallAudit::default()
+        }))
+    }
+
+    fn lines(w: &mut Writer) -> Vec<serde_json::Value> {
+        w.flush();
+        std::fs::read_to_string(&w.path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn lines_carry_the_instance_first_escaped_and_the_event_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), Some("gw-\"1\"\n"));
+        w.write(&call_at(1_765_000_000)).unwrap();
+        w.write(&AuditEvent::Other(Box::new(
+            GenericEvent::new("SecurityEvent", "x", "Blocked").field("k", "v"),
+        )))
+        .unwrap();
+        let got = lines(&mut w);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0]["instance_id"], "gw-\"1\"\n");
+        assert_eq!(got[0]["timestamp"], "2025-12-06T05:46:40.042Z");
+        assert_eq!(got[0]["status"], 200);
+        assert_eq!(got[1]["instance_id"], "gw-\"1\"\n");
+        assert_eq!(got[1]["k"], "v");
+        let text = std::fs::read_to_string(&w.path).unwrap();
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with("{\"instance_id\":\"gw-"))
+        );
+    }
+
+    #[test]
+    fn lines_without_an_instance_are_the_event_alone_and_a_new_day_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), None);
+        w.write(&call_at(1_765_000_000)).unwrap();
+        let got = lines(&mut w);
+        assert!(got[0].get("instance_id").is_none());
+        assert_eq!(got[0]["event_type"], "ApiCall");
+        // A call stamped on the next UTC day starts a new file.
+        w.write(&call_at(1_765_000_000 + 86_400)).unwrap();
+        let got = lines(&mut w);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0]["timestamp"], "2025-12-07T05:46:40.042Z");
+        let files = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files, 2);
     }
 }

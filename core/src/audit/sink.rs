@@ -75,7 +75,7 @@ impl AuditSink {
             rotate_bytes: cfg.rotate_bytes.max(1024),
             file: None,
             size: 0,
-            day: String::new(),
+            day: [0; 10],
             rotations: 0,
             line: Vec::with_capacity(1024),
             instance: instance.clone(),

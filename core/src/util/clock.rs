@@ -52,6 +52,47 @@ pub fn next_pacific_midnight(now: SystemTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(utc.max(0) as u64)
 }
 
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of `t` (UTC) in a fixed buffer: the audit writes one per call
+/// without allocating. Years past 9999 are written as 9999.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct StampMs([u8; 24]);
+
+impl StampMs {
+    pub fn of(t: SystemTime) -> Self {
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs().min(253_402_300_799) as i64;
+        let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+        let s = secs.rem_euclid(86_400);
+        let mut b = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y as u64);
+        put(5, 2, u64::from(m));
+        put(8, 2, u64::from(d));
+        put(11, 2, (s / 3600) as u64);
+        put(14, 2, (s / 60 % 60) as u64);
+        put(17, 2, (s % 60) as u64);
+        put(20, 3, u64::from(since.subsec_millis()));
+        StampMs(b)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or("1970-01-01T00:00:00.000Z")
+    }
+
+    /// `YYYY-MM-DD`.
+    pub fn day(&self) -> [u8; 10] {
+        let mut d = [0u8; 10];
+        d.copy_from_slice(&self.0[..10]);
+        d
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` of `t` (whole seconds, UTC).
 pub fn format_rfc3339(t: SystemTime) -> String {
     let secs = unix_secs(t) as i64;
@@ -113,6 +154,23 @@ mod tests {
 
     fn at(unix: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(unix)
+    }
+
+    #[test]
+    fn millisecond_stamps_match_the_formatter_and_clamp_far_future() {
+        for unix in [0, 951_782_400, 1_709_164_799, 1_765_000_000, 4_102_444_800] {
+            let t = at(unix) + Duration::from_millis(7);
+            let s = StampMs::of(t);
+            let whole = format_rfc3339(t);
+            assert_eq!(s.as_str(), format!("{}.007Z", whole.trim_end_matches('Z')));
+            assert_eq!(&s.day(), whole[..10].as_bytes());
+        }
+        assert_eq!(
+            StampMs::of(at(0) + Duration::from_millis(999)).as_str(),
+            "1970-01-01T00:00:00.999Z"
+        );
+        let far = UNIX_EPOCH + Duration::from_secs(1 << 40);
+        assert_eq!(StampMs::of(far).as_str(), "9999-12-31T23:59:59.000Z");
     }
 
     #[test]
