@@ -163,7 +163,7 @@ mod tests {
             let s = StampMs::of(t);
             let whole = format_rfc3339(t);
             assert_eq!(s.as_str(), format!("{}.007Z", whole.trim_end_matches('Z')));
-            assert_eq!(&s.day(), whole[..10].as_bytes());
+            assert_eq!(&s.day(), &whole.as_bytes()[..10]);
         }
         assert_eq!(
             StampMs::of(at(0) + Duration::from_millis(999)).as_str(),
