@@ -1,5 +1,6 @@
 # Sourced by scripts/demo and scripts/test: installs the system packages the build needs
-# (cmake for Pingora's zlib-ng; g++ for the bundled DuckDB; for the tests: python3-venv for the
+# (cmake for Pingora's zlib-ng; g++ for the bundled DuckDB, ccache so its rebuilds per feature
+# graph hit a cache; for the tests: python3-venv for the
 # conformance clients, pebble, the ACME test server, redis-server and nginx for the cluster tests, openssl for the Live conformance's certificate, chromium and chromium-driver for the console's browser test), or stops with the exact command to run.
 # Usage: need_packages [python]
 need_packages() {
@@ -17,6 +18,11 @@ need_packages() {
     command -v openssl >/dev/null || missing+=(openssl)
     [ -x /usr/bin/chromium ] || missing+=(chromium)
     [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+  fi
+  # ccache only speeds rebuilds up: installed when we can, never a reason to stop.
+  if ! command -v ccache >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then missing+=(ccache)
+    else echo "note: without ccache every cargo feature graph rebuilds DuckDB (~25 min); to avoid it: sudo apt-get install -y ccache" >&2; fi
   fi
   ((${#missing[@]})) || return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
