@@ -147,6 +147,13 @@ fn main() {
     unsafe {
         libc::umask(0o077);
     }
+    // No transparent huge pages: mimalloc asks for them on its arenas, and each 2 MiB page a
+    // few bytes touch stays resident (idle RSS 77 MB with them, 63 MB without; throughput the
+    // same on the benchmark).
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         None => serve(ServeArgs {
