@@ -113,6 +113,7 @@ fn pingora_server(c: &Config, opts: &ServeOptions) -> Result<Server, String> {
     crate::util::private_dir::ensure_private_parent(std::path::Path::new(&opts.upgrade_sock))?;
     let conf = ServerConf {
         threads,
+        work_stealing: c.server.work_stealing,
         grace_period_seconds: Some(c.server.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
         upgrade_sock: opts.upgrade_sock.clone(),

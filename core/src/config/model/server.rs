@@ -16,6 +16,9 @@ pub struct ServerConfig {
     pub max_upload_bytes: u64,
     /// Worker threads of the proxy service (0 = one per core).
     pub threads: usize,
+    /// Idle worker threads take waiting tasks from busy ones (one tokio runtime for all
+    /// threads); `false` gives each thread its own runtime with the connections it accepted.
+    pub work_stealing: bool,
     /// Seconds to let in-flight calls finish on SIGTERM.
     pub grace_period: ConfigDuration,
     /// Public URL clients use to reach the gateway (used to rewrite `x-goog-upload-url`);
@@ -130,6 +133,7 @@ impl Default for ServerConfig {
             max_body_bytes: 20 * 1024 * 1024,
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
             threads: 0,
+            work_stealing: true,
             grace_period: ConfigDuration::secs(30),
             public_url: None,
             mode: ServerMode::Development,
