@@ -117,9 +117,14 @@ fn demo(args: cli::DemoArgs) -> i32 {
     );
     // The mock lives on its own thread for the life of the process.
     std::mem::forget(mock);
+    let shared_for_exit = signals.shared.clone();
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(signals),
     });
+    // Flushed and stopped before exit: exiting with DuckDB's threads running can crash.
+    if let Some(a) = &shared_for_exit.audit {
+        a.close();
+    }
     0
 }
 
