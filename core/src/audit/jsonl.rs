@@ -20,7 +20,8 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    fn open(&mut self) -> std::io::Result<()> {
+    /// Opens (or creates) the file; a new or empty one is for lines of UTC day `day`.
+    fn open(&mut self, day: [u8; 10]) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -34,9 +35,14 @@ impl Writer {
         let f = opts.open(&self.path)?;
         // `mode` applies only to a file it creates.
         crate::util::make_private(&self.path);
-        self.size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let meta = f.metadata().ok();
+        self.size = meta.as_ref().map_or(0, |m| m.len());
+        // A file left by an earlier run belongs to the day it was last written.
+        self.day = match meta.and_then(|m| m.modified().ok()) {
+            Some(t) if self.size > 0 => crate::util::clock::StampMs::of(t).day(),
+            _ => day,
+        };
         self.file = Some(std::io::BufWriter::with_capacity(256 * 1024, f));
-        self.day = crate::util::clock::StampMs::of(std::time::SystemTime::now()).day();
         Ok(())
     }
 
@@ -55,13 +61,13 @@ impl Writer {
                 .with_extension(format!("log.{stamp}.{}", self.rotations));
             std::fs::rename(&self.path, rotated)?;
         }
-        self.open()
+        self.open(*today)
     }
 
     pub(super) fn write(&mut self, e: &AuditEvent) -> std::io::Result<()> {
         let today = e.day();
         if self.file.is_none() {
-            self.open()?;
+            self.open(today)?;
         }
         self.rotate_if_due(&today)?;
         self.line.clear();
@@ -150,10 +156,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = writer(dir.path(), Some("gw-\"1\"\n"));
         w.write(&call_at(1_765_000_000)).unwrap();
-        w.write(&AuditEvent::Other(Box::new(
-            GenericEvent::new("SecurityEvent", "x", "Blocked").field("k", "v"),
-        )))
-        .unwrap();
+        let mut other = GenericEvent::new("SecurityEvent", "x", "Blocked").field("k", "v");
+        other.timestamp = "2025-12-06T05:46:41.000Z".into();
+        w.write(&AuditEvent::Other(Box::new(other))).unwrap();
         let got = lines(&mut w);
         assert_eq!(got.len(), 2);
         assert_eq!(got[0]["instance_id"], "gw-\"1\"\n");
@@ -183,5 +188,33 @@ mod tests {
         assert_eq!(got[0]["timestamp"], "2025-12-07T05:46:40.042Z");
         let files = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(files, 2);
+    }
+
+    #[test]
+    fn a_file_left_from_an_earlier_day_is_rotated_at_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut w = writer(dir.path(), None);
+        w.write(&AuditEvent::Call(Box::new(CallAudit {
+            at: now,
+            ..CallAudit::default()
+        })))
+        .unwrap();
+        w.flush();
+        drop(w);
+        // The gateway stopped yesterday with the file open.
+        let f = std::fs::File::options()
+            .append(true)
+            .open(dir.path().join("audit.log"))
+            .unwrap();
+        f.set_modified(now - Duration::from_secs(86_400)).unwrap();
+        let mut w = writer(dir.path(), None);
+        w.write(&AuditEvent::Call(Box::new(CallAudit {
+            at: now,
+            ..CallAudit::default()
+        })))
+        .unwrap();
+        assert_eq!(lines(&mut w).len(), 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }
