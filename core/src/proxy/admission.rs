@@ -6,7 +6,7 @@ use pingora::proxy::Session;
 
 use super::call::CallState;
 use super::failure::{ErrorClass, Failure};
-use super::{GatewayProxy, Inbound, client_ip, cors, inbound};
+use super::{GatewayProxy, Inbound, client_ip, cors, inbound, model};
 
 impl GatewayProxy {
     /// Reads the head into a route and admits it; `None` when the call is already answered
@@ -153,7 +153,7 @@ fn route(session: &Session) -> Result<Inbound, Failure> {
         return Err(Failure::new(400, ErrorClass::BadRequest, why).unread());
     }
     if let Some(m) = &inbound.route.model
-        && !inbound::valid_model(m)
+        && !model::valid_model(m)
     {
         return Err(Failure::bad_model().unread());
     }
@@ -171,7 +171,7 @@ fn apply_model_routing(ctx: &mut CallState, inbound: &mut Inbound) {
     if old == model {
         return;
     }
-    match inbound::rewrite_model(&inbound.path, &old, &model) {
+    match model::rewrite_model(&inbound.path, &old, &model) {
         Some(path) => {
             inbound.path = path.clone();
             cx.request.path = path;

@@ -12,7 +12,7 @@ use pingora::proxy::Session;
 
 use super::call::CallState;
 use super::failure::{ErrorClass, Failure};
-use super::{GatewayProxy, Inbound, inbound};
+use super::{GatewayProxy, Inbound, model};
 
 /// What the call forwards.
 pub enum RequestBody {
@@ -40,7 +40,7 @@ impl GatewayProxy {
         }
         let mut b = read_body(session, limit, server.clients.body_timeout.0).await?;
         if inbound.route.action == Action::CreateAuthToken && !b.is_empty() {
-            b = inbound::canonical_token_request(&b)
+            b = model::canonical_token_request(&b)
                 .map_err(|m| Failure::new(400, ErrorClass::BadRequestBody, m))?;
         }
         ctx.done.request_bytes = b.len() as u64;
@@ -62,19 +62,19 @@ impl GatewayProxy {
         cx.request.body_size = Some(body.len() as u64);
         let action = inbound.route.action;
         if matches!(action, Action::ChatCompletions | Action::Embeddings) {
-            let head = inbound::OpenAiHead::parse(body).ok_or_else(Failure::bad_model)?;
+            let head = model::OpenAiHead::parse(body).ok_or_else(Failure::bad_model)?;
             cx.request.model = Some(head.model);
             cx.request.stream = head.stream;
             ctx.done.streamed |= head.stream;
         } else if action == Action::CachedContents && !body.is_empty() {
             // A cached content is made for one model: the token's and the keys' model rules
             // apply to it as to a call of that model.
-            if let Some(model) = inbound::body_model(body).map_err(|()| Failure::bad_model())? {
+            if let Some(model) = model::body_model(body).map_err(|()| Failure::bad_model())? {
                 cx.request.model = Some(model);
             }
         } else if action == Action::CreateAuthToken && !body.is_empty() {
             // A token may lock its sessions to a model: the rules of that model apply now.
-            if let Some(model) = inbound::token_model(body).map_err(|()| Failure::bad_model())? {
+            if let Some(model) = model::token_model(body).map_err(|()| Failure::bad_model())? {
                 cx.request.model = Some(model);
             }
         }

@@ -2,7 +2,7 @@
 
 use http::HeaderValue;
 
-use super::{Cidr, Inbound, client_ip, inbound, split_key_param, tenancy};
+use super::{Cidr, Inbound, client_ip, inbound, model, split_key_param, tenancy};
 
 /// Fuzzing entry: interprets bytes as a request target line followed by header lines and runs
 /// every parser a request meets before routing. Must never panic.
@@ -36,11 +36,11 @@ pub fn fuzz_inbound(data: &[u8]) {
     {
         for m in ["GET", "POST", "DELETE", "PATCH"] {
             if let Some(i) = Inbound::parse(m, &path, uri.query(), &headers) {
-                let _ = i.route.model.as_deref().map(inbound::valid_model);
+                let _ = i.route.model.as_deref().map(model::valid_model);
             }
         }
     }
-    let _ = inbound::OpenAiHead::parse(data);
+    let _ = model::OpenAiHead::parse(data);
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! The downstream request, read once: route, client credential, sanitized query and headers.
+//! The downstream request, read once: route, client credential, sanitized query and headers;
+//! paths refused before routing.
 
-use crate::util::Cidr;
 use gemini_proxy_sdk::{CallRoute, ClientCredential, CredentialSource, classify};
 use http::header::{HeaderMap, HeaderName};
 use percent_encoding::percent_decode_str;
@@ -169,71 +169,6 @@ pub fn refused_system_parameter(query: Option<&str>, headers: &HeaderMap) -> Opt
     None
 }
 
-/// Longest model name accepted.
-pub const MAX_MODEL: usize = 128;
-
-/// A model name the gateway stores, counts and matches: 1-128 letters, digits, `.`, `_`, `-`.
-pub fn valid_model(m: &str) -> bool {
-    !m.is_empty()
-        && m.len() <= MAX_MODEL
-        && m.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
-/// What the gateway reads of an OpenAI-style body: the model (without `models/`) and
-/// `stream`. Other fields are skipped unread.
-#[derive(Debug, PartialEq)]
-pub struct OpenAiHead {
-    pub model: String,
-    pub stream: bool,
-}
-
-impl OpenAiHead {
-    /// `None` unless the body is a JSON object with a valid `model`.
-    pub fn parse(body: &[u8]) -> Option<OpenAiHead> {
-        #[derive(serde::Deserialize)]
-        struct Head {
-            model: Option<String>,
-            #[serde(default)]
-            stream: Option<bool>,
-        }
-        let h: Head = serde_json::from_slice(body).ok()?;
-        let model = h.model?;
-        let model = model.strip_prefix("models/").unwrap_or(&model);
-        valid_model(model).then(|| OpenAiHead {
-            model: model.to_string(),
-            stream: h.stream.unwrap_or(false),
-        })
-    }
-}
-
-/// The model a body names in its `model` field (`models/` dropped): `Ok(None)` when it names
-/// none, `Err` when the body is not a JSON object or the name is invalid. Read where the model
-/// is in the body of a call whose path names none (a cached content is made for one model).
-pub fn body_model(body: &[u8]) -> Result<Option<String>, ()> {
-    #[derive(serde::Deserialize)]
-    struct Head {
-        model: Option<String>,
-    }
-    let h: Head = serde_json::from_slice(body).map_err(|_| ())?;
-    checked_model(h.model)
-}
-
-/// A model named in a body, `models/` dropped; `Err` when it is not a valid name.
-fn checked_model(model: Option<String>) -> Result<Option<String>, ()> {
-    match model {
-        None => Ok(None),
-        Some(m) => {
-            let m = m.strip_prefix("models/").unwrap_or(&m);
-            if valid_model(m) {
-                Ok(Some(m.to_string()))
-            } else {
-                Err(())
-            }
-        }
-    }
-}
-
 /// How Google names an ephemeral token.
 pub const EPHEMERAL_PREFIX: &str = "auth_tokens/";
 
@@ -254,54 +189,6 @@ fn authorization(headers: &HeaderMap) -> (Option<String>, Option<String>) {
     } else {
         (None, None)
     }
-}
-
-/// The model an ephemeral token's body locks its sessions to (`bidiGenerateContentSetup.model`,
-/// in either of the spellings Google reads), as [`body_model`] reads a model.
-pub fn token_model(body: &[u8]) -> Result<Option<String>, ()> {
-    #[derive(serde::Deserialize)]
-    struct Setup {
-        model: Option<String>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Token {
-        #[serde(
-            rename = "bidiGenerateContentSetup",
-            alias = "bidi_generate_content_setup"
-        )]
-        setup: Option<Setup>,
-    }
-    let t: Token = serde_json::from_slice(body).map_err(|_| ())?;
-    checked_model(t.setup.and_then(|s| s.model))
-}
-
-/// An ephemeral token's request as the gateway checked it, written out again: what Google
-/// reads is exactly what the checks read (no duplicate or escaped field name can say one thing
-/// to them and another to Google). A field given in both of Google's spellings is refused.
-pub fn canonical_token_request(body: &[u8]) -> Result<bytes::Bytes, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("the token request is not JSON: {e}"))?;
-    let both = |o: &serde_json::Value, pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .find(|(c, s)| o.get(c).is_some() && o.get(s).is_some())
-            .map(|(c, s)| format!("the token request names both {c} and {s}"))
-    };
-    let top = [
-        ("expireTime", "expire_time"),
-        ("newSessionExpireTime", "new_session_expire_time"),
-        ("bidiGenerateContentSetup", "bidi_generate_content_setup"),
-        ("fieldMask", "field_mask"),
-    ];
-    if !v.is_object() {
-        return Err("the token request is not a JSON object".into());
-    }
-    if let Some(e) = both(&v, &top) {
-        return Err(e);
-    }
-    serde_json::to_vec(&v)
-        .map(bytes::Bytes::from)
-        .map_err(|e| e.to_string())
 }
 
 impl Inbound {
@@ -426,31 +313,6 @@ mod tests {
     }
 
     #[test]
-    fn a_token_body_names_the_model_it_locks() {
-        let m = |b: &str| token_model(b.as_bytes());
-        assert_eq!(
-            m(r#"{"uses":1,"bidiGenerateContentSetup":{"model":"models/gemini-live"}}"#),
-            Ok(Some("gemini-live".into()))
-        );
-        assert_eq!(
-            m(r#"{"bidi_generate_content_setup":{"model":"gemini-\u0070ro"}}"#),
-            Ok(Some("gemini-pro".into()))
-        );
-        assert_eq!(m(r#"{"uses":1}"#), Ok(None));
-        assert_eq!(
-            m(r#"{"bidiGenerateContentSetup":{"generationConfig":{}}}"#),
-            Ok(None)
-        );
-        // Both spellings at once, or a model twice, could be read two ways: refused.
-        assert!(
-            m(r#"{"bidiGenerateContentSetup":{},"bidi_generate_content_setup":{"model":"x"}}"#)
-                .is_err()
-        );
-        assert!(m(r#"{"bidiGenerateContentSetup":{"model":"a","model":"b"}}"#).is_err());
-        assert!(m("[1]").is_err());
-    }
-
-    #[test]
     fn ephemeral_tokens_are_known_wherever_they_come() {
         let ws = "/ws/google.ai.generativelanguage.v1alpha.GenerativeService.BidiGenerateContentConstrained";
         let parse = |h: &[(&str, &str)], q: Option<&str>| {
@@ -486,6 +348,23 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_read_as_google_reads_them() {
+        assert_eq!(
+            normalized_path("/v1beta/%6Dodels/gemini-2.5-pro%3AgenerateContent").unwrap(),
+            "/v1beta/models/gemini-2.5-pro:generateContent"
+        );
+        assert_eq!(normalized_path("/v1beta/models").unwrap(), "/v1beta/models");
+        for bad in [
+            "/v1beta/models/a%20b",
+            "/v1beta/%zz",
+            "/v1beta/%4",
+            "/v1beta/%c3%a9",
+        ] {
+            assert!(normalized_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn finds_credentials_and_sanitizes() {
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer tok".parse().unwrap());
@@ -503,151 +382,6 @@ mod tests {
         assert!(i.headers.get("authorization").is_none());
         assert!(i.headers.get("x-secret-hop").is_none());
         assert!(i.headers.get("x-goog-api-client").is_some());
-    }
-}
-
-#[cfg(test)]
-mod model_tests {
-    use super::*;
-
-    #[test]
-    fn paths_are_read_as_google_reads_them() {
-        assert_eq!(
-            normalized_path("/v1beta/%6Dodels/gemini-2.5-pro%3AgenerateContent").unwrap(),
-            "/v1beta/models/gemini-2.5-pro:generateContent"
-        );
-        assert_eq!(normalized_path("/v1beta/models").unwrap(), "/v1beta/models");
-        for bad in [
-            "/v1beta/models/a%20b",
-            "/v1beta/%zz",
-            "/v1beta/%4",
-            "/v1beta/%c3%a9",
-        ] {
-            assert!(normalized_path(bad).is_err(), "{bad}");
-        }
-        assert!(valid_model("gemini-2.5-flash-preview-09-2025"));
-        for bad in ["", "a b", "m;x", "m/x", "é", &"x".repeat(129)] {
-            assert!(!valid_model(bad), "{bad}");
-        }
-    }
-
-    #[test]
-    fn body_models() {
-        assert_eq!(
-            body_model(br#"{"model": "models/gemini-2.5-pro", "contents": []}"#),
-            Ok(Some("gemini-2.5-pro".into()))
-        );
-        assert_eq!(
-            body_model(br#"{"model": "models/gemini\u002d2.5-pro"}"#),
-            Ok(Some("gemini-2.5-pro".into())),
-            "escapes read as Google reads them"
-        );
-        assert_eq!(body_model(br#"{"ttl": "60s"}"#), Ok(None));
-        for bad in [
-            &br#"{"model": "a", "model": "b"}"#[..],
-            br#"{"model": "models/x y"}"#,
-            br#"{"model": 5}"#,
-            b"[1]",
-            b"not json",
-        ] {
-            assert_eq!(body_model(bad), Err(()), "{}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn openai_heads() {
-        assert_eq!(
-            OpenAiHead::parse(
-                br#"{"messages": [], "model": "models/gemini-2.5-pro", "stream": true}"#
-            ),
-            Some(OpenAiHead {
-                model: "gemini-2.5-pro".into(),
-                stream: true
-            })
-        );
-        assert!(!OpenAiHead::parse(br#"{"model": "m"}"#).unwrap().stream);
-        for bad in [
-            &b"{}"[..],
-            b"not json",
-            br#"{"model": 3}"#,
-            br#"{"model": "a b"}"#,
-            br#"[1]"#,
-        ] {
-            assert!(OpenAiHead::parse(bad).is_none());
-        }
-    }
-}
-
-/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
-/// `X-Forwarded-For` entry that is not itself a trusted proxy.
-pub fn client_ip(
-    peer: Option<std::net::IpAddr>,
-    headers: &HeaderMap,
-    trusted: &[Cidr],
-) -> Option<std::net::IpAddr> {
-    let peer = peer?;
-    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|c| c.contains(ip));
-    if trusted.is_empty() || !is_trusted(peer) {
-        return Some(peer);
-    }
-    let mut hops: Vec<std::net::IpAddr> = Vec::new();
-    for v in headers.get_all("x-forwarded-for") {
-        let Ok(v) = v.to_str() else { return Some(peer) };
-        for part in v.split(',') {
-            match part.trim().parse() {
-                Ok(ip) => hops.push(ip),
-                // A malformed hop: stop believing the chain.
-                Err(_) => return Some(peer),
-            }
-        }
-    }
-    Some(
-        hops.into_iter()
-            .rev()
-            .find(|ip| !is_trusted(*ip))
-            .unwrap_or(peer),
-    )
-}
-
-#[cfg(test)]
-mod client_ip_tests {
-    use super::*;
-
-    #[test]
-    fn trusts_forwarded_for_only_from_trusted_proxies() {
-        let trusted = vec![
-            Cidr::parse("10.0.0.0/8").unwrap(),
-            Cidr::parse("::1").unwrap(),
-        ];
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            "198.51.100.9, 203.0.113.7, 10.1.2.3".parse().unwrap(),
-        );
-        let ip = |s: &str| Some(s.parse().unwrap());
-        assert_eq!(client_ip(ip("10.9.9.9"), &h, &trusted), ip("203.0.113.7"));
-        assert_eq!(
-            client_ip(ip("192.0.2.1"), &h, &trusted),
-            ip("192.0.2.1"),
-            "untrusted peer"
-        );
-        assert_eq!(
-            client_ip(ip("10.9.9.9"), &HeaderMap::new(), &trusted),
-            ip("10.9.9.9")
-        );
-        h.insert("x-forwarded-for", "garbage".parse().unwrap());
-        assert_eq!(client_ip(ip("10.9.9.9"), &h, &trusted), ip("10.9.9.9"));
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
-        assert!(
-            !Cidr::parse("10.0.0.0/8")
-                .unwrap()
-                .contains("::1".parse().unwrap())
-        );
     }
 }
 
@@ -693,56 +427,5 @@ mod path_tests {
         ] {
             assert!(!path_is_suspicious(good), "{good}");
         }
-    }
-}
-
-/// The path with the model segment `models/{old}` replaced by `models/{new}`; `None` when the
-/// path has no such segment (the segment ends at `:`, `%3A`, `/` or the end).
-pub fn rewrite_model(path: &str, old: &str, new: &str) -> Option<String> {
-    let at = path.find("/models/")? + "/models/".len();
-    let rest = &path[at..];
-    let tail = rest.strip_prefix(old)?;
-    let boundary = tail.is_empty()
-        || tail.starts_with(':')
-        || tail.starts_with('/')
-        || tail.get(..3).is_some_and(|t| t.eq_ignore_ascii_case("%3a"));
-    if old.is_empty() || !boundary {
-        return None;
-    }
-    Some(format!("{}{new}{tail}", &path[..at]))
-}
-
-#[cfg(test)]
-mod rewrite_tests {
-    use super::rewrite_model;
-
-    #[test]
-    fn model_segment_only() {
-        assert_eq!(
-            rewrite_model(
-                "/v1beta/models/gemini-2.5-pro:generateContent",
-                "gemini-2.5-pro",
-                "gemini-2.5-flash"
-            )
-            .as_deref(),
-            Some("/v1beta/models/gemini-2.5-flash:generateContent")
-        );
-        assert_eq!(
-            rewrite_model("/v1/models/m%3AstreamGenerateContent", "m", "n").as_deref(),
-            Some("/v1/models/n%3AstreamGenerateContent")
-        );
-        assert_eq!(
-            rewrite_model("/v1beta/models/m", "m", "n").as_deref(),
-            Some("/v1beta/models/n")
-        );
-        // A longer model with the same prefix is not this model.
-        assert_eq!(
-            rewrite_model("/v1beta/models/m-2:generateContent", "m", "n"),
-            None
-        );
-        assert_eq!(
-            rewrite_model("/v1beta/openai/chat/completions", "m", "n"),
-            None
-        );
     }
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::{ClientWs, Close};
-use crate::proxy::inbound::valid_model;
+use crate::proxy::model::valid_model;
 
 pub struct Setup {
     /// The whole first message, as sent upstream (a routed model written into it).
