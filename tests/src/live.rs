@@ -113,3 +113,16 @@ pub async fn refused_with(h: &Harness, credential: Option<&str>, model: &str) ->
         .expect_err("refused")
         .expect("with a frame")
 }
+
+/// `POST /v1alpha/auth_tokens` as `bearer`: the status and the answer.
+pub async fn create_ephemeral_token(h: &Harness, bearer: &str, body: Value) -> (u16, Value) {
+    let r = h
+        .client
+        .post(h.url("/v1alpha/auth_tokens"))
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    json_of(r).await
+}

@@ -9,7 +9,7 @@ use gemini_proxy_plugins::auth::{new_claims, sign};
 use gemini_proxy_sdk::Role;
 use gemini_proxy_tests::live::*;
 use gemini_proxy_tests::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -220,18 +220,6 @@ async fn a_handle_the_gateway_never_issued_is_refused_to_a_user() {
     assert!(live_calls(&h).is_empty());
 }
 
-async fn create(h: &Harness, bearer: &str, body: Value) -> (u16, Value) {
-    let r = h
-        .client
-        .post(h.url("/v1alpha/auth_tokens"))
-        .bearer_auth(bearer)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    json_of(r).await
-}
-
 fn at(d: Duration) -> String {
     gemini_proxy_core::util::clock::format_rfc3339(std::time::SystemTime::now() + d)
 }
@@ -241,7 +229,7 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
     let h = with_auth("");
     // A token that may use only some models makes only tokens locked to one of them.
     let narrow = user("dana", &["gemini-live-2.5-*"], Duration::from_secs(3600));
-    let (s, v) = create(
+    let (s, v) = create_ephemeral_token(
         &h,
         &narrow,
         json!({"uses": 1, "expireTime": at(Duration::from_secs(600))}),
@@ -249,31 +237,40 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
     .await;
     assert_eq!(s, 403, "an unlocked token: {v}");
     let locked = |m: &str| json!({"uses": 1, "expireTime": at(Duration::from_secs(600)), "bidiGenerateContentSetup": {"model": format!("models/{m}")}});
-    assert_eq!(create(&h, &narrow, locked("gemini-2.5-pro")).await.0, 403);
     assert_eq!(
-        create(&h, &narrow, locked("gemini-live-2.5-flash")).await.0,
+        create_ephemeral_token(&h, &narrow, locked("gemini-2.5-pro"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        create_ephemeral_token(&h, &narrow, locked("gemini-live-2.5-flash"))
+            .await
+            .0,
         200
     );
     // None outlives its maker: not its expireTime, nor Google's 30-minute default.
     let brief = user("erin", &[], Duration::from_secs(300));
-    let (s, v) = create(
+    let (s, v) = create_ephemeral_token(
         &h,
         &brief,
         json!({"expireTime": at(Duration::from_secs(3600))}),
     )
     .await;
     assert_eq!(s, 400, "{v}");
-    assert_eq!(create(&h, &brief, json!({})).await.0, 400);
+    assert_eq!(create_ephemeral_token(&h, &brief, json!({})).await.0, 400);
     assert_eq!(
-        create(&h, &brief, json!({"expireTime": "soon"})).await.0,
+        create_ephemeral_token(&h, &brief, json!({"expireTime": "soon"}))
+            .await
+            .0,
         400
     );
-    let (s, v) = create(&h, &brief, json!({"expireTime": at(Duration::from_secs(120)), "newSessionExpireTime": at(Duration::from_secs(60))})).await;
+    let (s, v) = create_ephemeral_token(&h, &brief, json!({"expireTime": at(Duration::from_secs(120)), "newSessionExpireTime": at(Duration::from_secs(60))})).await;
     assert_eq!(s, 200, "{v}");
     // One spelling checked and the other sent upstream: refused, and what goes upstream is
     // what was checked.
     let both = json!({"expireTime": at(Duration::from_secs(120)), "expire_time": at(Duration::from_secs(86_000))});
-    assert_eq!(create(&h, &brief, both).await.0, 400);
+    assert_eq!(create_ephemeral_token(&h, &brief, both).await.0, 400);
     h.mock.clear();
     let escaped = format!(
         r#"{{"\u0065xpireTime":"{}","newSessionExpireTime":"{}"}}"#,
@@ -315,13 +312,13 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
     // A fieldMask that leaves the model unlocked is refused to a restricted maker.
     let mask = |m: &str| json!({"uses": 1, "expireTime": at(Duration::from_secs(600)), "fieldMask": m, "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
     assert_eq!(
-        create(&h, &narrow, mask("generationConfig.temperature"))
+        create_ephemeral_token(&h, &narrow, mask("generationConfig.temperature"))
             .await
             .0,
         403
     );
     assert_eq!(
-        create(&h, &narrow, mask("model,generationConfig.temperature"))
+        create_ephemeral_token(&h, &narrow, mask("model,generationConfig.temperature"))
             .await
             .0,
         200
@@ -329,7 +326,7 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
 
     // A token made by a caller whose own token then expired speaks for nobody.
     let short = user("fay", &[], Duration::from_secs(3));
-    let (s, v) = create(&h, &short, json!({"expireTime": at(Duration::from_secs(2)), "newSessionExpireTime": at(Duration::from_secs(2))})).await;
+    let (s, v) = create_ephemeral_token(&h, &short, json!({"expireTime": at(Duration::from_secs(2)), "newSessionExpireTime": at(Duration::from_secs(2))})).await;
     assert_eq!(s, 200, "{v}");
     let name = v["name"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -42,19 +42,6 @@ fn token_for(sub: &str, role: Role, models: &[&str]) -> (String, String) {
     (sign(SECRET, "HS256", None, &claims).unwrap(), jti)
 }
 
-/// `POST /v1alpha/auth_tokens` as `bearer`: the status and the answer.
-async fn create(h: &Harness, bearer: &str, body: Value) -> (u16, Value) {
-    let r = h
-        .client
-        .post(h.url("/v1alpha/auth_tokens"))
-        .bearer_auth(bearer)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    json_of(r).await
-}
-
 fn in_ten_minutes() -> String {
     gemini_proxy_core::util::clock::format_rfc3339(SystemTime::now() + Duration::from_secs(600))
 }
@@ -86,7 +73,7 @@ async fn a_session_on_an_ephemeral_token_runs_as_its_maker_on_its_key() {
     let (alice, _) = token_for("alice", Role::User, &["gemini-live-*"]);
     let (admin, _) = token_for("ops", Role::Admin, &[]);
     let body = json!({"uses": 3, "expireTime": in_ten_minutes(), "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
-    let (status, made) = create(&h, &alice, body).await;
+    let (status, made) = create_ephemeral_token(&h, &alice, body).await;
     assert_eq!(status, 200, "{made}");
     let name = made["name"].as_str().expect("a token name").to_string();
     assert!(name.starts_with("auth_tokens/"), "{made}");
@@ -150,17 +137,20 @@ async fn tokens_not_made_here_or_of_a_revoked_maker_never_reach_the_upstream() {
     let (admin, _) = token_for("ops", Role::Admin, &[]);
     // A token locked to a model the maker may not use is not made.
     let locked = json!({"bidiGenerateContentSetup": {"model": "models/gemini-2.5-pro"}});
-    assert_eq!(create(&h, &alice, locked).await.0, 403);
+    assert_eq!(create_ephemeral_token(&h, &alice, locked).await.0, 403);
     let snake = json!({"bidi_generate_content_setup": {"model": "gemini-2.5-pro"}});
-    assert_eq!(create(&h, &alice, snake).await.0, 403);
+    assert_eq!(create_ephemeral_token(&h, &alice, snake).await.0, 403);
     // A gateway credential is needed to make one.
-    assert_eq!(create(&h, "not-a-token", json!({})).await.0, 401);
+    assert_eq!(
+        create_ephemeral_token(&h, "not-a-token", json!({})).await.0,
+        401
+    );
     // Alice may use only some models: her token is locked to one, and ends before hers.
     let in_five_minutes = gemini_proxy_core::util::clock::format_rfc3339(
         SystemTime::now() + Duration::from_secs(300),
     );
     let body = json!({"uses": 1, "expireTime": in_five_minutes, "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
-    let (status, made) = create(&h, &alice, body).await;
+    let (status, made) = create_ephemeral_token(&h, &alice, body).await;
     assert_eq!(status, 200, "{made}");
     let name = made["name"].as_str().unwrap().to_string();
     // Made upstream but not through the gateway, a guess, and a gateway token in its place.
