@@ -10,6 +10,18 @@ use gemini_proxy_core::config::LogFormat;
 use gemini_proxy_core::runtime::Shared;
 use gemini_proxy_core::server::{ServeOptions, build_server};
 
+/// Flushes and stops the audit writer however the function holding it returns: the process
+/// exits right after, and exiting with DuckDB's threads running can crash.
+struct CloseAuditOnReturn(std::sync::Arc<Shared>);
+
+impl Drop for CloseAuditOnReturn {
+    fn drop(&mut self) {
+        if let Some(a) = &self.0.audit {
+            a.close();
+        }
+    }
+}
+
 fn serve(args: ServeArgs) -> i32 {
     let path = args
         .config
@@ -54,6 +66,7 @@ fn serve(args: ServeArgs) -> i32 {
             return 2;
         }
     };
+    let _close_audit = CloseAuditOnReturn(shared.clone());
     let shared_for_exit = shared.clone();
     match build_server(shared, &opts) {
         Ok(server) => {
@@ -66,16 +79,10 @@ fn serve(args: ServeArgs) -> i32 {
             if let Err(e) = shared_for_exit.pool.save() {
                 tracing::warn!(error = %e, "cannot write the pool state file");
             }
-            if let Some(a) = &shared_for_exit.audit {
-                a.close();
-            }
             0
         }
         Err(e) => {
             eprintln!("error: {e}");
-            if let Some(a) = &shared_for_exit.audit {
-                a.close();
-            }
             2
         }
     }
@@ -98,6 +105,7 @@ fn demo(args: cli::DemoArgs) -> i32 {
             return 2;
         }
     };
+    let _close_audit = CloseAuditOnReturn(shared.clone());
     let signals = gemini_proxy_core::server::ProcessSignals {
         shared: shared.clone(),
     };
@@ -105,9 +113,6 @@ fn demo(args: cli::DemoArgs) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            if let Some(a) = &signals.shared.audit {
-                a.close();
-            }
             return 2;
         }
     };
@@ -117,14 +122,9 @@ fn demo(args: cli::DemoArgs) -> i32 {
     );
     // The mock lives on its own thread for the life of the process.
     std::mem::forget(mock);
-    let shared_for_exit = signals.shared.clone();
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(signals),
     });
-    // Flushed and stopped before exit: exiting with DuckDB's threads running can crash.
-    if let Some(a) = &shared_for_exit.audit {
-        a.close();
-    }
     0
 }
 
