@@ -116,13 +116,17 @@ pub async fn refused_with(h: &Harness, credential: Option<&str>, model: &str) ->
 
 /// `POST /v1alpha/auth_tokens` as `bearer`: the status and the answer.
 pub async fn create_ephemeral_token(h: &Harness, bearer: &str, body: Value) -> (u16, Value) {
-    let r = h
-        .client
-        .post(h.url("/v1alpha/auth_tokens"))
-        .bearer_auth(bearer)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    json_of(r).await
+    let bearer = format!("Bearer {bearer}");
+    h.call(
+        "POST",
+        "/v1alpha/auth_tokens",
+        ("authorization", &bearer),
+        Some(body.to_string()),
+    )
+    .await
+}
+
+/// An RFC 3339 time `d` from now, as an ephemeral token's `expireTime` names it.
+pub fn expire_time_in(d: Duration) -> String {
+    gemini_proxy_core::util::clock::format_rfc3339(std::time::SystemTime::now() + d)
 }

@@ -220,10 +220,6 @@ async fn a_handle_the_gateway_never_issued_is_refused_to_a_user() {
     assert!(live_calls(&h).is_empty());
 }
 
-fn at(d: Duration) -> String {
-    gemini_proxy_core::util::clock::format_rfc3339(std::time::SystemTime::now() + d)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ephemeral_tokens_stay_within_their_makers_token() {
     let h = with_auth("");
@@ -232,11 +228,11 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
     let (s, v) = create_ephemeral_token(
         &h,
         &narrow,
-        json!({"uses": 1, "expireTime": at(Duration::from_secs(600))}),
+        json!({"uses": 1, "expireTime": expire_time_in(Duration::from_secs(600))}),
     )
     .await;
     assert_eq!(s, 403, "an unlocked token: {v}");
-    let locked = |m: &str| json!({"uses": 1, "expireTime": at(Duration::from_secs(600)), "bidiGenerateContentSetup": {"model": format!("models/{m}")}});
+    let locked = |m: &str| json!({"uses": 1, "expireTime": expire_time_in(Duration::from_secs(600)), "bidiGenerateContentSetup": {"model": format!("models/{m}")}});
     assert_eq!(
         create_ephemeral_token(&h, &narrow, locked("gemini-2.5-pro"))
             .await
@@ -254,7 +250,7 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
     let (s, v) = create_ephemeral_token(
         &h,
         &brief,
-        json!({"expireTime": at(Duration::from_secs(3600))}),
+        json!({"expireTime": expire_time_in(Duration::from_secs(3600))}),
     )
     .await;
     assert_eq!(s, 400, "{v}");
@@ -265,17 +261,17 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
             .0,
         400
     );
-    let (s, v) = create_ephemeral_token(&h, &brief, json!({"expireTime": at(Duration::from_secs(120)), "newSessionExpireTime": at(Duration::from_secs(60))})).await;
+    let (s, v) = create_ephemeral_token(&h, &brief, json!({"expireTime": expire_time_in(Duration::from_secs(120)), "newSessionExpireTime": expire_time_in(Duration::from_secs(60))})).await;
     assert_eq!(s, 200, "{v}");
     // One spelling checked and the other sent upstream: refused, and what goes upstream is
     // what was checked.
-    let both = json!({"expireTime": at(Duration::from_secs(120)), "expire_time": at(Duration::from_secs(86_000))});
+    let both = json!({"expireTime": expire_time_in(Duration::from_secs(120)), "expire_time": expire_time_in(Duration::from_secs(86_000))});
     assert_eq!(create_ephemeral_token(&h, &brief, both).await.0, 400);
     h.mock.clear();
     let escaped = format!(
         r#"{{"\u0065xpireTime":"{}","newSessionExpireTime":"{}"}}"#,
-        at(Duration::from_secs(86_000)),
-        at(Duration::from_secs(60))
+        expire_time_in(Duration::from_secs(86_000)),
+        expire_time_in(Duration::from_secs(60))
     );
     let r = h
         .client
@@ -302,7 +298,7 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
             .client
             .post(h.url(path))
             .bearer_auth(&brief)
-            .json(&json!({"expireTime": at(Duration::from_secs(86_000))}))
+            .json(&json!({"expireTime": expire_time_in(Duration::from_secs(86_000))}))
             .send()
             .await
             .unwrap();
@@ -310,7 +306,7 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
     }
     assert!(h.mock.requests().is_empty(), "{:?}", h.mock.requests());
     // A fieldMask that leaves the model unlocked is refused to a restricted maker.
-    let mask = |m: &str| json!({"uses": 1, "expireTime": at(Duration::from_secs(600)), "fieldMask": m, "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
+    let mask = |m: &str| json!({"uses": 1, "expireTime": expire_time_in(Duration::from_secs(600)), "fieldMask": m, "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
     assert_eq!(
         create_ephemeral_token(&h, &narrow, mask("generationConfig.temperature"))
             .await
@@ -326,7 +322,7 @@ async fn ephemeral_tokens_stay_within_their_makers_token() {
 
     // A token made by a caller whose own token then expired speaks for nobody.
     let short = user("fay", &[], Duration::from_secs(3));
-    let (s, v) = create_ephemeral_token(&h, &short, json!({"expireTime": at(Duration::from_secs(2)), "newSessionExpireTime": at(Duration::from_secs(2))})).await;
+    let (s, v) = create_ephemeral_token(&h, &short, json!({"expireTime": expire_time_in(Duration::from_secs(2)), "newSessionExpireTime": expire_time_in(Duration::from_secs(2))})).await;
     assert_eq!(s, 200, "{v}");
     let name = v["name"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(4)).await;

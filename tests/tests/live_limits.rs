@@ -37,20 +37,17 @@ async fn a_sessions_tokens_are_charged_to_its_user_when_it_ends() {
     }
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
-    let body = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
     let generate = |who: String| {
         let h = &h;
-        let body = body.clone();
         async move {
-            let r = h
-                .client
-                .post(h.url("/v1beta/models/gemini-2.5-flash:generateContent"))
-                .bearer_auth(who)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            json_of(r).await
+            let bearer = format!("Bearer {who}");
+            h.call(
+                "POST",
+                "/v1beta/models/gemini-2.5-flash:generateContent",
+                ("authorization", &bearer),
+                Some(gen_body("hi")),
+            )
+            .await
         }
     };
     // The session's end is recorded after its close; allow it a moment.

@@ -3,7 +3,7 @@
 //! the token as its upstream credential, and a token the gateway did not see made (or whose
 //! maker was revoked) never reaches the upstream.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gemini_proxy_plugins::auth::{new_claims, sign};
@@ -42,10 +42,6 @@ fn token_for(sub: &str, role: Role, models: &[&str]) -> (String, String) {
     (sign(SECRET, "HS256", None, &claims).unwrap(), jti)
 }
 
-fn in_ten_minutes() -> String {
-    gemini_proxy_core::util::clock::format_rfc3339(SystemTime::now() + Duration::from_secs(600))
-}
-
 /// A session on `token` as the SDK opens one (both headers), to its `setupComplete` or close.
 async fn open(h: &Harness, token: &str) -> Result<Ws, String> {
     let auth = format!("Token {token}");
@@ -72,7 +68,7 @@ async fn a_session_on_an_ephemeral_token_runs_as_its_maker_on_its_key() {
     let h = harness();
     let (alice, _) = token_for("alice", Role::User, &["gemini-live-*"]);
     let (admin, _) = token_for("ops", Role::Admin, &[]);
-    let body = json!({"uses": 3, "expireTime": in_ten_minutes(), "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
+    let body = json!({"uses": 3, "expireTime": expire_time_in(Duration::from_secs(600)), "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
     let (status, made) = create_ephemeral_token(&h, &alice, body).await;
     assert_eq!(status, 200, "{made}");
     let name = made["name"].as_str().expect("a token name").to_string();
@@ -146,9 +142,7 @@ async fn tokens_not_made_here_or_of_a_revoked_maker_never_reach_the_upstream() {
         401
     );
     // Alice may use only some models: her token is locked to one, and ends before hers.
-    let in_five_minutes = gemini_proxy_core::util::clock::format_rfc3339(
-        SystemTime::now() + Duration::from_secs(300),
-    );
+    let in_five_minutes = expire_time_in(Duration::from_secs(300));
     let body = json!({"uses": 1, "expireTime": in_five_minutes, "bidiGenerateContentSetup": {"model": "models/gemini-live-2.5-flash"}});
     let (status, made) = create_ephemeral_token(&h, &alice, body).await;
     assert_eq!(status, 200, "{made}");
