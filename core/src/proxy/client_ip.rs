@@ -62,16 +62,5 @@ mod tests {
         );
         h.insert("x-forwarded-for", "garbage".parse().unwrap());
         assert_eq!(client_ip(ip("10.9.9.9"), &h, &trusted), ip("10.9.9.9"));
-        assert!(Cidr::parse("10.0.0.0/33").is_err());
-        assert!(
-            Cidr::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
-        assert!(
-            !Cidr::parse("10.0.0.0/8")
-                .unwrap()
-                .contains("::1".parse().unwrap())
-        );
     }
 }

@@ -63,11 +63,17 @@ mod tests {
         assert!(lan.contains("10.1.2.3".parse().unwrap()));
         assert!(lan.contains("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!lan.contains("11.0.0.1".parse().unwrap()));
+        assert!(!lan.contains("::1".parse().unwrap()));
         assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
         assert!(
             Cidr::parse("0.0.0.0/0")
                 .unwrap()
                 .contains("1.2.3.4".parse().unwrap())
+        );
+        assert!(
+            Cidr::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
         );
         for bad in ["10.0.0.0/33", "x", "::/129"] {
             assert!(Cidr::parse(bad).is_err(), "{bad}");
