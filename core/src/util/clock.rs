@@ -113,7 +113,6 @@ pub fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// The Pacific calendar day (days since 1970-01-01) of a UTC instant: Google's quota day.
 /// Now in unix milliseconds.
 pub fn unix_millis() -> u64 {
     SystemTime::now()
@@ -122,6 +121,7 @@ pub fn unix_millis() -> u64 {
         .unwrap_or(0)
 }
 
+/// The Pacific calendar day (days since 1970-01-01) of a UTC instant: Google's quota day.
 pub fn pacific_day(unix: i64) -> i64 {
     (unix + pacific_offset(unix)).div_euclid(86_400)
 }
