@@ -112,7 +112,7 @@ fn main() {
            100 + i % 900 AS prompt_tokens, 50 + i % 1500 AS candidates_tokens, i % 200 AS thoughts_tokens,
            0 AS cached_tokens, 150 + i % 900 + i % 1500 + i % 200 AS total_tokens,
            400 + i % 3600 AS request_bytes, 200 + i % 6000 AS response_bytes,
-           NULL AS risk_score, false AS truncated
+           NULL AS risk_score, false AS truncated, NULL AS instance_id
          FROM range({rows}) t(i);
          CHECKPOINT;"
     ))
