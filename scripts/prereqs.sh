@@ -24,12 +24,25 @@ need_packages() {
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then missing+=(ccache)
     else echo "note: without ccache every cargo feature graph rebuilds DuckDB (~25 min); to avoid it: sudo apt-get install -y ccache" >&2; fi
   fi
-  ((${#missing[@]})) || return 0
+  install_packages "${missing[@]}"
+}
+
+# Usage: need_tools COMMAND:PACKAGE ... (the benchmarks' tools: wrk:wrk nginx:nginx-light ...)
+need_tools() {
+  local missing=() pair
+  for pair; do command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}"); done
+  install_packages "${missing[@]}"
+}
+
+# Installs the packages named (none: nothing to do) with apt-get when root, or stops with the
+# exact command to run.
+install_packages() {
+  (($#)) || return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing: ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    echo "installing: $*"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
-    echo "missing system packages; run: sudo apt-get install -y ${missing[*]}" >&2
+    echo "missing system packages; run: sudo apt-get install -y $*" >&2
     exit 2
   fi
 }
